@@ -1,0 +1,337 @@
+// Package cli is reachd's command line (CONTRACT.md, "Command line").
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"reachd/pkg/probe"
+	"reachd/pkg/schedule"
+	"reachd/pkg/target"
+	"reachd/pkg/verdict"
+)
+
+// Exit statuses (CONTRACT.md).
+const (
+	ExitOK       = 0
+	ExitNotOK    = 1
+	ExitUsage    = 2
+	ExitSignaled = 130
+)
+
+// Version is set at build time with -ldflags "-X reachd/pkg/cli.Version=...".
+var Version = ""
+
+// usageError marks errors that exit 2: bad flags, targets, config or permissions.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// runtimeError marks failures after probing started (stdout closed, say): exit 1.
+type runtimeError struct{ err error }
+
+func (e runtimeError) Error() string { return e.err.Error() }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// Run executes reachd with args (without the program name) and returns the exit status.
+// Nothing is written to stdout on a usage error.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	status := ExitOK
+	root := newRoot(ctx, stdout, stderr, &status)
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "reachd: %s\n", oneLine(err))
+		var rt runtimeError
+		if errors.As(err, &rt) {
+			return ExitNotOK
+		}
+		return ExitUsage // cobra's own errors (unknown flag or command) are usage errors too
+	}
+	return status
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+func newRoot(ctx context.Context, stdout, stderr io.Writer, status *int) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "reachd",
+		Short:         "eBPF-assisted connectivity verification: says where and why a probe fails",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
+	})
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.AddCommand(newProbe(stdout, status), newVersion(stdout))
+	return root
+}
+
+func newVersion(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print reachd's version",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintf(stdout, "reachd %s (%s, %s/%s)\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return nil
+		},
+	}
+}
+
+func version() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+	}
+	return "dev"
+}
+
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("%s takes no arguments, got %q", c.CommandPath(), args[0])
+	}
+	return nil
+}
+
+// probeFlags are the common flags of every kind.
+type probeFlags struct {
+	json        bool
+	timeout     time.Duration
+	retries     int
+	v4, v6      bool
+	family      string
+	iface       string
+	source      string
+	concurrency int
+}
+
+func newProbe(stdout io.Writer, status *int) *cobra.Command {
+	var pf probeFlags
+	cmd := &cobra.Command{
+		Use:   "probe KIND TARGET... [flags]",
+		Short: "Run one-shot probes and print a verdict per target",
+		Long: "Probe targets concurrently and print one verdict each. Exit status: 0 every verdict ok,\n" +
+			"1 at least one not ok, 2 usage or permission error.",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("missing probe kind (one of: tcp); see 'reachd probe --help'")
+			}
+			return usagef("unknown probe kind %q (one of: tcp)", args[0])
+		},
+		RunE: func(*cobra.Command, []string) error { return nil },
+	}
+	fl := cmd.PersistentFlags()
+	fl.BoolVar(&pf.json, "json", false, "print one JSON verdict per line")
+	fl.DurationVar(&pf.timeout, "timeout", 3*time.Second, "deadline of each attempt, resolution included")
+	fl.IntVar(&pf.retries, "retries", 3, "retries after the first attempt, for retryable reasons only")
+	fl.BoolVarP(&pf.v4, "ipv4", "4", false, "probe IPv4 addresses only")
+	fl.BoolVarP(&pf.v6, "ipv6", "6", false, "probe IPv6 addresses only")
+	fl.StringVar(&pf.family, "family", "any", "address family: any, ipv4, ipv6 or both")
+	fl.StringVar(&pf.iface, "interface", "", "send through this interface (SO_BINDTODEVICE)")
+	fl.StringVar(&pf.source, "source", "", "source address to bind")
+	fl.IntVar(&pf.concurrency, "concurrency", schedule.DefaultConcurrency, "targets probed at once")
+
+	cmd.AddCommand(&cobra.Command{
+		Use:   "tcp HOST:PORT... [flags]",
+		Short: "TCP three-way handshake, then close",
+		Example: "  reachd probe tcp 198.51.100.10:443 '[2001:db8::1]:22' '[fe80::1%eth0]:80'\n" +
+			"  reachd probe tcp --json --timeout 2s --retries 1 example.net:443",
+		RunE: func(c *cobra.Command, args []string) error {
+			return runProbe(c.Context(), "tcp", args, &pf, stdout, status)
+		},
+	})
+	return cmd
+}
+
+func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, stdout io.Writer, status *int) error {
+	if len(args) == 0 {
+		return usagef("no target given (want reachd probe %s HOST:PORT...)", kind)
+	}
+	opts, err := pf.options()
+	if err != nil {
+		return err
+	}
+	targets := make([]target.Target, len(args))
+	for i, a := range args {
+		t, err := target.ParseHostPort(a)
+		if err != nil {
+			return usageError{err}
+		}
+		if err := checkTargetAgainstOptions(t, opts); err != nil {
+			return err
+		}
+		targets[i] = t
+	}
+
+	width := 0
+	for _, t := range targets {
+		width = max(width, min(len(t.Raw), 40))
+	}
+	write := humanWriter(stdout, width)
+	if pf.json {
+		write = jsonWriter(stdout)
+	}
+
+	results := make([][]*verdict.Verdict, len(targets))
+	done := make([]chan struct{}, len(targets))
+	for i := range done {
+		done[i] = make(chan struct{})
+	}
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		schedule.ForEach(ctx, len(targets), pf.concurrency, func(i int) {
+			results[i] = probe.Run(ctx, kind, targets[i], opts)
+			close(done[i])
+		})
+	}()
+
+	// Print in the order the targets were given, each as soon as it and those before it
+	// are done, so scripts get a stable order without waiting for the slowest target.
+	allOK := true
+	for i := range targets {
+		select {
+		case <-done[i]:
+		case <-finished:
+			select {
+			case <-done[i]:
+			default:
+				return interrupted(status)
+			}
+		}
+		for _, v := range results[i] {
+			if err := write(v); err != nil {
+				return runtimeError{fmt.Errorf("write verdict: %w", err)}
+			}
+			allOK = allOK && v.OK
+		}
+	}
+	<-finished
+	if ctx.Err() != nil {
+		return interrupted(status)
+	}
+	if !allOK {
+		*status = ExitNotOK
+	}
+	return nil
+}
+
+func interrupted(status *int) error {
+	*status = ExitSignaled
+	return nil
+}
+
+func humanWriter(w io.Writer, width int) func(*verdict.Verdict) error {
+	h := &verdict.HumanWriter{W: w, TargetWidth: width}
+	return h.Write
+}
+
+func jsonWriter(w io.Writer) func(*verdict.Verdict) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return func(v *verdict.Verdict) error { return enc.Encode(v) }
+}
+
+func (pf *probeFlags) options() (*probe.Options, error) {
+	fam, err := probe.ParseFamily(pf.family)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	switch {
+	case pf.v4 && pf.v6:
+		return nil, usagef("-4 and -6 exclude each other (use --family both for both)")
+	case pf.v4 && fam != probe.FamilyAny && fam != probe.FamilyV4, pf.v6 && fam != probe.FamilyAny && fam != probe.FamilyV6:
+		return nil, usagef("-4/-6 contradict --family %s", fam)
+	case pf.v4:
+		fam = probe.FamilyV4
+	case pf.v6:
+		fam = probe.FamilyV6
+	}
+	if pf.timeout <= 0 {
+		return nil, usagef("--timeout must be positive, got %s", pf.timeout)
+	}
+	if pf.retries < 0 || pf.retries > 20 {
+		return nil, usagef("--retries must be between 0 and 20, got %d", pf.retries)
+	}
+	if pf.concurrency < 1 {
+		return nil, usagef("--concurrency must be at least 1, got %d", pf.concurrency)
+	}
+	o := &probe.Options{Probe: "cli", Family: fam, Timeout: pf.timeout, Interface: pf.iface}
+	o.Policy = schedule.DefaultPolicy()
+	o.Policy.Retries = pf.retries
+	if pf.iface != "" {
+		if _, err := net.InterfaceByName(pf.iface); err != nil {
+			return nil, usagef("--interface %s: no such interface", pf.iface)
+		}
+	}
+	if pf.source != "" {
+		src, err := netip.ParseAddr(pf.source)
+		if err != nil {
+			return nil, usagef("--source %q is not an IP address", pf.source)
+		}
+		src = src.Unmap()
+		sf := probe.FamilyV4
+		if src.Is6() {
+			sf = probe.FamilyV6
+		}
+		switch o.Family {
+		case probe.FamilyAny:
+			o.Family = sf // the source address decides the family of names
+		case probe.FamilyBoth:
+			return nil, usagef("--source %s has one family; it cannot be used with --family both", src)
+		case sf:
+		default:
+			return nil, usagef("--source %s is %s but the family asked for is %s", src, sf, o.Family)
+		}
+		o.Source = src
+	}
+	return o, nil
+}
+
+func checkTargetAgainstOptions(t target.Target, o *probe.Options) error {
+	if !t.IsLiteral() {
+		return nil
+	}
+	tf := probe.FamilyV4
+	if t.Addr.Is6() {
+		tf = probe.FamilyV6
+	}
+	if o.Family != probe.FamilyAny && o.Family != probe.FamilyBoth && o.Family != tf {
+		return usagef("target %q is %s but the family asked for is %s", t.Raw, tf, o.Family)
+	}
+	if t.Addr.Is6() && t.Addr.IsLinkLocalUnicast() && t.Addr.Zone() == "" && o.Interface == "" {
+		return usagef("target %q is link-local: give its zone ([fe80::1%%eth0]:80) or --interface", t.Raw)
+	}
+	if z := t.Addr.Zone(); z != "" {
+		if _, err := net.InterfaceByName(z); err != nil && !isNumber(z) {
+			return usagef("target %q: zone %s is not an interface on this host", t.Raw, z)
+		}
+	}
+	return nil
+}
+
+func isNumber(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
+}

@@ -1,0 +1,108 @@
+package probe
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// Origins of a struct sock_extended_err (linux/errqueue.h).
+const (
+	eeOriginLocal = 1
+	eeOriginICMP  = 2
+	eeOriginICMP6 = 3
+)
+
+// sizeofSockExtendedErr is sizeof(struct sock_extended_err): u32 errno, u8 origin, type,
+// code, pad, u32 info, u32 data. The offender's sockaddr follows it (SO_EE_OFFENDER).
+const sizeofSockExtendedErr = 16
+
+// QueuedError is one message from a socket's error queue (IP_RECVERR / IPV6_RECVERR).
+type QueuedError struct {
+	Errno    unix.Errno
+	Origin   uint8
+	Type     uint8
+	Code     uint8
+	Info     uint32
+	Offender netip.Addr // who sent the ICMP error; invalid if the kernel gave none
+}
+
+// IsICMP reports whether the error came from an ICMP or ICMPv6 message.
+func (q QueuedError) IsICMP() bool { return q.Origin == eeOriginICMP || q.Origin == eeOriginICMP6 }
+
+var errShort = errors.New("short sock_extended_err")
+
+// ParseExtendedErr decodes a struct sock_extended_err and the offender address after it.
+// b is the control message's data as the kernel wrote it (native byte order).
+func ParseExtendedErr(b []byte) (QueuedError, error) {
+	var q QueuedError
+	if len(b) < sizeofSockExtendedErr {
+		return q, errShort
+	}
+	q.Errno = unix.Errno(binary.NativeEndian.Uint32(b[0:4]))
+	q.Origin, q.Type, q.Code = b[4], b[5], b[6]
+	q.Info = binary.NativeEndian.Uint32(b[8:12])
+	sa := b[sizeofSockExtendedErr:]
+	if len(sa) < 2 {
+		return q, nil
+	}
+	switch binary.NativeEndian.Uint16(sa[0:2]) {
+	case unix.AF_INET:
+		if len(sa) >= 8 {
+			q.Offender = netip.AddrFrom4([4]byte(sa[4:8]))
+		}
+	case unix.AF_INET6:
+		if len(sa) >= 24 {
+			q.Offender = netip.AddrFrom16([16]byte(sa[8:24]))
+		}
+	}
+	return q, nil
+}
+
+// parseErrQueueOOB decodes the control messages of one MSG_ERRQUEUE read.
+func parseErrQueueOOB(oob []byte) []QueuedError {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var out []QueuedError
+	for _, m := range msgs {
+		isV4 := m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_RECVERR
+		isV6 := m.Header.Level == unix.SOL_IPV6 && m.Header.Type == unix.IPV6_RECVERR
+		if !isV4 && !isV6 {
+			continue
+		}
+		if q, err := ParseExtendedErr(m.Data); err == nil {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// drainErrQueue reads every pending message of fd's error queue without blocking.
+// The queue is bounded by the socket's receive buffer, and we stop after a few reads anyway.
+func drainErrQueue(fd int) []QueuedError {
+	var out []QueuedError
+	buf := make([]byte, 512)
+	oob := make([]byte, 512)
+	for range 16 {
+		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			break
+		}
+		out = append(out, parseErrQueueOOB(oob[:oobn])...)
+	}
+	return out
+}
+
+// lastICMP returns the most recent ICMP-origin error, if any.
+func lastICMP(qs []QueuedError) (QueuedError, bool) {
+	for i := len(qs) - 1; i >= 0; i-- {
+		if qs[i].IsICMP() {
+			return qs[i], true
+		}
+	}
+	return QueuedError{}, false
+}

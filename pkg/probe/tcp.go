@@ -1,0 +1,297 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"reachd/pkg/netctx"
+	"reachd/pkg/verdict"
+)
+
+// TCP probes a port with a three-way handshake and closes with RST.
+//
+// It drives the socket itself rather than through net.Dialer so that: the socket error
+// queue (IP_RECVERR) says which ICMP error ended the handshake and who sent it; the SYN
+// count comes from TCP_INFO; the prober's own lateness is told apart from the target's
+// (self_overload); and closing never leaves TIME_WAIT behind (SO_LINGER 0).
+func TCP(ctx context.Context, a Attempt) Result {
+	deadline, _ := ctx.Deadline()
+	dst := a.Addr.Addr()
+	sa, err := sockaddrOf(a.Addr)
+	if err != nil {
+		return Result{Reason: verdict.LocalError, Detail: err.Error()}
+	}
+	domain := unix.AF_INET
+	if dst.Is6() {
+		domain = unix.AF_INET6
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return socketError("socket", err)
+	}
+	// os.NewFile puts a non-blocking fd on the runtime's poller, so waiting for the
+	// handshake costs no thread, and deadlines work as for any net.Conn.
+	f := os.NewFile(uintptr(fd), "reachd-tcp-probe")
+	defer f.Close()
+
+	if res, ok := setupSocket(fd, dst.Is6(), a); !ok {
+		return res
+	}
+	if !time.Now().Before(deadline) {
+		return Result{Reason: verdict.SelfOverload,
+			Detail: "the attempt's deadline passed before connect() was issued: the prober is overloaded"}
+	}
+	start := time.Now()
+	err = unix.Connect(fd, sa)
+	if err != nil && !errors.Is(err, unix.EINPROGRESS) && !errors.Is(err, unix.EINTR) {
+		return connectError(err, a)
+	}
+	res := Result{sent: true}
+	soErr, waitErr := waitConnect(f, deadline)
+	elapsed := time.Since(start)
+	info, _ := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if info != nil {
+		n := int(info.Total_retrans)
+		res.SYNRetransmits = &n
+	}
+	if sn, err := unix.Getsockname(fd); err == nil {
+		res.Local = addrPortOf(sn)
+	}
+	switch {
+	case waitErr != nil && errors.Is(waitErr, os.ErrDeadlineExceeded):
+		// A late ICMP error may sit in the queue without having ended the handshake yet.
+		if q, ok := lastICMP(drainErrQueue(fd)); ok {
+			return icmpResult(res, q, dst.Is6())
+		}
+		return timeoutResult(res, a, elapsed)
+	case waitErr != nil:
+		return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("waiting for the handshake: %v", waitErr)}
+	case soErr == 0:
+		res.Reason = verdict.OK
+		res.RTT, res.HasRTT = elapsed, true
+		res.Detail = "handshake completed"
+		if res.SYNRetransmits != nil && *res.SYNRetransmits > 0 {
+			res.Detail = fmt.Sprintf("handshake completed after %d SYN retransmission(s); the userspace rtt includes the retransmission timeout",
+				*res.SYNRetransmits)
+		}
+		return res
+	}
+	if q, ok := lastICMP(drainErrQueue(fd)); ok {
+		return icmpResult(res, q, dst.Is6())
+	}
+	return asyncErrnoResult(res, soErr, elapsed)
+}
+
+// setupSocket sets the options every probe socket needs; ok=false returns why it failed.
+func setupSocket(fd int, v6 bool, a Attempt) (Result, bool) {
+	level, opt := unix.SOL_IP, unix.IP_RECVERR
+	if v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_RECVERR
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		return socketError("setsockopt IP_RECVERR", err), false
+	}
+	// An RST on close: the prober holds no TIME_WAIT entries however many probes it runs.
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+		return socketError("setsockopt SO_LINGER", err), false
+	}
+	if a.Interface != "" {
+		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, a.Interface); err != nil {
+			if errors.Is(err, unix.ENODEV) {
+				return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("interface %s does not exist", a.Interface)}, false
+			}
+			return socketError("bind to interface "+a.Interface, err), false
+		}
+	}
+	if a.Source.IsValid() {
+		src := netip.AddrPortFrom(a.Source, 0)
+		if a.Source.Is6() && a.Source.IsLinkLocalUnicast() && a.Source.Zone() == "" {
+			src = netip.AddrPortFrom(a.Source.WithZone(a.Addr.Addr().Zone()), 0)
+		}
+		sa, err := sockaddrOf(src)
+		if err != nil {
+			return Result{Reason: verdict.LocalError, Detail: err.Error()}, false
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			if errors.Is(err, unix.EADDRNOTAVAIL) {
+				return Result{Reason: verdict.LocalError,
+					Detail: fmt.Sprintf("source address %s is not configured on this host", a.Source)}, false
+			}
+			return socketError("bind "+a.Source.String(), err), false
+		}
+	}
+	return Result{}, true
+}
+
+// waitConnect waits until the non-blocking connect completes or the deadline passes, and
+// returns the socket's error (0 when connected).
+func waitConnect(f *os.File, deadline time.Time) (int, error) {
+	if err := f.SetWriteDeadline(deadline); err != nil {
+		return 0, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var soErr int
+	werr := rc.Write(func(fd uintptr) bool {
+		e, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			soErr = int(err.(unix.Errno))
+			return true
+		}
+		switch unix.Errno(e) {
+		case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
+			return false
+		case 0:
+			// Writable with no error can also mean "not yet": the first call comes before
+			// any event. Connected sockets have a peer.
+			if _, err := unix.Getpeername(int(fd)); errors.Is(err, unix.ENOTCONN) {
+				return false
+			}
+		}
+		soErr = e
+		return true
+	})
+	return soErr, werr
+}
+
+// timeoutResult explains silence: how many SYNs went out, and whether the next hop's
+// neighbor entry ever resolved (if not, the SYNs never left this link).
+func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
+	res.Reason = verdict.Timeout
+	sent := 1
+	if res.SYNRetransmits != nil {
+		sent += *res.SYNRetransmits
+	}
+	res.Detail = fmt.Sprintf("no SYN-ACK, RST or ICMP error within %s after %d SYN transmission(s)", waited.Round(time.Millisecond), sent)
+	dst := a.Addr.Addr()
+	oif := 0
+	if z := dst.Zone(); z != "" {
+		oif, _ = scopeID(z)
+	} else if a.Interface != "" {
+		oif, _ = scopeID(a.Interface)
+	}
+	rt, err := netctx.RouteTo(dst.WithZone(""), oif)
+	if err != nil || rt.LinkIndex == 0 {
+		return res
+	}
+	hop := rt.NextHop(dst.WithZone(""))
+	if state, err := netctx.NeighborState(hop, rt.LinkIndex); err == nil && netctx.Unresolved(state) {
+		res.Reason = verdict.HostUnreachable
+		res.Layer = verdict.LayerLink
+		res.Detail = fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s); %d SYN(s) never left the link",
+			hop, rt.Dev, state, sent)
+	}
+	return res
+}
+
+func icmpResult(res Result, q QueuedError, v6 bool) Result {
+	reason, name := ClassifyICMP(v6, q.Type, q.Code)
+	ic := &verdict.ICMP{Type: q.Type, Code: q.Code, Name: name}
+	if q.Offender.IsValid() {
+		ic.From = q.Offender.String()
+	}
+	res.Reason, res.ICMP = reason, ic
+	res.Detail = icmpDetail(ic, v6)
+	return res
+}
+
+// asyncErrnoResult classifies a handshake that failed without an ICMP error queued.
+func asyncErrnoResult(res Result, e int, elapsed time.Duration) Result {
+	switch unix.Errno(e) {
+	case unix.ECONNREFUSED:
+		res.Reason, res.Detail = verdict.Refused, "RST in answer to SYN: nothing listens on the port, or a firewall resets"
+		res.RTT, res.HasRTT = elapsed, true
+	case unix.ETIMEDOUT:
+		res.Reason, res.Detail = verdict.Timeout, "the kernel gave up retransmitting the SYN"
+	case unix.ECONNRESET:
+		res.Reason, res.Detail = verdict.Reset, "connection reset during the handshake"
+	case unix.ENETUNREACH:
+		res.Reason, res.Detail = verdict.NetUnreachable, "network unreachable (no ICMP detail queued)"
+	case unix.EHOSTUNREACH:
+		res.Reason, res.Detail = verdict.HostUnreachable, "host unreachable (no ICMP detail queued)"
+	case unix.EACCES, unix.EPERM:
+		res.Reason, res.Detail = verdict.AdminProhibited, fmt.Sprintf("handshake refused by policy: %v", unix.Errno(e))
+	default:
+		res.Reason, res.Detail = verdict.LocalError, fmt.Sprintf("handshake failed: %v", unix.Errno(e))
+	}
+	return res
+}
+
+// connectError classifies connect() failing synchronously: nothing left the host, so the
+// cause is local (routing table, policy, resources).
+func connectError(err error, a Attempt) Result {
+	dst := a.Addr.Addr()
+	var r Result
+	switch {
+	case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH):
+		r = Result{Reason: verdict.NoRoute, Detail: fmt.Sprintf("no route to %s in the local routing table", dst)}
+		if errors.Is(err, unix.EHOSTUNREACH) {
+			r.Detail = fmt.Sprintf("the local routing table marks %s unreachable", dst)
+		}
+		if a.Interface != "" {
+			if ifc, ierr := net.InterfaceByName(a.Interface); ierr == nil && ifc.Flags&net.FlagUp == 0 {
+				r = Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("interface %s is down", a.Interface)}
+			}
+		}
+	case errors.Is(err, unix.EACCES):
+		r = Result{Reason: verdict.AdminProhibited, Layer: verdict.LayerLocal,
+			Detail: fmt.Sprintf("the local routing table prohibits %s (prohibit route)", dst)}
+	case errors.Is(err, unix.EPERM):
+		r = Result{Reason: verdict.AdminProhibited, Layer: verdict.LayerLocal,
+			Detail: fmt.Sprintf("connect to %s blocked on this host (firewall or cgroup policy)", dst)}
+	case errors.Is(err, unix.EINVAL):
+		r = Result{Reason: verdict.NoRoute, Detail: fmt.Sprintf("connect to %s: %v (blackhole route?)", dst, err)}
+	case errors.Is(err, unix.EADDRNOTAVAIL):
+		r = Result{Reason: verdict.LocalError, Detail: "no free local port or source address (EADDRNOTAVAIL)"}
+	default:
+		r = socketError("connect", err)
+	}
+	return r
+}
+
+// socketError classifies failures to create or set up a socket.
+func socketError(op string, err error) Result {
+	switch {
+	case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
+		return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s: out of file descriptors (raise LimitNOFILE / ulimit -n)", op)}
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+		return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s: kernel out of memory for sockets", op)}
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return Result{Reason: verdict.Permission, Detail: fmt.Sprintf("%s: %v (binding to an interface needs CAP_NET_RAW on older kernels)", op, err)}
+	}
+	return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s: %v", op, err)}
+}
+
+func sockaddrOf(ap netip.AddrPort) (unix.Sockaddr, error) {
+	a := ap.Addr()
+	if a.Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}, nil
+	}
+	id, err := scopeID(a.Zone())
+	if err != nil {
+		return nil, err
+	}
+	if id == 0 && a.IsLinkLocalUnicast() {
+		return nil, fmt.Errorf("link-local address %s needs a zone (fe80::1%%eth0) or --interface", a)
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16(), ZoneId: uint32(id)}, nil
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch s := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(s.Addr), uint16(s.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(s.Addr), uint16(s.Port))
+	}
+	return netip.AddrPort{}
+}

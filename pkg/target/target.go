@@ -1,0 +1,155 @@
+// Package target parses probe targets as users write them (CONTRACT.md, "KIND and TARGET").
+package target
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Target is a parsed HOST[:PORT]. Exactly one of Name and Addr is set.
+type Target struct {
+	Raw  string     // as the user wrote it
+	Name string     // a host name to resolve, without trailing dot handling
+	Addr netip.Addr // an address literal, zone included (fe80::1%eth0)
+	Port uint16     // 0 when the kind takes no port
+}
+
+// IsLiteral reports whether the host is an address literal (no resolution needed).
+func (t Target) IsLiteral() bool { return t.Addr.IsValid() }
+
+// Host returns the host part as written, without brackets.
+func (t Target) Host() string {
+	if t.IsLiteral() {
+		return t.Addr.String()
+	}
+	return t.Name
+}
+
+// ParseHostPort parses HOST:PORT, [V6]:PORT or [fe80::1%eth0]:PORT.
+func ParseHostPort(s string) (Target, error) {
+	t := Target{Raw: s}
+	if s == "" {
+		return t, errors.New("empty target (want HOST:PORT)")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		switch {
+		case errors.As(err, &ae) && ae.Err == "missing port in address":
+			return t, fmt.Errorf("target %q has no port (want HOST:PORT, e.g. %s:443)", s, hintHost(s))
+		case errors.As(err, &ae) && ae.Err == "too many colons in address":
+			return t, fmt.Errorf("target %q is not HOST:PORT (write IPv6 addresses in brackets: [2001:db8::1]:443)", s)
+		default:
+			return t, fmt.Errorf("target %q is not HOST:PORT: %s", s, strings.TrimPrefix(err.Error(), "address "+s+": "))
+		}
+	}
+	p, err := parsePort(port)
+	if err != nil {
+		return t, fmt.Errorf("target %q: %w", s, err)
+	}
+	t.Port = p
+	bracketed := strings.HasPrefix(s, "[")
+	if err := t.setHost(host, bracketed); err != nil {
+		return t, fmt.Errorf("target %q: %w", s, err)
+	}
+	return t, nil
+}
+
+// ParseHost parses a bare HOST, V6 or fe80::1%eth0 (kinds without a port).
+func ParseHost(s string) (Target, error) {
+	t := Target{Raw: s}
+	if s == "" {
+		return t, errors.New("empty target (want HOST)")
+	}
+	host := s
+	bracketed := strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]")
+	if bracketed {
+		host = s[1 : len(s)-1]
+	}
+	if err := t.setHost(host, bracketed); err != nil {
+		return t, fmt.Errorf("target %q: %w", s, err)
+	}
+	return t, nil
+}
+
+func hintHost(s string) string {
+	if strings.Contains(s, ":") {
+		return "[" + s + "]"
+	}
+	return s
+}
+
+func parsePort(p string) (uint16, error) {
+	if p == "" {
+		return 0, errors.New("empty port")
+	}
+	n, err := strconv.ParseUint(p, 10, 32)
+	if err != nil {
+		if strings.IndexFunc(p, func(r rune) bool { return r < '0' || r > '9' }) < 0 {
+			return 0, fmt.Errorf("port %s is out of range 1-65535", p)
+		}
+		// Service names come from /etc/services only: no network is asked.
+		sp, lerr := net.LookupPort("tcp", p)
+		if lerr != nil {
+			return 0, fmt.Errorf("unknown port or service %q", p)
+		}
+		return uint16(sp), nil
+	}
+	if n < 1 || n > 65535 {
+		return 0, fmt.Errorf("port %d is out of range 1-65535", n)
+	}
+	return uint16(n), nil
+}
+
+func (t *Target) setHost(host string, bracketed bool) error {
+	if host == "" {
+		return errors.New("empty host")
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Is4() && bracketed {
+			return errors.New("brackets are for IPv6 addresses only")
+		}
+		if a.Is4In6() && a.Zone() == "" {
+			a = a.Unmap()
+		}
+		t.Addr = a
+		return nil
+	} else if bracketed || strings.Contains(host, ":") {
+		return fmt.Errorf("invalid IPv6 address %q", host)
+	}
+	if err := checkName(host); err != nil {
+		return err
+	}
+	t.Name = host
+	return nil
+}
+
+// checkName accepts DNS names (RFC 1123 labels, plus '_' which real zones use).
+func checkName(name string) error {
+	n := strings.TrimSuffix(name, ".")
+	if len(n) == 0 || len(n) > 253 {
+		return fmt.Errorf("invalid host name %q", name)
+	}
+	for _, label := range strings.Split(n, ".") {
+		if len(label) == 0 || len(label) > 63 {
+			return fmt.Errorf("invalid host name %q: empty or over-long label", name)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("invalid host name %q: label %q starts or ends with '-'", name, label)
+		}
+		for _, c := range label {
+			ok := c == '-' || c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+			if !ok {
+				return fmt.Errorf("invalid host name %q: character %q", name, c)
+			}
+		}
+	}
+	if _, err := strconv.Atoi(strings.ReplaceAll(n, ".", "")); err == nil {
+		return fmt.Errorf("invalid IPv4 address %q", name)
+	}
+	return nil
+}

@@ -1,0 +1,120 @@
+// Package verdict holds the verdict a probe produces (CONTRACT.md) and its encodings.
+package verdict
+
+import (
+	"encoding/json"
+	"math"
+	"strconv"
+	"time"
+)
+
+// Timing sources, best first.
+const (
+	SourceWire      = "wire"
+	SourceKernel    = "kernel"
+	SourceUserspace = "userspace"
+)
+
+// Millis is a duration encoded as float milliseconds with microsecond precision.
+type Millis float64
+
+// Ms converts d to Millis.
+func Ms(d time.Duration) Millis { return Millis(float64(d) / float64(time.Millisecond)) }
+
+// MsPtr is Ms for an optional field.
+func MsPtr(d time.Duration) *Millis { m := Ms(d); return &m }
+
+func (m Millis) MarshalJSON() ([]byte, error) {
+	v := math.Round(float64(m)*1000) / 1000
+	return strconv.AppendFloat(nil, v, 'f', -1, 64), nil
+}
+
+// Time is encoded as RFC 3339 with microseconds, as CONTRACT.md requires.
+type Time time.Time
+
+const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
+
+func (t Time) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Time(t).Format(timeLayout))
+}
+
+func (t *Time) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.Parse(time.RFC3339Nano, s)
+	*t = Time(v)
+	return err
+}
+
+// Verdict is one probe's result. Field order follows CONTRACT.md so JSON reads the same way.
+type Verdict struct {
+	Time         Time    `json:"time"`
+	Probe        string  `json:"probe"`
+	Kind         string  `json:"kind"`
+	Target       string  `json:"target"`
+	Addr         string  `json:"addr"`
+	Family       string  `json:"family"`
+	OK           bool    `json:"ok"`
+	Reason       Reason  `json:"reason"`
+	Layer        Layer   `json:"layer"`
+	Detail       string  `json:"detail"`
+	Attempts     int     `json:"attempts"`
+	TimingSource string  `json:"timing_source"`
+	RTTMs        *Millis `json:"rtt_ms"`
+
+	Timings *Timings `json:"timings_ms,omitempty"`
+	Wire    *Wire    `json:"wire,omitempty"`
+	Tries   []Try    `json:"tries,omitempty"`
+	Route   *Route   `json:"route,omitempty"`
+	Local   string   `json:"local,omitempty"`
+}
+
+// Timings are the phases of the final attempt.
+type Timings struct {
+	Resolve *Millis `json:"resolve,omitempty"`
+	Connect *Millis `json:"connect,omitempty"`
+	Total   *Millis `json:"total,omitempty"`
+}
+
+// Wire is what was seen of the probe's packets. Before eBPF timing exists only ICMP is
+// filled, from the socket error queue (IP_RECVERR).
+type Wire struct {
+	SYNRetransmits *int  `json:"syn_retransmits,omitempty"`
+	ICMP           *ICMP `json:"icmp,omitempty"`
+}
+
+// ICMP is an ICMP or ICMPv6 error received in answer to the probe.
+type ICMP struct {
+	Type uint8  `json:"type"`
+	Code uint8  `json:"code"`
+	Name string `json:"name"`
+	From string `json:"from"`
+}
+
+// Try is one attempt of a probe.
+type Try struct {
+	N         int     `json:"n"`
+	Reason    Reason  `json:"reason"`
+	Detail    string  `json:"detail,omitempty"`
+	RTTMs     *Millis `json:"rtt_ms"`
+	BackoffMs *Millis `json:"backoff_ms,omitempty"`
+}
+
+// Route is the local route the probe's packets took (or would have).
+type Route struct {
+	Dev     string `json:"dev,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	Src     string `json:"src,omitempty"`
+	Table   int    `json:"table,omitempty"`
+	Type    string `json:"type,omitempty"`
+}
+
+// SetReason sets reason, its usual layer and ok together so they never disagree.
+func (v *Verdict) SetReason(r Reason, detail string) {
+	v.Reason = r
+	v.Layer = r.Layer()
+	v.OK = r == OK
+	v.Detail = detail
+}
