@@ -1,0 +1,111 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"reachd/pkg/verdict"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func run(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrorsExit2WithOneLine(t *testing.T) {
+	cases := [][]string{
+		{"probe", "tcp", "bad::target"},
+		{"probe", "tcp", "host"},
+		{"probe", "tcp", "x:99999"},
+		{"probe", "tcp", "--no-such-flag", "127.0.0.1:1"},
+		{"probe", "tcp"},
+		{"probe"},
+		{"probe", "gopher", "x:1"},
+		{"nosuchcommand"},
+		{"probe", "tcp", "-4", "-6", "127.0.0.1:1"},
+		{"probe", "tcp", "-6", "127.0.0.1:1"},
+		{"probe", "tcp", "--family", "ipx", "127.0.0.1:1"},
+		{"probe", "tcp", "--timeout", "0s", "127.0.0.1:1"},
+		{"probe", "tcp", "--timeout", "soon", "127.0.0.1:1"},
+		{"probe", "tcp", "--retries", "-1", "127.0.0.1:1"},
+		{"probe", "tcp", "--source", "nope", "127.0.0.1:1"},
+		{"probe", "tcp", "--source", "2001:db8::1", "127.0.0.1:1"},
+		{"probe", "tcp", "--interface", "reachd-nope0", "127.0.0.1:1"},
+		{"probe", "tcp", "[fe80::1]:80"},
+		{"probe", "tcp", "[fe80::1%reachd-nope0]:80"},
+		{"probe", "tcp", "--concurrency", "0", "127.0.0.1:1"},
+		{"version", "extra"},
+	}
+	for _, c := range cases {
+		code, out, errs := run(c...)
+		if code != ExitUsage || out != "" || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "reachd: ") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", c, code, out, errs)
+		}
+		if strings.Contains(errs, "goroutine") || strings.Contains(errs, "panic") {
+			t.Errorf("%q: stack trace on stderr", c)
+		}
+	}
+}
+
+func TestExitStatusesAndJSON(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	open := ln.Addr().String()
+	closedLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	closed := closedLn.Addr().String()
+	closedLn.Close()
+
+	code, out, errs := run("probe", "tcp", open)
+	if code != ExitOK || !strings.HasPrefix(out, "ok ") || errs != "" {
+		t.Fatalf("open: %d %q %q", code, out, errs)
+	}
+	code, out, _ = run("probe", "tcp", "--json", open, closed, open)
+	if code != ExitNotOK {
+		t.Fatalf("one refused: exit %d", code)
+	}
+	md, _ := os.ReadFile("../../docs/verdict.md")
+	schema, err := verdict.ParseSchema(md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want 3 lines in target order, got %q", out)
+	}
+	for i, l := range lines {
+		if err := schema.Validate([]byte(l)); err != nil {
+			t.Errorf("line %d: %v\n%s", i, err, l)
+		}
+	}
+	if !strings.Contains(lines[1], `"reason":"refused"`) || !strings.Contains(lines[1], `"target":"`+closed+`"`) {
+		t.Errorf("second line is not the refused target: %s", lines[1])
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := run("version")
+	if code != 0 || !strings.HasPrefix(out, "reachd ") {
+		t.Fatalf("%d %q", code, out)
+	}
+}
