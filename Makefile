@@ -1,0 +1,40 @@
+# reachd — run `make help` for the targets.
+GO      ?= go
+BIN     ?= bin/reachd
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X reachd/pkg/cli.Version=$(VERSION)
+
+.PHONY: help build test test-unit test-lab demo bench lint fuzz clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/reachd
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/reachd
+
+test: test-unit test-lab ## all tests (lab tests need root; with CI=true a skip fails)
+
+test-unit: ## unit tests, no root needed
+	$(GO) test -count=1 ./pkg/... ./cmd/...
+
+test-lab: build ## namespace lab tests (root)
+	@if [ -d tests/lab ] && ls tests/lab/*_test.go >/dev/null 2>&1; then \
+		REACHD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./tests/... ; \
+	else echo "test-lab: no lab tests yet"; fi
+
+demo: build ## build reachd and show verdicts against a throwaway lab (root)
+	$(GO) run ./tests/lab/demo -reachd $(CURDIR)/$(BIN)
+
+bench: build ## benchmarks: 1,000-target run, wall time and peak RSS (root)
+	REACHD_BENCH=1 REACHD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run 'Bench' -timeout 20m ./tests/lab/
+
+fuzz: ## longer fuzz runs of the byte parsers
+	$(GO) test -run '^$$' -fuzz FuzzParseExtendedErr -fuzztime 60s ./pkg/probe/
+	$(GO) test -run '^$$' -fuzz FuzzParseHostPort -fuzztime 60s ./pkg/target/
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+clean: ## remove build output
+	rm -rf bin
