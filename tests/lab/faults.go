@@ -16,9 +16,9 @@ func (l *Lab) routerRule(rule string) error {
 	l.mu.Unlock()
 	script := ""
 	if init {
-		script = "table inet reachd_lab {\n chain fwd { type filter hook forward priority 0; policy accept; }\n}\n"
+		script = "table inet reachd_lab {\n chain faults { type filter hook forward priority 0; policy accept; }\n}\n"
 	}
-	return l.Router.Nft(script + "add rule inet reachd_lab fwd " + rule + "\n")
+	return l.Router.Nft(script + "add rule inet reachd_lab faults " + rule + "\n")
 }
 
 func ipKw(a netip.Addr) string {
@@ -59,7 +59,9 @@ func (l *Lab) routerTypedRoute(p netip.Prefix, typ int) error {
 }
 
 // ClientRouteProhibit adds a prohibit route on the client itself (a local policy).
-func (l *Lab) ClientRouteProhibit(p netip.Prefix) error { return addRouteType(l.Client, p, syscall.RTN_PROHIBIT) }
+func (l *Lab) ClientRouteProhibit(p netip.Prefix) error {
+	return addRouteType(l.Client, p, syscall.RTN_PROHIBIT)
+}
 
 // DelClientRoute removes the client's route to prefix, leaving it without one.
 func (l *Lab) DelClientRoute(p netip.Prefix) error {

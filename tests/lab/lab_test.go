@@ -1,0 +1,266 @@
+package lab
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"reachd/pkg/verdict"
+)
+
+var (
+	reachdBin string
+	schema    *verdict.Schema
+	shared    *Lab
+	sharedErr error
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	// Interrupted runs still tear their namespaces down; a kill -9 leaves them to Reap.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() { <-sig; CloseAll(); os.Exit(130) }()
+	defer CloseAll()
+
+	md, err := os.ReadFile("../../docs/verdict.md")
+	if err == nil {
+		schema, err = verdict.ParseSchema(md)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "load docs/verdict.md:", err)
+		return 1
+	}
+	reachdBin = os.Getenv("REACHD_BIN")
+	if reachdBin == "" {
+		dir, err := os.MkdirTemp("", "reachd-lab-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		reachdBin = filepath.Join(dir, "reachd")
+		if out, err := exec.Command("go", "build", "-o", reachdBin, "../../cmd/reachd").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build reachd: %v\n%s", err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// requireLab returns the shared lab, skipping without root — except under CI=true, where a
+// skipped privileged test would hide that nothing ran, so it fails instead.
+func requireLab(t *testing.T) *Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("lab tests need root and CI=true forbids skipping them")
+		}
+		t.Skip("lab tests need root")
+	}
+	if shared == nil && sharedErr == nil {
+		shared, sharedErr = New()
+		if sharedErr == nil {
+			sharedErr = setupFixtures(shared)
+		}
+	}
+	if sharedErr != nil {
+		t.Fatalf("lab: %v", sharedErr)
+	}
+	return shared
+}
+
+// Ports of the fixtures.
+const (
+	portOpen    = 80
+	portClosed  = 81
+	portDrop    = 82
+	portReset   = 83
+	portRouter  = 8080
+	portAdminV4 = 84
+)
+
+var (
+	adminV4       = netip.MustParseAddr("203.0.113.130")
+	adminV6       = netip.MustParseAddr("2001:db8:a::130")
+	prohibV4      = netip.MustParsePrefix("203.0.113.140/32")
+	prohibV6      = netip.MustParsePrefix("2001:db8:a::140/128")
+	unreachV4     = netip.MustParsePrefix("203.0.113.141/32")
+	unreachV6     = netip.MustParsePrefix("2001:db8:a::141/128")
+	localProhibV4 = netip.MustParsePrefix("203.0.113.142/32")
+)
+
+func setupFixtures(l *Lab) error {
+	if _, err := l.Serve(l.Server, fmt.Sprintf("[::]:%d", portOpen)); err != nil {
+		return err
+	}
+	if _, err := l.Serve(l.Router, fmt.Sprintf("[::]:%d", portRouter)); err != nil {
+		return err
+	}
+	steps := []func() error{
+		func() error { return l.DropTCP(ServerV4, portDrop) },
+		func() error { return l.DropTCP(ServerV6, portDrop) },
+		func() error { return l.ResetTCP(ServerV4, portReset) },
+		func() error { return l.ResetTCP(ServerV6, portReset) },
+		func() error { return l.RejectAdmin(adminV4) },
+		func() error { return l.RejectAdmin(adminV6) },
+		func() error { return l.RouteProhibit(prohibV4) },
+		func() error { return l.RouteProhibit(prohibV6) },
+		func() error { return l.RouteUnreachable(unreachV4) },
+		func() error { return l.RouteUnreachable(unreachV6) },
+		func() error { return l.ClientRouteProhibit(localProhibV4) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// probe runs the built reachd in the client namespace and returns its verdicts, each
+// validated against docs/verdict.md.
+func probe(t *testing.T, l *Lab, args ...string) ([]map[string]any, int) {
+	t.Helper()
+	cmd := l.Client.Command(reachdBin, append([]string{"probe", "tcp", "--json"}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run reachd: %v", err)
+	}
+	if stderr.Len() > 0 && code != 2 {
+		t.Errorf("stderr: %s", stderr.String())
+	}
+	var vs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line == "" {
+			continue
+		}
+		if err := schema.Validate([]byte(line)); err != nil {
+			t.Errorf("verdict does not validate against docs/verdict.md: %v\n%s", err, line)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		vs = append(vs, m)
+	}
+	return vs, code
+}
+
+func icmpFrom(v map[string]any) string {
+	w, _ := v["wire"].(map[string]any)
+	ic, _ := w["icmp"].(map[string]any)
+	s, _ := ic["from"].(string)
+	return s
+}
+
+func ap(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
+
+func TestTCPReasons(t *testing.T) {
+	l := requireLab(t)
+	cases := []struct {
+		name, target string
+		args         []string
+		reason       verdict.Reason
+		layer        verdict.Layer
+		from         netip.Addr // ICMP sender expected, if any
+	}{
+		{"open v4", ap(ServerV4, portOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"open v6", ap(ServerV6, portOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"open anyip v4", ap(netip.MustParseAddr("203.0.113.200"), portOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"refused v4", ap(ServerV4, portClosed), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"refused v6", ap(ServerV6, portClosed), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"router reset v4", ap(ServerV4, portReset), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"router reset v6", ap(ServerV6, portReset), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"drop v4", ap(ServerV4, portDrop), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
+		{"drop v6", ap(ServerV6, portDrop), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
+		{"admin nft v4", ap(adminV4, portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
+		{"admin nft v6", ap(adminV6, portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
+		{"admin route v4", ap(prohibV4.Addr(), portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
+		{"admin route v6", ap(prohibV6.Addr(), portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
+		{"admin local route v4", ap(localProhibV4.Addr(), portOpen), nil, verdict.AdminProhibited, verdict.LayerLocal, netip.Addr{}},
+		{"unreachable route v4", ap(unreachV4.Addr(), portOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"unreachable route v6", ap(unreachV6.Addr(), portOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
+		{"ghost neighbor v4", ap(GhostV4, portOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"ghost neighbor v6", ap(GhostV6, portOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV6},
+		{"client ghost neighbor v4", ap(ClientGhostV4, portOpen), []string{"--timeout", "2s"}, verdict.HostUnreachable, verdict.LayerLink, netip.Addr{}},
+		{"router no route v4", ap(UnroutedV4, portOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"router no route v6", ap(UnroutedV6, portOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
+		{"no client route v4", ap(NoRouteV4, portOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
+		{"no client route v6", ap(NoRouteV6, portOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
+		{"foreign source", ap(ServerV4, portOpen), []string{"--source", "198.51.100.50"}, verdict.LocalError, verdict.LayerLocal, netip.Addr{}},
+		{"link-local zone", "[fe80::1%" + ClientIf + "]:8080", nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"link-local --interface", "[fe80::1]:8080", []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"--interface v4", ap(ServerV4, portOpen), []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"--source v6", ap(ServerV6, portOpen), []string{"--source", ClientV6.String()}, verdict.OK, verdict.LayerOK, netip.Addr{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			args := append([]string{"--retries", "0"}, c.args...)
+			vs, code := probe(t, l, append(args, c.target)...)
+			if len(vs) != 1 {
+				t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
+			}
+			v := vs[0]
+			if verdict.Reason(v["reason"].(string)) != c.reason || verdict.Layer(v["layer"].(string)) != c.layer {
+				t.Fatalf("reason %v layer %v, want %s %s: %v", v["reason"], v["layer"], c.reason, c.layer, v["detail"])
+			}
+			if wantCode := map[bool]int{true: 0, false: 1}[c.reason == verdict.OK]; code != wantCode {
+				t.Errorf("exit %d, want %d", code, wantCode)
+			}
+			if c.from.IsValid() && icmpFrom(v) != c.from.String() {
+				t.Errorf("ICMP from %q, want %s (%v)", icmpFrom(v), c.from, v["detail"])
+			}
+			t.Logf("%s → %s/%s: %s", c.target, v["reason"], v["layer"], v["detail"])
+		})
+	}
+}
+
+func TestTCPRetriesRecorded(t *testing.T) {
+	l := requireLab(t)
+	vs, code := probe(t, l, "--retries", "2", "--timeout", "300ms", ap(ServerV4, portDrop))
+	if code != 1 || len(vs) != 1 {
+		t.Fatalf("exit %d, %d verdicts", code, len(vs))
+	}
+	v := vs[0]
+	tries, _ := v["tries"].([]any)
+	if v["attempts"].(float64) != 3 || len(tries) != 3 {
+		t.Fatalf("attempts %v tries %d", v["attempts"], len(tries))
+	}
+	for i, tr := range tries {
+		_, hasBackoff := tr.(map[string]any)["backoff_ms"]
+		if hasBackoff != (i < 2) {
+			t.Errorf("try %d backoff present=%v", i+1, hasBackoff)
+		}
+	}
+	// A definite answer is not retried even with retries left.
+	vs, _ = probe(t, l, "--retries", "3", ap(ServerV4, portClosed))
+	if vs[0]["attempts"].(float64) != 1 {
+		t.Errorf("refused was retried: %v", vs[0]["attempts"])
+	}
+}
+
+func TestFamilyBoth(t *testing.T) {
+	l := requireLab(t)
+	// Literals carry one family each; several targets come back in the order given.
+	vs, code := probe(t, l, "--family", "both", ap(ServerV6, portOpen), ap(ServerV4, portOpen))
+	if code != 0 || len(vs) != 2 || vs[0]["family"] != "ipv6" || vs[1]["family"] != "ipv4" {
+		t.Fatalf("exit %d verdicts %v", code, vs)
+	}
+}
