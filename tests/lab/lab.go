@@ -281,6 +281,9 @@ func (l *Lab) build() error {
 	}
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"},
+		// Parallel tests draw many ICMP errors toward one client; the kernel's per-peer
+		// rate limit would drop some and turn them into timeouts.
+		{"net.ipv4.icmp_ratelimit", "0"}, {"net.ipv6.icmp.ratelimit", "0"},
 		{"net.ipv4.neigh." + RouterServerIf + ".retrans_time_ms", "200"},
 		{"net.ipv6.neigh." + RouterServerIf + ".retrans_time_ms", "200"},
 	} {
