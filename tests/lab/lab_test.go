@@ -71,61 +71,13 @@ func requireLab(t *testing.T) *Lab {
 	if shared == nil && sharedErr == nil {
 		shared, sharedErr = New()
 		if sharedErr == nil {
-			sharedErr = setupFixtures(shared)
+			sharedErr = shared.SetupFixtures()
 		}
 	}
 	if sharedErr != nil {
 		t.Fatalf("lab: %v", sharedErr)
 	}
 	return shared
-}
-
-// Ports of the fixtures.
-const (
-	portOpen    = 80
-	portClosed  = 81
-	portDrop    = 82
-	portReset   = 83
-	portRouter  = 8080
-	portAdminV4 = 84
-)
-
-var (
-	adminV4       = netip.MustParseAddr("203.0.113.130")
-	adminV6       = netip.MustParseAddr("2001:db8:a::130")
-	prohibV4      = netip.MustParsePrefix("203.0.113.140/32")
-	prohibV6      = netip.MustParsePrefix("2001:db8:a::140/128")
-	unreachV4     = netip.MustParsePrefix("203.0.113.141/32")
-	unreachV6     = netip.MustParsePrefix("2001:db8:a::141/128")
-	localProhibV4 = netip.MustParsePrefix("203.0.113.142/32")
-)
-
-func setupFixtures(l *Lab) error {
-	if _, err := l.Serve(l.Server, fmt.Sprintf("[::]:%d", portOpen)); err != nil {
-		return err
-	}
-	if _, err := l.Serve(l.Router, fmt.Sprintf("[::]:%d", portRouter)); err != nil {
-		return err
-	}
-	steps := []func() error{
-		func() error { return l.DropTCP(ServerV4, portDrop) },
-		func() error { return l.DropTCP(ServerV6, portDrop) },
-		func() error { return l.ResetTCP(ServerV4, portReset) },
-		func() error { return l.ResetTCP(ServerV6, portReset) },
-		func() error { return l.RejectAdmin(adminV4) },
-		func() error { return l.RejectAdmin(adminV6) },
-		func() error { return l.RouteProhibit(prohibV4) },
-		func() error { return l.RouteProhibit(prohibV6) },
-		func() error { return l.RouteUnreachable(unreachV4) },
-		func() error { return l.RouteUnreachable(unreachV6) },
-		func() error { return l.ClientRouteProhibit(localProhibV4) },
-	}
-	for _, s := range steps {
-		if err := s(); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // probe runs the built reachd in the client namespace and returns its verdicts, each
@@ -180,34 +132,34 @@ func TestTCPReasons(t *testing.T) {
 		layer        verdict.Layer
 		from         netip.Addr // ICMP sender expected, if any
 	}{
-		{"open v4", ap(ServerV4, portOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
-		{"open v6", ap(ServerV6, portOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
-		{"open anyip v4", ap(netip.MustParseAddr("203.0.113.200"), portOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
-		{"refused v4", ap(ServerV4, portClosed), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
-		{"refused v6", ap(ServerV6, portClosed), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
-		{"router reset v4", ap(ServerV4, portReset), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
-		{"router reset v6", ap(ServerV6, portReset), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
-		{"drop v4", ap(ServerV4, portDrop), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
-		{"drop v6", ap(ServerV6, portDrop), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
-		{"admin nft v4", ap(adminV4, portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
-		{"admin nft v6", ap(adminV6, portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
-		{"admin route v4", ap(prohibV4.Addr(), portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
-		{"admin route v6", ap(prohibV6.Addr(), portOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
-		{"admin local route v4", ap(localProhibV4.Addr(), portOpen), nil, verdict.AdminProhibited, verdict.LayerLocal, netip.Addr{}},
-		{"unreachable route v4", ap(unreachV4.Addr(), portOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
-		{"unreachable route v6", ap(unreachV6.Addr(), portOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
-		{"ghost neighbor v4", ap(GhostV4, portOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
-		{"ghost neighbor v6", ap(GhostV6, portOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV6},
-		{"client ghost neighbor v4", ap(ClientGhostV4, portOpen), []string{"--timeout", "2s"}, verdict.HostUnreachable, verdict.LayerLink, netip.Addr{}},
-		{"router no route v4", ap(UnroutedV4, portOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV4},
-		{"router no route v6", ap(UnroutedV6, portOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
-		{"no client route v4", ap(NoRouteV4, portOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
-		{"no client route v6", ap(NoRouteV6, portOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
-		{"foreign source", ap(ServerV4, portOpen), []string{"--source", "198.51.100.50"}, verdict.LocalError, verdict.LayerLocal, netip.Addr{}},
+		{"open v4", ap(ServerV4, PortOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"open v6", ap(ServerV6, PortOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"open anyip v4", ap(netip.MustParseAddr("203.0.113.200"), PortOpen), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"refused v4", ap(ServerV4, PortClosed), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"refused v6", ap(ServerV6, PortClosed), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"router reset v4", ap(ServerV4, PortReset), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"router reset v6", ap(ServerV6, PortReset), nil, verdict.Refused, verdict.LayerTransport, netip.Addr{}},
+		{"drop v4", ap(ServerV4, PortDrop), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
+		{"drop v6", ap(ServerV6, PortDrop), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
+		{"admin nft v4", ap(AdminV4, PortOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
+		{"admin nft v6", ap(AdminV6, PortOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
+		{"admin route v4", ap(ProhibV4.Addr(), PortOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
+		{"admin route v6", ap(ProhibV6.Addr(), PortOpen), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
+		{"admin local route v4", ap(LocalProhibV4.Addr(), PortOpen), nil, verdict.AdminProhibited, verdict.LayerLocal, netip.Addr{}},
+		{"unreachable route v4", ap(UnreachV4.Addr(), PortOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"unreachable route v6", ap(UnreachV6.Addr(), PortOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
+		{"ghost neighbor v4", ap(GhostV4, PortOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"ghost neighbor v6", ap(GhostV6, PortOpen), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV6},
+		{"client ghost neighbor v4", ap(ClientGhostV4, PortOpen), []string{"--timeout", "2s"}, verdict.HostUnreachable, verdict.LayerLink, netip.Addr{}},
+		{"router no route v4", ap(UnroutedV4, PortOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"router no route v6", ap(UnroutedV6, PortOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
+		{"no client route v4", ap(NoRouteV4, PortOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
+		{"no client route v6", ap(NoRouteV6, PortOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
+		{"foreign source", ap(ServerV4, PortOpen), []string{"--source", "198.51.100.50"}, verdict.LocalError, verdict.LayerLocal, netip.Addr{}},
 		{"link-local zone", "[fe80::1%" + ClientIf + "]:8080", nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
 		{"link-local --interface", "[fe80::1]:8080", []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
-		{"--interface v4", ap(ServerV4, portOpen), []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
-		{"--source v6", ap(ServerV6, portOpen), []string{"--source", ClientV6.String()}, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"--interface v4", ap(ServerV4, PortOpen), []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
+		{"--source v6", ap(ServerV6, PortOpen), []string{"--source", ClientV6.String()}, verdict.OK, verdict.LayerOK, netip.Addr{}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -234,7 +186,7 @@ func TestTCPReasons(t *testing.T) {
 
 func TestTCPRetriesRecorded(t *testing.T) {
 	l := requireLab(t)
-	vs, code := probe(t, l, "--retries", "2", "--timeout", "300ms", ap(ServerV4, portDrop))
+	vs, code := probe(t, l, "--retries", "2", "--timeout", "300ms", ap(ServerV4, PortDrop))
 	if code != 1 || len(vs) != 1 {
 		t.Fatalf("exit %d, %d verdicts", code, len(vs))
 	}
@@ -250,7 +202,7 @@ func TestTCPRetriesRecorded(t *testing.T) {
 		}
 	}
 	// A definite answer is not retried even with retries left.
-	vs, _ = probe(t, l, "--retries", "3", ap(ServerV4, portClosed))
+	vs, _ = probe(t, l, "--retries", "3", ap(ServerV4, PortClosed))
 	if vs[0]["attempts"].(float64) != 1 {
 		t.Errorf("refused was retried: %v", vs[0]["attempts"])
 	}
@@ -259,7 +211,7 @@ func TestTCPRetriesRecorded(t *testing.T) {
 func TestFamilyBoth(t *testing.T) {
 	l := requireLab(t)
 	// Literals carry one family each; several targets come back in the order given.
-	vs, code := probe(t, l, "--family", "both", ap(ServerV6, portOpen), ap(ServerV4, portOpen))
+	vs, code := probe(t, l, "--family", "both", ap(ServerV6, PortOpen), ap(ServerV4, PortOpen))
 	if code != 0 || len(vs) != 2 || vs[0]["family"] != "ipv6" || vs[1]["family"] != "ipv4" {
 		t.Fatalf("exit %d verdicts %v", code, vs)
 	}

@@ -1,12 +1,77 @@
-// Command demo builds a throwaway namespace lab and shows reachd's verdicts in it.
+// Command demo builds a throwaway namespace lab, shows reachd's verdicts against its
+// fixtures (an open port, a closed one, a silent drop, an admin-prohibited reject, a host
+// that never answers ARP, a missing route) and tears the lab down.
 package main
 
 import (
+	"flag"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"reachd/tests/lab"
 )
 
-func main() {
-	fmt.Fprintln(os.Stderr, "demo: the namespace lab is not built yet (work in progress on issue 2)")
-	os.Exit(1)
+func main() { os.Exit(run()) }
+
+func run() int {
+	bin := flag.String("reachd", "bin/reachd", "the reachd binary to run")
+	flag.Parse()
+	if _, err := os.Stat(*bin); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v (run 'make demo', which builds it)\n", err)
+		return 2
+	}
+	if reaped := lab.Reap(); len(reaped) > 0 {
+		fmt.Printf("reaped stale lab namespaces: %s\n", strings.Join(reaped, " "))
+	}
+	l, err := lab.New()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return 2
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() { <-sig; l.Close(); os.Exit(130) }()
+	defer l.Close()
+	if err := l.SetupFixtures(); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return 1
+	}
+	ap := func(a netip.Addr, p int) string { return netip.AddrPortFrom(a, uint16(p)).String() }
+
+	fmt.Println("lab: client 198.51.100.2 / 2001:db8:c::2 ── router 198.51.100.1 ── server 203.0.113.2 / 2001:db8:5::2")
+	fmt.Println("faults: port 81 closed, port 82 dropped, 203.0.113.130 admin-prohibited, 203.0.113.9 has no host,")
+	fmt.Println("        198.51.100.200 has no route on the client")
+	targets := []string{
+		ap(lab.ServerV4, lab.PortOpen),        // open
+		ap(lab.ServerV6, lab.PortOpen),        // open, IPv6
+		"[fe80::1%" + lab.ClientIf + "]:8080", // link-local with zone
+		ap(lab.ServerV4, lab.PortClosed),      // refused
+		ap(lab.ServerV4, lab.PortDrop),        // timeout
+		ap(lab.AdminV4, lab.PortOpen),         // admin_prohibited
+		ap(lab.AdminV6, lab.PortOpen),         // admin_prohibited, ICMPv6
+		ap(lab.GhostV4, lab.PortOpen),         // host_unreachable
+		ap(lab.UnroutedV4, lab.PortOpen),      // net_unreachable
+		ap(lab.NoRouteV4, lab.PortOpen),       // no_route
+	}
+	show := func(args ...string) {
+		fmt.Printf("\n$ reachd %s\n", strings.Join(args, " "))
+		cmd := l.Client.Command(*bin, args...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		err := cmd.Run()
+		code := 0
+		if cmd.ProcessState != nil {
+			code = cmd.ProcessState.ExitCode()
+		} else if err != nil {
+			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		}
+		fmt.Printf("(exit status %d)\n", code)
+	}
+	show(append([]string{"probe", "tcp", "--timeout", "2s", "--retries", "1"}, targets...)...)
+	show("probe", "tcp", "--json", "--retries", "0", ap(lab.AdminV4, lab.PortOpen))
+	fmt.Println("\nlab torn down.")
+	return 0
 }
