@@ -19,7 +19,7 @@ test-unit: ## unit tests, no root needed
 
 test-lab: build ## namespace lab tests (root)
 	@if [ -d tests/lab ] && ls tests/lab/*_test.go >/dev/null 2>&1; then \
-		REACHD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m ./tests/... ; \
+		REACHD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 10m -skip 'Bench' ./tests/... ; \
 	else echo "test-lab: no lab tests yet"; fi
 
 demo: build ## build reachd and show verdicts against a throwaway lab (root)

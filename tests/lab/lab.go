@@ -159,6 +159,8 @@ type Lab struct {
 	closers []func()
 	closed  bool
 	nftInit bool
+	// scaleReady: the scale tests' drop rule is in place.
+	scaleReady bool
 }
 
 var seq atomic.Int64
