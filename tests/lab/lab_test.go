@@ -30,6 +30,13 @@ func testMain(m *testing.M) int {
 	if os.Getenv(childEnv) != "" {
 		return runChild()
 	}
+	if os.Getenv(holdEnv) != "" {
+		defer CloseAll()
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() { <-sig; CloseAll(); os.Exit(130) }()
+		return holdLab()
+	}
 	// Interrupted runs still tear their namespaces down; a kill -9 leaves them to Reap.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)

@@ -165,6 +165,12 @@ func TestScale1000NoLeaks(t *testing.T) {
 	if r.FDsAfter > r.FDsBefore {
 		t.Errorf("fds grew from %d to %d", r.FDsBefore, r.FDsAfter)
 	}
+	// SO_LINGER 0: the prober's side holds no TIME_WAIT after 1,000 connections.
+	if tw, err := l.Client.Command("ss", "-Htan", "state", "time-wait").Output(); err != nil {
+		t.Errorf("ss: %v", err)
+	} else if n := len(strings.Fields(string(tw))); n > 0 {
+		t.Errorf("client holds TIME_WAIT sockets:\n%s", tw)
+	}
 	if r.Exit != cli.ExitNotOK {
 		t.Errorf("exit %d, want 1 (some targets fail by design)", r.Exit)
 	}
