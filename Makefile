@@ -15,7 +15,7 @@ build: ## build bin/reachd
 test: test-unit test-lab ## all tests (lab tests need root; with CI=true a skip fails)
 
 test-unit: ## unit tests, no root needed
-	$(GO) test -count=1 ./pkg/... ./cmd/...
+	$(GO) test -count=1 ./pkg/... ./cmd/... ./internal/...
 
 test-lab: build ## namespace lab tests (root)
 	@if [ -d tests/lab ] && ls tests/lab/*_test.go >/dev/null 2>&1; then \

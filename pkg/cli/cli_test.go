@@ -3,13 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
 
+	"reachd/internal/loopback"
 	"reachd/pkg/verdict"
 )
 
@@ -57,24 +57,8 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 }
 
 func TestExitStatusesAndJSON(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	open := ln.Addr().String()
-	closedLn, _ := net.Listen("tcp", "127.0.0.1:0")
-	closed := closedLn.Addr().String()
-	closedLn.Close()
+	open := loopback.Open(t).String()
+	closed := loopback.Closed(t).String()
 
 	code, out, errs := run("probe", "tcp", open)
 	if code != ExitOK || !strings.HasPrefix(out, "ok ") || errs != "" {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
+	"reachd/internal/loopback"
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
@@ -232,28 +233,14 @@ func TestRunnerResolution(t *testing.T) {
 
 // Loopback only (KERNEL.md network rule): a listener of our own and a closed port.
 func TestTCPLoopback(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	open := netip.MustParseAddrPort(ln.Addr().String())
+	open := loopback.Open(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	r := TCP(ctx, Attempt{Addr: open})
 	if r.Reason != verdict.OK || !r.HasRTT || r.RTT <= 0 || !r.Local.IsValid() {
 		t.Fatalf("open port: %+v", r)
 	}
-	closed := closedPort(t)
+	closed := loopback.Closed(t)
 	r = TCP(ctx, Attempt{Addr: closed})
 	if r.Reason != verdict.Refused {
 		t.Fatalf("closed port: %+v", r)
@@ -268,20 +255,10 @@ func TestTCPLoopback(t *testing.T) {
 	}
 }
 
-func closedPort(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := netip.MustParseAddrPort(ln.Addr().String())
-	ln.Close()
-	return ap
-}
-
 func TestTCPSelfOverload(t *testing.T) {
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
 	defer cancel()
-	r := TCP(ctx, Attempt{Addr: closedPort(t)})
+	r := TCP(ctx, Attempt{Addr: loopback.Closed(t)})
 	if r.Reason != verdict.SelfOverload || r.sent {
 		t.Fatalf("late attempt: %+v", r)
 	}

@@ -1,0 +1,45 @@
+package netctx
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+)
+
+func TestStateString(t *testing.T) {
+	cases := map[int]string{
+		0:                      "NONE",
+		netlink.NUD_INCOMPLETE: "INCOMPLETE",
+		netlink.NUD_FAILED:     "FAILED",
+		netlink.NUD_STALE | netlink.NUD_PERMANENT: "STALE,PERMANENT",
+		netlink.NUD_REACHABLE:                     "REACHABLE",
+	}
+	for s, want := range cases {
+		if got := StateString(s); got != want {
+			t.Errorf("%#x: %s, want %s", s, got, want)
+		}
+	}
+	if !Unresolved("INCOMPLETE") || !Unresolved("FAILED") || Unresolved("STALE") {
+		t.Error("Unresolved misjudges states")
+	}
+}
+
+func TestNextHop(t *testing.T) {
+	dst := netip.MustParseAddr("203.0.113.5")
+	gw := netip.MustParseAddr("198.51.100.1")
+	if (Route{Gateway: gw}).NextHop(dst) != gw || (Route{}).NextHop(dst) != dst {
+		t.Error("next hop is the gateway if any, else the destination")
+	}
+}
+
+// The loopback route exists in every namespace; asking for it sends nothing.
+func TestRouteToLoopback(t *testing.T) {
+	r, err := RouteTo(netip.MustParseAddr("127.0.0.1"), 0)
+	if err != nil {
+		t.Fatalf("route get over netlink: %v", err)
+	}
+	if r.Dev != "lo" || r.Type != "local" {
+		t.Errorf("route to 127.0.0.1: %+v", r)
+	}
+}
