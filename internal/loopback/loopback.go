@@ -15,6 +15,14 @@ func Open(t testing.TB) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
+	done := AcceptAndClose(ln)
+	t.Cleanup(func() { ln.Close(); <-done })
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// AcceptAndClose accepts and closes connections on ln until ln is closed; the returned
+// channel closes when the accepting goroutine has returned.
+func AcceptAndClose(ln net.Listener) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -26,8 +34,7 @@ func Open(t testing.TB) netip.AddrPort {
 			c.Close()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return done
 }
 
 // Closed returns a 127.0.0.1 port that was just free, so a connect gets an RST.

@@ -98,7 +98,6 @@ func Run(ctx context.Context, kind string, t target.Target, o *Options) []*verdi
 	if !ok {
 		v := newVerdict(kind, t, o)
 		v.SetReason(verdict.LocalError, fmt.Sprintf("unknown probe kind %q", kind))
-		v.Layer = verdict.LayerConfig
 		return []*verdict.Verdict{v}
 	}
 	fams := []Family{o.Family}

@@ -28,6 +28,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"reachd/internal/loopback"
 )
 
 // Addresses of the topology.
@@ -410,17 +412,7 @@ func (l *Lab) Serve(ns *NS, addr string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	done := loopback.AcceptAndClose(ln)
 	l.AddCloser(func() { ln.Close(); <-done })
 	return ln, nil
 }
