@@ -4,13 +4,20 @@ BIN     ?= bin/reachd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X reachd/pkg/cli.Version=$(VERSION)
 
-.PHONY: help build test test-unit test-lab demo bench lint fuzz clean
+.PHONY: help build generate check-generated test test-unit test-lab demo bench lint fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/reachd
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/reachd
+
+generate: ## regenerate the eBPF objects and Go bindings (needs clang, llvm-strip)
+	$(GO) generate ./...
+
+check-generated: generate ## fail if the committed eBPF objects are not what the sources give
+	@git diff --exit-code --stat -- pkg/wire || { echo "generated eBPF objects are stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- pkg/wire)" || { git status --porcelain -- pkg/wire; echo "untracked generated files"; exit 1; }
 
 test: test-unit test-lab ## all tests (lab tests need root; with CI=true a skip fails)
 

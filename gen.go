@@ -1,2 +1,5 @@
-// Package reachd's go:generate lines live here (bpf2go, once the eBPF programs exist).
+// Package reachd holds the project's single go:generate line: bpf2go, pinned through
+// go.mod's tool directive, compiles bpf/ into pkg/wire for amd64 and arm64.
 package reachd
+
+//go:generate go tool bpf2go -go-package wire -output-dir pkg/wire -target amd64,arm64 -type flow_key -type wire_event -type event_kind tcWire bpf/tc_wire.c -- -I bpf/include -O2 -g -Wall -Werror

@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: GPL-2.0
+/* TC ingress/egress: report the probe's own SYN, SYN-ACK, RST, UDP datagrams, ICMP echoes and
+ * the ICMP errors that quote them. A gateway forwards other people's traffic through here,
+ * so everything else must leave after at most one map lookup: TCP segments that are not
+ * SYN or RST leave before any lookup at all. */
+#include "wire.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Keep these in BTF so bpf2go -type can export them to Go. */
+const enum event_kind *unused_event_kind __attribute__((unused));
+const struct wire_event *unused_wire_event __attribute__((unused));
+
+#define MAX_VLAN 2
+#define MAX_EXTHDR 6
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* Ethernet plus up to two 802.1Q/802.1ad tags (a tag the driver offloaded into skb
+ * metadata is simply not in the data). Returns the ethertype in network order, or 0. */
+static __always_inline __be16 parse_eth(struct cursor *c)
+{
+	struct ethhdr *eth = c->pos;
+	if ((void *)(eth + 1) > c->end)
+		return 0;
+	c->pos = eth + 1;
+	__be16 proto = eth->h_proto;
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_tag *v = c->pos;
+		if ((void *)(v + 1) > c->end)
+			return 0;
+		c->pos = v + 1;
+		proto = v->proto;
+	}
+	return proto;
+}
+
+/* IPv4 header with options. Fragments other than unfragmented packets carry no usable L4
+ * header for us (a probe's SYN or echo is never fragmented): they return -1. */
+static __always_inline int parse_ipv4(struct cursor *c, struct flow_key *k, int egress, __u8 *proto)
+{
+	struct iphdr *ip = c->pos;
+	if ((void *)(ip + 1) > c->end)
+		return -1;
+	__u32 hlen = ip->ihl * 4;
+	if (hlen < sizeof(*ip) || c->pos + hlen > c->end)
+		return -1;
+	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset */
+		return -1;
+	k->family = 4;
+	if (egress) {
+		__builtin_memcpy(k->laddr, &ip->saddr, 4);
+		__builtin_memcpy(k->raddr, &ip->daddr, 4);
+	} else {
+		__builtin_memcpy(k->laddr, &ip->daddr, 4);
+		__builtin_memcpy(k->raddr, &ip->saddr, 4);
+	}
+	*proto = ip->protocol;
+	c->pos += hlen;
+	return 0;
+}
+
+struct opt_hdr {
+	__u8 nexthdr;
+	__u8 len;
+};
+
+/* IPv6 header and up to MAX_EXTHDR extension headers. Non-first fragments return -1. */
+static __always_inline int parse_ipv6(struct cursor *c, struct flow_key *k, int egress, __u8 *proto)
+{
+	struct ipv6hdr *ip6 = c->pos;
+	if ((void *)(ip6 + 1) > c->end)
+		return -1;
+	k->family = 6;
+	if (egress) {
+		__builtin_memcpy(k->laddr, &ip6->saddr, 16);
+		__builtin_memcpy(k->raddr, &ip6->daddr, 16);
+	} else {
+		__builtin_memcpy(k->laddr, &ip6->daddr, 16);
+		__builtin_memcpy(k->raddr, &ip6->saddr, 16);
+	}
+	__u8 nh = ip6->nexthdr;
+	c->pos = ip6 + 1;
+#pragma unroll
+	for (int i = 0; i < MAX_EXTHDR; i++) {
+		struct opt_hdr *o = c->pos;
+		if ((void *)(o + 1) > c->end)
+			return -1;
+		switch (nh) {
+		case 0:  /* hop-by-hop */
+		case 43: /* routing */
+		case 60: /* destination options */
+			c->pos += (o->len + 1) * 8;
+			break;
+		case 51: /* AH */
+			c->pos += (o->len + 2) * 4;
+			break;
+		case 44: { /* fragment: 8 bytes, offset and M flag in bytes 2-3 */
+			__be16 *fo = (void *)o + 2;
+			if ((void *)(fo + 1) > c->end)
+				return -1;
+			if (*fo & bpf_htons(0xfff9))
+				return -1;
+			c->pos += 8;
+			break;
+		}
+		default:
+			*proto = nh;
+			return 0;
+		}
+		nh = o->nexthdr;
+	}
+	return -1; /* too many extension headers to follow */
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u64 token, __u8 kind,
+				 int egress, __u32 seq, __u32 ack, __u8 itype, __u8 icode, const __u8 *from,
+				 int from_len)
+{
+	struct wire_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->token = token;
+	e->key = *k;
+	e->kind = kind;
+	e->egress = egress;
+	e->icmp_type = itype;
+	e->icmp_code = icode;
+	e->ifindex = skb->ifindex;
+	e->seq = seq;
+	e->ack = ack;
+	__builtin_memset(e->from, 0, sizeof(e->from));
+	if (from_len == 4)
+		__builtin_memcpy(e->from, from, 4);
+	else if (from_len == 16)
+		__builtin_memcpy(e->from, from, 16);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* The quoted header of an ICMP error: the original packet, sent by the prober, so it is
+ * keyed as egress. Only TCP/UDP ports and ICMP echo identifiers are needed (the first 8
+ * bytes of L4 that every ICMP error must quote). */
+static __always_inline int key_from_quote(struct cursor *c, struct flow_key *k, int v6)
+{
+	__u8 proto = 0;
+	int err = v6 ? parse_ipv6(c, k, 1, &proto) : parse_ipv4(c, k, 1, &proto);
+	if (err)
+		return -1;
+	k->proto = proto;
+	if (proto == PROTO_TCP || proto == PROTO_UDP) {
+		__be16 *ports = c->pos;
+		if ((void *)(ports + 2) > c->end)
+			return -1;
+		k->lport = ports[0];
+		k->rport = ports[1];
+		return 0;
+	}
+	if ((proto == PROTO_ICMP && !v6) || (proto == PROTO_ICMPV6 && v6)) {
+		__u8 *ih = c->pos; /* type, code, checksum, id, seq */
+		if ((void *)(ih + 8) > c->end)
+			return -1;
+		if (ih[0] != (v6 ? 128 : 8))
+			return -1;
+		k->lport = *(__be16 *)(ih + 4);
+		k->rport = 0;
+		return 0;
+	}
+	return -1;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, int egress)
+{
+	struct cursor c = {(void *)(long)skb->data, (void *)(long)skb->data_end};
+	struct flow_key k = {};
+	__u8 proto = 0;
+	__be16 eth = parse_eth(&c);
+	const __u8 *outer_src;
+	int v6;
+
+	if (eth == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = c.pos;
+		if (parse_ipv4(&c, &k, egress, &proto))
+			return TC_ACT_UNSPEC;
+		outer_src = (const __u8 *)&ip->saddr;
+		v6 = 0;
+	} else if (eth == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = c.pos;
+		if (parse_ipv6(&c, &k, egress, &proto))
+			return TC_ACT_UNSPEC;
+		outer_src = (const __u8 *)&ip6->saddr;
+		v6 = 1;
+	} else {
+		return TC_ACT_UNSPEC;
+	}
+	k.proto = proto;
+
+	if (proto == PROTO_TCP) {
+		__u8 *th = c.pos;
+		if ((void *)(th + 20) > c.end)
+			return TC_ACT_UNSPEC;
+		__u8 flags = th[13];
+		__u8 kind;
+		if (egress && (flags & 0x12) == 0x02)
+			kind = EV_SYN;
+		else if (!egress && (flags & 0x12) == 0x12)
+			kind = EV_SYNACK;
+		else if (!egress && (flags & 0x04))
+			kind = EV_RST;
+		else
+			return TC_ACT_UNSPEC; /* the common case on a gateway: no lookup */
+		__be16 *ports = (__be16 *)th;
+		k.lport = egress ? ports[0] : ports[1];
+		k.rport = egress ? ports[1] : ports[0];
+		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
+		if (!tok)
+			return TC_ACT_UNSPEC;
+		emit(skb, &k, *tok, kind, egress, bpf_ntohl(*(__be32 *)(th + 4)), bpf_ntohl(*(__be32 *)(th + 8)),
+		     0, 0, 0, 0);
+		return TC_ACT_UNSPEC;
+	}
+
+	if (proto == PROTO_UDP) {
+		__be16 *ports = c.pos;
+		if ((void *)(ports + 4) > c.end)
+			return TC_ACT_UNSPEC;
+		k.lport = egress ? ports[0] : ports[1];
+		k.rport = egress ? ports[1] : ports[0];
+		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
+		if (tok)
+			emit(skb, &k, *tok, egress ? EV_UDP_TX : EV_UDP_RX, egress, 0, 0, 0, 0, 0, 0);
+		return TC_ACT_UNSPEC;
+	}
+
+	if ((proto == PROTO_ICMP && !v6) || (proto == PROTO_ICMPV6 && v6)) {
+		__u8 *ih = c.pos;
+		if ((void *)(ih + 8) > c.end)
+			return TC_ACT_UNSPEC;
+		__u8 type = ih[0], code = ih[1];
+		__u8 echo_req = v6 ? 128 : 8, echo_rep = v6 ? 129 : 0;
+		if ((egress && type == echo_req) || (!egress && type == echo_rep)) {
+			k.lport = *(__be16 *)(ih + 4);
+			__u64 *tok = bpf_map_lookup_elem(&flows, &k);
+			if (tok)
+				emit(skb, &k, *tok, type == echo_req ? EV_ECHO_REQUEST : EV_ECHO_REPLY, egress,
+				     bpf_ntohs(*(__be16 *)(ih + 6)), 0, type, code, 0, 0);
+			return TC_ACT_UNSPEC;
+		}
+		int is_err = v6 ? (type >= 1 && type <= 4) : (type == 3 || type == 4 || type == 11 || type == 12);
+		if (egress || !is_err)
+			return TC_ACT_UNSPEC;
+		struct flow_key q = {};
+		struct cursor inner = {ih + 8, c.end};
+		if (key_from_quote(&inner, &q, v6))
+			return TC_ACT_UNSPEC;
+		__u64 *tok = bpf_map_lookup_elem(&flows, &q);
+		if (tok)
+			emit(skb, &q, *tok, EV_ICMP_ERROR, egress, 0, 0, type, code, outer_src, v6 ? 16 : 4);
+		return TC_ACT_UNSPEC;
+	}
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int reachd_tc_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, 0);
+}
+
+SEC("tc")
+int reachd_tc_egress(struct __sk_buff *skb)
+{
+	return handle(skb, 1);
+}

@@ -1,0 +1,89 @@
+/* Types and maps shared by reachd's TC and tracepoint programs and, through bpf2go's
+ * -type, by Go (pkg/wire). */
+#ifndef REACHD_WIRE_H
+#define REACHD_WIRE_H
+
+#include "vmlinux.h"
+#include "bpf/bpf_helpers.h"
+#include "bpf/bpf_endian.h"
+
+/* uapi macros, which BTF does not carry. */
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define PROTO_ICMP 1
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define PROTO_ICMPV6 58
+#define TC_ACT_UNSPEC (-1) /* also TCX_NEXT: let the packet go on unchanged */
+
+/* A registered probe flow, as seen from the prober: l = local (prober), r = remote.
+ * Ports in network byte order; for ICMP echo lport is the identifier and rport 0.
+ * IPv4 addresses fill the first 4 bytes of the 16. */
+struct flow_key {
+	__u8 family; /* 4 or 6 */
+	__u8 proto;
+	__u16 lport;
+	__u16 rport;
+	__u16 pad;
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+
+enum event_kind {
+	EV_SYN = 1,
+	EV_SYNACK = 2,
+	EV_RST = 3,
+	EV_ECHO_REQUEST = 4,
+	EV_ECHO_REPLY = 5,
+	EV_ICMP_ERROR = 6,
+	EV_UDP_TX = 7,
+	EV_UDP_RX = 8,
+};
+
+struct wire_event {
+	__u64 ts_ns;  /* bpf_ktime_get_ns() at the hook: CLOCK_MONOTONIC */
+	__u64 token;  /* the registered flow's value: which attempt this belongs to */
+	struct flow_key key;
+	__u8 kind;    /* enum event_kind */
+	__u8 egress;  /* 1 leaving, 0 arriving */
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u32 ifindex;
+	__u32 seq;    /* TCP sequence, or ICMP echo sequence (host order) */
+	__u32 ack;    /* TCP acknowledgment (host order) */
+	__u8 from[16];/* sender of an ICMP error: the outer source address */
+};
+
+/* Sized for a bounded number of attempts in flight; LRU so a crashed prober's entries age
+ * out instead of filling the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, __u64);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* Events lost to a full ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_events SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost_events, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+#endif
