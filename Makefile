@@ -22,7 +22,7 @@ check-generated: generate ## fail if the committed eBPF objects are not what the
 test: test-unit test-lab ## all tests (lab tests need root; with CI=true a skip fails)
 
 test-unit: ## unit tests, no root needed
-	$(GO) test -count=1 ./pkg/... ./cmd/... ./internal/...
+	$(GO) test -count=1 -skip 'Bench' ./pkg/... ./cmd/... ./internal/...
 
 test-lab: build ## namespace lab tests (root)
 	@if [ -d tests/lab ] && ls tests/lab/*_test.go >/dev/null 2>&1; then \
@@ -32,7 +32,8 @@ test-lab: build ## namespace lab tests (root)
 demo: build ## build reachd and show verdicts against a throwaway lab (root)
 	$(GO) run ./tests/lab/demo -reachd $(CURDIR)/$(BIN)
 
-bench: build ## benchmarks: 1,000-target run, wall time and peak RSS (root)
+bench: build ## benchmarks: TC per-packet cost, 1,000-target run wall time and peak RSS (root)
+	REACHD_BENCH=1 $(GO) test -count=1 -v -run 'Bench' ./pkg/wire/ | grep -E '^(BENCH|ok|FAIL|---)'
 	REACHD_BENCH=1 REACHD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run 'Bench' -timeout 20m ./tests/lab/
 
 fuzz: ## longer fuzz runs of the byte parsers
