@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -20,6 +21,7 @@ import (
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
+	"reachd/pkg/wire"
 )
 
 // Exit statuses (CONTRACT.md).
@@ -125,6 +127,7 @@ type probeFlags struct {
 	iface       string
 	source      string
 	concurrency int
+	noEBPF      bool
 }
 
 func newProbe(stdout io.Writer, status *int) *cobra.Command {
@@ -152,6 +155,7 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 	fl.StringVar(&pf.iface, "interface", "", "send through this interface (SO_BINDTODEVICE)")
 	fl.StringVar(&pf.source, "source", "", "source address to bind")
 	fl.IntVar(&pf.concurrency, "concurrency", schedule.DefaultConcurrency, "targets probed at once")
+	fl.BoolVar(&pf.noEBPF, "no-ebpf", false, "do not load eBPF: time in userspace (timing_source userspace)")
 
 	cmd.AddCommand(&cobra.Command{
 		Use:   "tcp HOST:PORT... [flags]",
@@ -159,13 +163,13 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 		Example: "  reachd probe tcp 198.51.100.10:443 '[2001:db8::1]:22' '[fe80::1%eth0]:80'\n" +
 			"  reachd probe tcp --json --timeout 2s --retries 1 example.net:443",
 		RunE: func(c *cobra.Command, args []string) error {
-			return runProbe(c.Context(), "tcp", args, &pf, stdout, status)
+			return runProbe(c.Context(), "tcp", args, &pf, stdout, c.ErrOrStderr(), status)
 		},
 	})
 	return cmd
 }
 
-func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, stdout io.Writer, status *int) error {
+func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, stdout, stderr io.Writer, status *int) error {
 	if len(args) == 0 {
 		return usagef("no target given (want reachd probe %s HOST:PORT...)", kind)
 	}
@@ -183,6 +187,17 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 			return err
 		}
 		targets[i] = t
+	}
+
+	if !pf.noEBPF {
+		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		obs, err := wire.Open(log)
+		if err != nil {
+			log.Warn("wire timing unavailable, timing in userspace", "reason", oneLine(err), "fix", wire.Fix(err))
+		} else {
+			defer obs.Close()
+			opts.Wire = obs
+		}
 	}
 
 	width := 0

@@ -17,6 +17,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func run(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
+	if len(args) > 0 && args[0] == "probe" {
+		// Unit tests time in userspace; eBPF is exercised by pkg/wire and the lab.
+		args = append(args, "--no-ebpf")
+	}
 	code := Run(context.Background(), args, &out, &errb)
 	return code, out.String(), errb.String()
 }

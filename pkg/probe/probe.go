@@ -16,6 +16,7 @@ import (
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
+	"reachd/pkg/wire"
 )
 
 // Family selects the address family of the probed addresses.
@@ -53,6 +54,7 @@ type Options struct {
 	Policy    schedule.Policy
 	Sleep     schedule.Sleeper // nil: real sleeping
 	Resolver  Resolver         // nil: net.DefaultResolver
+	Wire      *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
 }
 
 // Attempt is what a kind's function gets for one attempt.
@@ -60,6 +62,8 @@ type Attempt struct {
 	Addr      netip.AddrPort // the address to probe; link-local ones carry their zone
 	Interface string
 	Source    netip.Addr
+	Wire      *wire.Observer
+	start     time.Time // wall clock at the attempt's start
 }
 
 // Result is one attempt's outcome, as a kind's function reports it.
@@ -72,7 +76,17 @@ type Result struct {
 	ICMP           *verdict.ICMP
 	SYNRetransmits *int
 	Local          netip.AddrPort
+	TimingSource   string // "" means userspace
+	WireTimes      *WireTimes
 	sent           bool // a packet left (not a local error before sending)
+}
+
+// WireTimes are wall-clock instants of the probe's packets, from eBPF at TC.
+type WireTimes struct {
+	SYNs   []time.Time // every SYN sent, first one first
+	SYNACK time.Time
+	RST    time.Time
+	ICMP   time.Time
 }
 
 // Func runs one attempt; ctx's deadline is the attempt's deadline.
@@ -166,6 +180,8 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 				Addr:      netip.AddrPortFrom(addr, t.Port),
 				Interface: o.Interface,
 				Source:    o.Source,
+				Wire:      o.Wire,
+				start:     start,
 			})
 		}
 		total = time.Since(start)
@@ -190,8 +206,26 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 	if last.HasRTT {
 		v.Timings.Connect = verdict.MsPtr(last.RTT)
 	}
-	if last.ICMP != nil || last.SYNRetransmits != nil {
+	if last.ICMP != nil || last.SYNRetransmits != nil || last.WireTimes != nil {
 		v.Wire = &verdict.Wire{ICMP: last.ICMP, SYNRetransmits: last.SYNRetransmits}
+		if wt := last.WireTimes; wt != nil {
+			since := func(t time.Time) *verdict.Millis {
+				if t.IsZero() {
+					return nil
+				}
+				return verdict.MsPtr(t.Sub(time.Time(v.Time)))
+			}
+			if len(wt.SYNs) > 0 {
+				v.Wire.SYNTx = since(wt.SYNs[0])
+				for _, s := range wt.SYNs[1:] {
+					v.Wire.SYNRetransmitTx = append(v.Wire.SYNRetransmitTx, *since(s))
+				}
+			}
+			v.Wire.SYNACK, v.Wire.RST, v.Wire.ICMPAt = since(wt.SYNACK), since(wt.RST), since(wt.ICMP)
+		}
+	}
+	if last.TimingSource != "" {
+		v.TimingSource = last.TimingSource
 	}
 	if last.Local.IsValid() {
 		v.Local = last.Local.String()

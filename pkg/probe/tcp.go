@@ -13,6 +13,7 @@ import (
 
 	"reachd/pkg/netctx"
 	"reachd/pkg/verdict"
+	"reachd/pkg/wire"
 )
 
 // TCP probes a port with a three-way handshake and closes with RST.
@@ -44,15 +45,31 @@ func TCP(ctx context.Context, a Attempt) Result {
 	if res, ok := setupSocket(fd, dst.Is6(), a); !ok {
 		return res
 	}
+	var flow *wire.Flow
+	if a.Wire != nil {
+		if flow = registerTCP(fd, a); flow != nil {
+			defer flow.Close()
+		}
+	}
 	if !time.Now().Before(deadline) {
 		return Result{Reason: verdict.SelfOverload,
 			Detail: "the attempt's deadline passed before connect() was issued: the prober is overloaded"}
 	}
-	start := time.Now()
+	startMono, start := wire.Monotonic(), time.Now()
 	err = unix.Connect(fd, sa)
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) && !errors.Is(err, unix.EINTR) {
 		return connectError(err, a)
 	}
+	res := tcpOutcome(f, fd, deadline, start, a)
+	if flow != nil {
+		res = applyWire(res, flow, start, startMono)
+	}
+	return res
+}
+
+// tcpOutcome waits for the handshake to end and classifies how it ended.
+func tcpOutcome(f *os.File, fd int, deadline, start time.Time, a Attempt) Result {
+	dst := a.Addr.Addr()
 	res := Result{sent: true}
 	soErr, waitErr := waitConnect(f, deadline)
 	elapsed := time.Since(start)

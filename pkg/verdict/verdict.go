@@ -78,11 +78,17 @@ type Timings struct {
 	Total   *Millis `json:"total,omitempty"`
 }
 
-// Wire is what was seen of the probe's packets. Before eBPF timing exists only ICMP is
-// filled, from the socket error queue (IP_RECVERR).
+// Wire is what was seen of the probe's packets: instants from eBPF at TC (ms after the
+// verdict's time), the SYN count (from eBPF, else TCP_INFO) and the ICMP error (from the
+// socket error queue, IP_RECVERR).
 type Wire struct {
-	SYNRetransmits *int  `json:"syn_retransmits,omitempty"`
-	ICMP           *ICMP `json:"icmp,omitempty"`
+	SYNTx           *Millis  `json:"syn_tx,omitempty"`
+	SYNRetransmits  *int     `json:"syn_retransmits,omitempty"`
+	SYNRetransmitTx []Millis `json:"syn_retransmit_tx,omitempty"`
+	SYNACK          *Millis  `json:"synack,omitempty"`
+	RST             *Millis  `json:"rst,omitempty"`
+	ICMP            *ICMP    `json:"icmp,omitempty"`
+	ICMPAt          *Millis  `json:"icmp_at,omitempty"`
 }
 
 // ICMP is an ICMP or ICMPv6 error received in answer to the probe.

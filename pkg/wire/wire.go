@@ -10,6 +10,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // Event kinds, as the C enum event_kind has them.
@@ -91,4 +92,18 @@ func LoadObjects() (*Objects, error) {
 		return nil, fmt.Errorf("load eBPF programs: %w", err)
 	}
 	return &objs, nil
+}
+
+// Fix says how to get wire timing back after Open failed with err.
+func Fix(err error) string {
+	var ve *ebpf.VerifierError
+	switch {
+	case errors.As(err, &ve):
+		return "the kernel's verifier rejected reachd's programs: report this with the log above and `uname -r`"
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep reachd, or AmbientCapabilities= in the unit)"
+	case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EINVAL):
+		return "the kernel lacks eBPF ring buffers or TC BPF (needs Linux 5.8+, BTF, CONFIG_BPF_SYSCALL)"
+	}
+	return "see the reason; --no-ebpf silences this line"
 }
