@@ -78,7 +78,8 @@ type Result struct {
 	Local          netip.AddrPort
 	TimingSource   string // "" means userspace
 	WireTimes      *WireTimes
-	sent           bool // a packet left (not a local error before sending)
+	sent           bool          // a packet left (not a local error before sending)
+	waited         time.Duration // how long a timeout waited
 }
 
 // WireTimes are wall-clock instants of the probe's packets, from eBPF at TC.

@@ -188,7 +188,8 @@ func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
 	if res.SYNRetransmits != nil {
 		sent += *res.SYNRetransmits
 	}
-	res.Detail = fmt.Sprintf("no SYN-ACK, RST or ICMP error within %s after %d SYN transmission(s)", waited.Round(time.Millisecond), sent)
+	res.waited = waited
+	res.Detail = silenceDetail(waited, sent, "")
 	dst := a.Addr.Addr()
 	oif := 0
 	if z := dst.Zone(); z != "" {
@@ -208,6 +209,11 @@ func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
 			hop, rt.Dev, state, sent)
 	}
 	return res
+}
+
+// silenceDetail words a timeout; how says where the SYN count comes from.
+func silenceDetail(waited time.Duration, sent int, how string) string {
+	return fmt.Sprintf("no SYN-ACK, RST or ICMP error within %s after %d SYN transmission(s)%s", waited.Round(time.Millisecond), sent, how)
 }
 
 func icmpResult(res Result, q QueuedError, v6 bool) Result {

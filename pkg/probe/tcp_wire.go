@@ -106,15 +106,21 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 	res.WireTimes = wt
 	if want == 0 { // silence: the SYN count is the evidence
 		res.TimingSource = verdict.SourceWire
-		res.Detail = fmt.Sprintf("no SYN-ACK, RST or ICMP error after %d SYN transmission(s) seen leaving on the wire", len(syns))
+		if res.Reason == verdict.Timeout {
+			res.Detail = silenceDetail(res.waited, len(syns), " seen leaving on the wire")
+		}
 		return res
 	}
 	if answer == nil {
 		return res // the answer arrived where we do not watch: keep userspace timing
 	}
 	rtt := time.Duration(answer.TsNs - syns[len(syns)-1])
-	res.RTT, res.HasRTT = rtt, true
 	res.TimingSource = verdict.SourceWire
+	if want != wire.EvICMPError {
+		// An ICMP error is not the target's answer: rtt_ms stays null, as without eBPF, and
+		// wire.icmp_at says when the router's error arrived.
+		res.RTT, res.HasRTT = rtt, true
+	}
 	switch want {
 	case wire.EvSYNACK:
 		wt.SYNACK = wall(answer.TsNs)

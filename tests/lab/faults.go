@@ -10,15 +10,19 @@ import (
 // come from a router on the path, as they would in the field.
 
 func (l *Lab) routerRule(rule string) error {
+	return l.routerNft("add rule inet reachd_lab faults " + rule + "\n")
+}
+
+// routerNft runs an nft script on the router, creating the lab's table on first use.
+func (l *Lab) routerNft(script string) error {
 	l.mu.Lock()
 	init := !l.nftInit
 	l.nftInit = true
 	l.mu.Unlock()
-	script := ""
 	if init {
-		script = "table inet reachd_lab {\n chain faults { type filter hook forward priority 0; policy accept; }\n}\n"
+		script = "table inet reachd_lab {\n chain faults { type filter hook forward priority 0; policy accept; }\n}\n" + script
 	}
-	return l.Router.Nft(script + "add rule inet reachd_lab faults " + rule + "\n")
+	return l.Router.Nft(script)
 }
 
 func ipKw(a netip.Addr) string {
@@ -69,4 +73,23 @@ func (l *Lab) DelClientRoute(p netip.Prefix) error {
 		return fmt.Errorf("delete client route %s: %w", p, err)
 	}
 	return nil
+}
+
+// DropFirstSYN drops the first SYN of every flow to dst:port and lets its retransmission
+// through: the router remembers (source address, source port) in a timed set. It is what a
+// lossy path does to one packet, made deterministic.
+func (l *Lab) DropFirstSYN(dst netip.Addr, port uint16) error {
+	kw, typ := "ip", "ipv4_addr"
+	if dst.Is6() {
+		kw, typ = "ip6", "ipv6_addr"
+	}
+	set := fmt.Sprintf("firstsyn_%s_%d", kw, port)
+	if err := l.routerNft(fmt.Sprintf("add set inet reachd_lab %s { type %s . inet_service; flags dynamic,timeout; timeout 2m; size 65536; }\n", set, typ)); err != nil {
+		return err
+	}
+	match := fmt.Sprintf("%s daddr %s tcp dport %d tcp flags & (syn|ack) == syn", kw, dst, port)
+	if err := l.routerRule(fmt.Sprintf("%s %s saddr . tcp sport @%s accept", match, kw, set)); err != nil {
+		return err
+	}
+	return l.routerRule(fmt.Sprintf("%s add @%s { %s saddr . tcp sport } drop", match, set, kw))
 }

@@ -7,11 +7,12 @@ import (
 
 // Ports and addresses of the standard fixtures.
 const (
-	PortOpen   = 80
-	PortClosed = 81
-	PortDrop   = 82
-	PortReset  = 83
-	PortRouter = 8080
+	PortOpen         = 80
+	PortClosed       = 81
+	PortDrop         = 82
+	PortReset        = 83
+	PortFirstSYNDrop = 84 // served; the router drops the first SYN of each flow
+	PortRouter       = 8080
 )
 
 var (
@@ -29,12 +30,17 @@ func (l *Lab) SetupFixtures() error {
 	if _, err := l.Serve(l.Server, fmt.Sprintf("[::]:%d", PortOpen)); err != nil {
 		return err
 	}
+	if _, err := l.Serve(l.Server, fmt.Sprintf("[::]:%d", PortFirstSYNDrop)); err != nil {
+		return err
+	}
 	if _, err := l.Serve(l.Router, fmt.Sprintf("[::]:%d", PortRouter)); err != nil {
 		return err
 	}
 	steps := []func() error{
 		func() error { return l.DropTCP(ServerV4, PortDrop) },
 		func() error { return l.DropTCP(ServerV6, PortDrop) },
+		func() error { return l.DropFirstSYN(ServerV4, PortFirstSYNDrop) },
+		func() error { return l.DropFirstSYN(ServerV6, PortFirstSYNDrop) },
 		func() error { return l.ResetTCP(ServerV4, PortReset) },
 		func() error { return l.ResetTCP(ServerV6, PortReset) },
 		func() error { return l.RejectAdmin(AdminV4) },

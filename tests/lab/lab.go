@@ -34,7 +34,12 @@ import (
 
 // Addresses of the topology.
 var (
-	ClientV4       = netip.MustParseAddr("198.51.100.2")
+	ClientV4 = netip.MustParseAddr("198.51.100.2")
+	// ClientV4Alt is a second client source. Routers rate-limit the ICMP errors of
+	// unreachable/prohibit routes per source (ip_error: a burst of 5, then 1/s, host-wide
+	// net.ipv4.route.error_cost, which a test must not change); tests that draw many such
+	// errors spread them over both sources.
+	ClientV4Alt    = netip.MustParseAddr("198.51.100.3")
 	RouterClientV4 = netip.MustParseAddr("198.51.100.1")
 	RouterServerV4 = netip.MustParseAddr("203.0.113.1")
 	ServerV4       = netip.MustParseAddr("203.0.113.2")
@@ -273,7 +278,7 @@ func (l *Lab) build() error {
 		dev  string
 		cidr string
 	}{
-		{l.Client, ClientIf, "198.51.100.2/26"}, {l.Client, ClientIf, "2001:db8:c::2/64"}, {l.Client, ClientIf, "fe80::2/64"},
+		{l.Client, ClientIf, "198.51.100.2/26"}, {l.Client, ClientIf, "198.51.100.3/26"}, {l.Client, ClientIf, "2001:db8:c::2/64"}, {l.Client, ClientIf, "fe80::2/64"},
 		{l.Router, RouterClientIf, "198.51.100.1/26"}, {l.Router, RouterClientIf, "2001:db8:c::1/64"}, {l.Router, RouterClientIf, "fe80::1/64"},
 		{l.Router, RouterServerIf, "203.0.113.1/26"}, {l.Router, RouterServerIf, "2001:db8:5::1/64"},
 		{l.Server, ServerIf, "203.0.113.2/26"}, {l.Server, ServerIf, "2001:db8:5::2/64"},
@@ -481,4 +486,21 @@ func Reap() []string {
 		}
 	}
 	return reaped
+}
+
+// ICMPCounters returns the namespace's non-zero ICMP and IP-error counters (nstat), to show
+// in a failing test whether a router sent or rate-limited an error.
+func (ns *NS) ICMPCounters() string {
+	out, err := ns.Command("nstat", "-az").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("nstat: %v", err)
+	}
+	var keep []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[1] != "0" && (strings.Contains(f[0], "Icmp") || strings.Contains(f[0], "NoRoutes") || strings.Contains(f[0], "RateLimit")) {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }

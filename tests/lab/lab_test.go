@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -171,26 +172,40 @@ func TestTCPReasons(t *testing.T) {
 		{"--interface v4", ap(ServerV4, PortOpen), []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
 		{"--source v6", ap(ServerV6, PortOpen), []string{"--source", ClientV6.String()}, verdict.OK, verdict.LayerOK, netip.Addr{}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			args := append([]string{"--retries", "0"}, c.args...)
-			vs, code := probe(t, l, append(args, c.target)...)
-			if len(vs) != 1 {
-				t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
-			}
-			v := vs[0]
-			if verdict.Reason(v["reason"].(string)) != c.reason || verdict.Layer(v["layer"].(string)) != c.layer {
-				t.Fatalf("reason %v layer %v, want %s %s: %v", v["reason"], v["layer"], c.reason, c.layer, v["detail"])
-			}
-			if wantCode := map[bool]int{true: 0, false: 1}[c.reason == verdict.OK]; code != wantCode {
-				t.Errorf("exit %d, want %d", code, wantCode)
-			}
-			if c.from.IsValid() && icmpFrom(v) != c.from.String() {
-				t.Errorf("ICMP from %q, want %s (%v)", icmpFrom(v), c.from, v["detail"])
-			}
-			t.Logf("%s → %s/%s: %s", c.target, v["reason"], v["layer"], v["detail"])
-		})
+	// Every reason must come out the same with and without eBPF: only timing_source and the
+	// wire instants may differ.
+	for _, mode := range []string{"ebpf", "no-ebpf"} {
+		for _, c := range cases {
+			t.Run(mode+"/"+c.name, func(t *testing.T) {
+				t.Parallel()
+				args := append([]string{"--retries", "0"}, c.args...)
+				if mode == "no-ebpf" {
+					args = append(args, "--no-ebpf")
+					if !slices.Contains(args, "--source") && !strings.HasPrefix(c.target, "[") {
+						args = append(args, "--source", ClientV4Alt.String())
+					}
+				}
+				vs, code := probe(t, l, append(args, c.target)...)
+				if len(vs) != 1 {
+					t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
+				}
+				v := vs[0]
+				if verdict.Reason(v["reason"].(string)) != c.reason || verdict.Layer(v["layer"].(string)) != c.layer {
+					t.Logf("local %v; router counters:\n%s", v["local"], l.Router.ICMPCounters())
+					t.Fatalf("reason %v layer %v, want %s %s: %v", v["reason"], v["layer"], c.reason, c.layer, v["detail"])
+				}
+				if wantCode := map[bool]int{true: 0, false: 1}[c.reason == verdict.OK]; code != wantCode {
+					t.Errorf("exit %d, want %d", code, wantCode)
+				}
+				if c.from.IsValid() && icmpFrom(v) != c.from.String() {
+					t.Errorf("ICMP from %q, want %s (%v)", icmpFrom(v), c.from, v["detail"])
+				}
+				if mode == "no-ebpf" && v["timing_source"] == verdict.SourceWire {
+					t.Errorf("timing_source wire with --no-ebpf")
+				}
+				t.Logf("%s → %s/%s [%s]: %s", c.target, v["reason"], v["layer"], v["timing_source"], v["detail"])
+			})
+		}
 	}
 }
 
