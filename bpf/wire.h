@@ -40,6 +40,10 @@ enum event_kind {
 	EV_ICMP_ERROR = 6,
 	EV_UDP_TX = 7,
 	EV_UDP_RX = 8,
+	/* From the TCP tracepoints, for sockets registered by cookie: */
+	EV_STATE = 9,      /* inet_sock_set_state: state_old → state_new */
+	EV_RETRANSMIT = 10, /* tcp_retransmit_skb: state_new is the socket's state (SYN_SENT: a SYN) */
+	EV_RESET_RX = 11,  /* tcp_receive_reset */
 };
 
 struct wire_event {
@@ -54,6 +58,9 @@ struct wire_event {
 	__u32 seq;    /* TCP sequence, or ICMP echo sequence (host order) */
 	__u32 ack;    /* TCP acknowledgment (host order) */
 	__u8 from[16];/* sender of an ICMP error: the outer source address */
+	__u8 state_old; /* TCP states (TCP_SYN_SENT = 2, ...) for tracepoint events */
+	__u8 state_new;
+	__u8 pad2[6];
 };
 
 /* Sized for a bounded number of attempts in flight; LRU so a crashed prober's entries age
@@ -69,6 +76,15 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
+
+/* Sockets registered by cookie (SO_COOKIE) for the TCP tracepoints, with the same token as
+ * their flow; LRU for the same reason as flows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} socks SEC(".maps");
 
 /* Events lost to a full ring buffer, per CPU. */
 struct {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -63,6 +64,30 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage // cobra's own errors (unknown flag or command) are usage errors too
 	}
 	return status
+}
+
+// openWire loads the eBPF observer and says in one line at start what is degraded, why and
+// how to fix it; a verifier rejection is followed by the verifier's log.
+func openWire(stderr io.Writer, tcMode string) *wire.Observer {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// A verifier error's message is its log's last line; the whole log follows the line.
+	warn := func(msg string, err error) {
+		log.Warn(msg, "reason", oneLine(err), "fix", wire.Fix(err))
+		if vlog := wire.VerifierLog(err); vlog != "" {
+			fmt.Fprintln(stderr, vlog)
+		}
+	}
+	obs, err := wire.Open(log, wire.Options{TC: tcMode})
+	if err != nil {
+		warn("eBPF unavailable: timing in userspace", err)
+		return nil
+	}
+	if st := obs.Status(); st.TCErr != nil && tcMode != wire.TCOff {
+		warn("eBPF TC programs unavailable: TCP handshakes timed by kernel tracepoints, not at the wire", st.TCErr)
+	} else if st.TraceErr != nil {
+		log.Info("TCP tracepoints unavailable: SYN retransmissions counted at TC only", "reason", oneLine(st.TraceErr))
+	}
+	return obs
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
@@ -190,11 +215,11 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 	}
 
 	if !pf.noEBPF {
-		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-		obs, err := wire.Open(log)
-		if err != nil {
-			log.Warn("wire timing unavailable, timing in userspace", "reason", oneLine(err), "fix", wire.Fix(err))
-		} else {
+		tcMode := os.Getenv("REACHD_TC")
+		if tcMode != wire.TCAuto && tcMode != wire.TCX && tcMode != wire.TCLegacy && tcMode != wire.TCOff {
+			return usagef("REACHD_TC=%q: want %q, %q, %q or unset (TCX, falling back to legacy)", tcMode, wire.TCX, wire.TCLegacy, wire.TCOff)
+		}
+		if obs := openWire(stderr, tcMode); obs != nil {
 			defer obs.Close()
 			opts.Wire = obs
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +28,7 @@ type QueuedError struct {
 	Code     uint8
 	Info     uint32
 	Offender netip.Addr // who sent the ICMP error; invalid if the kernel gave none
+	At       time.Time  // the kernel's receive timestamp (SO_TIMESTAMPNS); zero if none
 }
 
 // IsICMP reports whether the error came from an ICMP or ICMPv6 message.
@@ -68,7 +70,17 @@ func parseErrQueueOOB(oob []byte) []QueuedError {
 		return nil
 	}
 	var out []QueuedError
+	var at time.Time
 	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+			// struct timespec on the 64-bit targets reachd builds for.
+			sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+			if sec != 0 || nsec != 0 {
+				at = time.Unix(sec, nsec)
+			}
+			continue
+		}
 		isV4 := m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_RECVERR
 		isV6 := m.Header.Level == unix.SOL_IPV6 && m.Header.Type == unix.IPV6_RECVERR
 		if !isV4 && !isV6 {
@@ -77,6 +89,9 @@ func parseErrQueueOOB(oob []byte) []QueuedError {
 		if q, err := ParseExtendedErr(m.Data); err == nil {
 			out = append(out, q)
 		}
+	}
+	for i := range out {
+		out[i].At = at
 	}
 	return out
 }

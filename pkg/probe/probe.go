@@ -80,6 +80,7 @@ type Result struct {
 	WireTimes      *WireTimes
 	sent           bool          // a packet left (not a local error before sending)
 	waited         time.Duration // how long a timeout waited
+	icmpAt         time.Time     // when the kernel received the ICMP error (socket timestamp)
 }
 
 // WireTimes are wall-clock instants of the probe's packets, from eBPF at TC.

@@ -115,6 +115,11 @@ func setupSocket(fd int, v6 bool, a Attempt) (Result, bool) {
 	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
 		return socketError("setsockopt IP_RECVERR", err), false
 	}
+	// The kernel stamps the ICMP errors it queues: when nothing at TC saw the error arrive,
+	// that stamp still times it in the kernel rather than when we got round to reading it.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+		return socketError("setsockopt SO_TIMESTAMPNS", err), false
+	}
 	// An RST on close: the prober holds no TIME_WAIT entries however many probes it runs.
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
 		return socketError("setsockopt SO_LINGER", err), false
@@ -224,6 +229,7 @@ func icmpResult(res Result, q QueuedError, v6 bool) Result {
 	}
 	res.Reason, res.ICMP = reason, ic
 	res.Detail = icmpDetail(ic, v6)
+	res.icmpAt = q.At
 	return res
 }
 

@@ -17,11 +17,31 @@ import (
 // the socket has already reported (the SYN-ACK is in the ring before connect() returns).
 const catchUp = 100 * time.Millisecond
 
-// registerTCP binds the socket to the source the route would choose (unless --source did),
-// so that the flow's 5-tuple is known before the SYN leaves, attaches the TC programs to
-// the route's interface and registers the flow. It returns nil when any step fails: the
-// probe then runs with kernel/userspace timing, and nothing else changes.
+// registerTCP prepares an attempt's socket for observation before its SYN leaves. For the
+// TC programs it binds the socket to the source the route would choose (unless --source
+// did), so that the 5-tuple is known, and attaches to the route's interface; for the
+// tracepoints it registers the socket's cookie. Whatever fails only lowers the timing
+// source (wire → kernel → userspace); it returns nil when nothing can be observed.
 func registerTCP(fd int, a Attempt) *wire.Flow {
+	dst := a.Addr.Addr()
+	remote := netip.AddrPortFrom(dst.WithZone(""), a.Addr.Port())
+	var local netip.AddrPort
+	if a.Wire.HasTC() {
+		local = bindForWire(fd, a)
+	}
+	f, err := a.Wire.Register(wire.ProtoTCP, local, remote)
+	if err != nil {
+		return nil
+	}
+	if cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err == nil {
+		_ = f.AddSocket(cookie)
+	}
+	return f
+}
+
+// bindForWire binds fd for a known 5-tuple and attaches TC on the way out; it returns the
+// local address, or an invalid one when the packets cannot be watched.
+func bindForWire(fd int, a Attempt) netip.AddrPort {
 	dst := a.Addr.Addr()
 	oif := 0
 	if z := dst.Zone(); z != "" {
@@ -31,110 +51,166 @@ func registerTCP(fd int, a Attempt) *wire.Flow {
 	}
 	rt, err := netctx.RouteTo(dst.WithZone(""), oif)
 	if err != nil || rt.LinkIndex == 0 {
-		return nil
+		return netip.AddrPort{}
+	}
+	if a.Wire.Attach(rt.LinkIndex) != nil {
+		return netip.AddrPort{}
 	}
 	if !a.Source.IsValid() {
 		src := rt.Src
 		if !src.IsValid() {
-			return nil
+			return netip.AddrPort{}
 		}
 		if src.Is6() && src.IsLinkLocalUnicast() {
 			src = src.WithZone(fmt.Sprint(rt.LinkIndex))
 		}
 		sa, err := sockaddrOf(netip.AddrPortFrom(src, 0))
 		if err != nil || unix.Bind(fd, sa) != nil {
-			return nil
+			return netip.AddrPort{}
 		}
 	}
 	sn, err := unix.Getsockname(fd)
 	if err != nil {
-		return nil
+		return netip.AddrPort{}
 	}
 	local := addrPortOf(sn)
 	if local.Port() == 0 {
-		return nil
+		return netip.AddrPort{}
 	}
-	if err := a.Wire.Attach(rt.LinkIndex); err != nil {
-		return nil
-	}
-	f, err := a.Wire.Register(wire.ProtoTCP, local, netip.AddrPortFrom(dst.WithZone(""), a.Addr.Port()))
-	if err != nil {
-		return nil
-	}
-	return f
+	return local
 }
 
-// applyWire replaces the userspace view of an attempt with what TC saw: the SYNs (first and
-// retransmitted), the answer and the round trip from the last SYN before it.
+// tcpTimeline is one attempt's handshake as an observer saw it: every SYN sent (first
+// one first) and the instant of the answer, in CLOCK_MONOTONIC ns.
+type tcpTimeline struct {
+	syns   []uint64
+	answer uint64 // 0: no answer seen
+	from   netip.Addr
+}
+
+// applyWire replaces the userspace view of an attempt with what was observed in the
+// kernel: from TC (timing_source wire) when it saw the SYNs, else from the TCP tracepoints
+// (timing_source kernel). The round trip is the answer minus the last SYN before it.
 func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) Result {
-	var want wire.EventKind
+	type want struct{ tc, trace wire.EventKind }
+	var w want
 	switch {
 	case res.Reason == verdict.OK:
-		want = wire.EvSYNACK
+		w = want{wire.EvSYNACK, wire.EvState}
 	case res.Reason == verdict.Refused:
-		want = wire.EvRST
+		w = want{wire.EvRST, wire.EvResetRx}
 	case res.ICMP != nil:
-		want = wire.EvICMPError
+		w = want{wire.EvICMPError, wire.EvState}
 	}
+	// The tracepoints fire in the kernel before the socket wakes us, TC before that: both
+	// are in the ring already, but the reader may not have delivered them yet.
 	evs := f.Events()
-	if want != 0 {
-		evs = f.WaitFor(time.Now().Add(catchUp), func(e wire.Event) bool { return wire.EventKind(e.Kind) == want })
+	if w.tc != 0 {
+		evs = f.WaitFor(time.Now().Add(catchUp), func(e wire.Event) bool {
+			k := wire.EventKind(e.Kind)
+			return k == w.tc || (k == w.trace && (k != wire.EvState || e.StateOld == wire.TCPSynSent))
+		})
 	}
 	slices.SortFunc(evs, func(x, y wire.Event) int { return int(int64(x.TsNs) - int64(y.TsNs)) })
-	wall := func(ns uint64) time.Time { return startWall.Add(time.Duration(int64(ns) - startMono)) }
 
-	var syns []uint64
-	var answer *wire.Event
-	for i := range evs {
-		e := &evs[i]
-		switch k := wire.EventKind(e.Kind); {
-		case k == wire.EvSYN && answer == nil:
-			syns = append(syns, e.TsNs)
-		case k == want && answer == nil:
-			answer = e
+	source := verdict.SourceWire
+	tl := tcTimeline(evs, w.tc)
+	if len(tl.syns) == 0 {
+		source = verdict.SourceKernel
+		tl = traceTimeline(evs, w.tc)
+		if tl.answer == 0 && w.tc == wire.EvICMPError && !res.icmpAt.IsZero() {
+			// An ICMP error that arrives while connect() still holds the socket lock (a
+			// fast path) does not close the socket, so no state change marks it; the error
+			// queue's kernel timestamp does.
+			tl.answer = uint64(startMono + int64(res.icmpAt.Sub(startWall)))
 		}
 	}
-	if len(syns) == 0 {
-		return res // the SYN left through an interface we do not watch
+	if len(tl.syns) == 0 {
+		return res // nothing observed: keep userspace timing
 	}
+	wall := func(ns uint64) time.Time { return startWall.Add(time.Duration(int64(ns) - startMono)) }
 	wt := &WireTimes{}
-	for _, s := range syns {
+	for _, s := range tl.syns {
 		wt.SYNs = append(wt.SYNs, wall(s))
 	}
-	n := len(syns) - 1
+	n := len(tl.syns) - 1
 	res.SYNRetransmits = &n
 	res.WireTimes = wt
-	if want == 0 { // silence: the SYN count is the evidence
-		res.TimingSource = verdict.SourceWire
+	where := map[string]string{verdict.SourceWire: "seen leaving on the wire", verdict.SourceKernel: "sent by the kernel"}[source]
+	if w.tc == 0 { // silence: the SYN count is the evidence
+		res.TimingSource = source
 		if res.Reason == verdict.Timeout {
-			res.Detail = silenceDetail(res.waited, len(syns), " seen leaving on the wire")
+			res.Detail = silenceDetail(res.waited, len(tl.syns), " "+where)
 		}
 		return res
 	}
-	if answer == nil {
-		return res // the answer arrived where we do not watch: keep userspace timing
+	if tl.answer == 0 {
+		return res // the answer was not observed: keep userspace timing
 	}
-	rtt := time.Duration(answer.TsNs - syns[len(syns)-1])
-	res.TimingSource = verdict.SourceWire
-	if want != wire.EvICMPError {
+	rtt := time.Duration(tl.answer - tl.syns[len(tl.syns)-1])
+	res.TimingSource = source
+	if w.tc != wire.EvICMPError {
 		// An ICMP error is not the target's answer: rtt_ms stays null, as without eBPF, and
 		// wire.icmp_at says when the router's error arrived.
 		res.RTT, res.HasRTT = rtt, true
 	}
-	switch want {
+	switch w.tc {
 	case wire.EvSYNACK:
-		wt.SYNACK = wall(answer.TsNs)
+		wt.SYNACK = wall(tl.answer)
 		if n > 0 {
 			res.Detail = fmt.Sprintf("handshake completed after %d SYN retransmission(s): the SYN-ACK answered the last SYN in %s; the earlier SYN(s) got no answer",
 				n, rtt.Round(time.Microsecond))
 		}
 	case wire.EvRST:
-		wt.RST = wall(answer.TsNs)
+		wt.RST = wall(tl.answer)
 	case wire.EvICMPError:
-		wt.ICMP = wall(answer.TsNs)
-		if res.ICMP != nil && res.ICMP.From == "" {
-			res.ICMP.From = answer.FromAddr().String()
+		wt.ICMP = wall(tl.answer)
+		if res.ICMP != nil && res.ICMP.From == "" && tl.from.IsValid() {
+			res.ICMP.From = tl.from.String()
 		}
 	}
 	return res
+}
+
+// tcTimeline reads the packets TC saw: SYNs leaving, and the first answer of kind want.
+func tcTimeline(evs []wire.Event, want wire.EventKind) tcpTimeline {
+	var tl tcpTimeline
+	for i := range evs {
+		e := &evs[i]
+		switch k := wire.EventKind(e.Kind); {
+		case tl.answer != 0:
+		case k == wire.EvSYN:
+			tl.syns = append(tl.syns, e.TsNs)
+		case k == want && want != 0:
+			tl.answer = e.TsNs
+			if k == wire.EvICMPError {
+				tl.from = e.FromAddr()
+			}
+		}
+	}
+	return tl
+}
+
+// traceTimeline reads the TCP tracepoints: entering SYN_SENT is the first SYN (the kernel
+// sends it in the same call), each retransmission in SYN_SENT another; the answer is
+// SYN_SENT→ESTABLISHED for a SYN-ACK, a received reset for an RST, and SYN_SENT→CLOSE for
+// an ICMP error (the kernel processed it and aborted the connection).
+func traceTimeline(evs []wire.Event, want wire.EventKind) tcpTimeline {
+	var tl tcpTimeline
+	for i := range evs {
+		e := &evs[i]
+		k := wire.EventKind(e.Kind)
+		switch {
+		case tl.answer != 0:
+		case k == wire.EvState && e.StateNew == wire.TCPSynSent:
+			tl.syns = append(tl.syns, e.TsNs)
+		case k == wire.EvRetransmit && e.StateNew == wire.TCPSynSent && len(tl.syns) > 0:
+			tl.syns = append(tl.syns, e.TsNs)
+		case want == wire.EvSYNACK && k == wire.EvState && e.StateOld == wire.TCPSynSent && e.StateNew == wire.TCPEstablished,
+			want == wire.EvRST && k == wire.EvResetRx,
+			want == wire.EvICMPError && k == wire.EvState && e.StateOld == wire.TCPSynSent && e.StateNew == wire.TCPClose:
+			tl.answer = e.TsNs
+		}
+	}
+	return tl
 }

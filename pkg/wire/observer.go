@@ -22,39 +22,114 @@ import (
 // anything past this is a misbehaving peer and is dropped, not buffered without limit.
 const maxFlowEvents = 64
 
-// Observer owns the loaded programs, their TCX links and the ring-buffer reader, and hands
-// each registered flow the events that belong to it.
+// TC attachment modes.
+const (
+	TCAuto   = ""       // TCX, falling back to legacy on kernels without it
+	TCX      = "tcx"    // TCX links only
+	TCLegacy = "legacy" // clsact + cls_bpf filters only
+	TCOff    = "off"    // no TC programs: TCP timed by the tracepoints (timing_source kernel)
+)
+
+// Options configure an Observer.
+type Options struct {
+	TC string // TCAuto, TCX or TCLegacy
+}
+
+// Status says which parts of the observer work, and why a part does not.
+type Status struct {
+	TC          string // "tcx", "legacy", or "" when the TC programs did not load
+	TCErr       error
+	Tracepoints bool
+	TraceErr    error
+	Reaped      int // stale legacy filters deleted at start
+}
+
+// Observer owns the loaded programs, their attachments and the ring-buffer reader, and
+// hands each registered flow the events that belong to it. The TC programs (packets) and
+// the TCP tracepoints (socket state) load independently: either one alone still serves.
 type Observer struct {
-	objs *Objects
-	rd   *ringbuf.Reader
-	log  *slog.Logger
+	maps   *maps
+	tc     *tcWirePrograms // nil when the TC programs did not load
+	tracer *tracer         // nil when the tracepoints did not load
+	rd     *ringbuf.Reader
+	log    *slog.Logger
+	status Status
 
 	mu       sync.Mutex
-	links    map[int][]link.Link // by ifindex: ingress and egress
-	flows    map[uint64]*Flow    // by token
+	tcMode   string
+	links    map[int]func() error // by ifindex: detaches ingress and egress
+	failed   map[int]error        // by ifindex: why attaching failed (not retried per probe)
+	flows    map[uint64]*Flow     // by token
 	closed   bool
 	token    atomic.Uint64
 	readDone chan struct{}
 }
 
-// Open loads the programs and starts reading events. It attaches nothing yet: Attach does,
-// per interface, when a probe needs it.
-func Open(log *slog.Logger) (*Observer, error) {
-	objs, err := LoadObjects()
+// Open loads the programs and starts reading events. It attaches no TC program yet:
+// Attach does, per interface, when a probe needs it. It fails only when neither the TC
+// programs nor the tracepoints can be used.
+func Open(log *slog.Logger, opt Options) (*Observer, error) {
+	switch opt.TC {
+	case TCAuto, TCX, TCLegacy, TCOff:
+	default:
+		return nil, fmt.Errorf("unknown TC mode %q (want %q, %q or %q)", opt.TC, TCX, TCLegacy, TCOff)
+	}
+	m, err := loadMaps()
 	if err != nil {
 		return nil, err
 	}
-	rd, err := ringbuf.NewReader(objs.Events)
-	if err != nil {
-		objs.Close()
+	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]func() error{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{})}
+	if n, err := ReapStale(); err != nil {
+		log.Warn("delete stale reachd TC filters", "err", err)
+	} else {
+		o.status.Reaped = n
+	}
+	if opt.TC == TCOff {
+		o.status.TCErr = errors.New("TC programs turned off (REACHD_TC=off)")
+	} else if o.tc, err = loadTC(m); err != nil {
+		o.status.TCErr = err
+	} else {
+		o.status.TC = opt.TC
+		if opt.TC == TCAuto {
+			o.status.TC = TCX // until an attach says the kernel has no TCX
+		}
+	}
+	if o.tracer, err = loadTracer(m); err != nil {
+		o.status.TraceErr = err
+	} else {
+		o.status.Tracepoints = true
+	}
+	if o.tc == nil && o.tracer == nil {
+		m.Close()
+		return nil, o.status.TCErr
+	}
+	if o.rd, err = ringbuf.NewReader(m.Events); err != nil {
+		o.closeProgs()
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
-	o := &Observer{objs: objs, rd: rd, log: log, links: map[int][]link.Link{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{})}
 	go o.read()
 	return o, nil
 }
 
-// Close detaches every link and releases the programs; flows still open get no more events.
+// Status reports which parts loaded.
+func (o *Observer) Status() Status {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.status
+}
+
+func (o *Observer) closeProgs() {
+	if o.tracer != nil {
+		o.tracer.close()
+	}
+	if o.tc != nil {
+		o.tc.Close()
+	}
+	o.maps.Close()
+}
+
+// Close detaches every TC attachment and releases the programs; flows still open get no
+// more events.
 func (o *Observer) Close() error {
 	o.mu.Lock()
 	if o.closed {
@@ -63,54 +138,110 @@ func (o *Observer) Close() error {
 	}
 	o.closed = true
 	var errs []error
-	for ifindex, ls := range o.links {
-		for _, l := range ls {
-			if err := l.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
-			}
+	for ifindex, detach := range o.links {
+		if err := detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
 		}
 	}
 	o.links = nil
 	o.mu.Unlock()
 	o.rd.Close() // ends read()
 	<-o.readDone
-	o.objs.Close()
+	o.closeProgs()
 	return errors.Join(errs...)
 }
 
-// Attach puts the TC programs on ifindex's ingress and egress with TCX links, once.
+// HasTC says whether packets can be seen: the TC programs loaded.
+func (o *Observer) HasTC() bool { return o.tc != nil }
+
+// Attach puts the TC programs on ifindex's ingress and egress, once: a TCX link, or on
+// kernels without TCX a legacy cls_bpf filter.
 func (o *Observer) Attach(ifindex int) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {
 		return errors.New("observer closed")
 	}
+	if o.tc == nil {
+		return fmt.Errorf("TC programs not loaded: %w", o.status.TCErr)
+	}
 	if _, ok := o.links[ifindex]; ok {
 		return nil
 	}
+	if err, ok := o.failed[ifindex]; ok {
+		return err
+	}
+	if err := o.attach(ifindex); err != nil {
+		// Once per interface: probes through it time in the kernel or in userspace.
+		o.log.Warn("cannot watch an interface's packets: probes through it are not wire-timed", "ifindex", ifindex, "err", err)
+		o.failed[ifindex] = err
+		return err
+	}
+	return nil
+}
+
+func (o *Observer) attach(ifindex int) error {
+	if o.tcMode != TCLegacy {
+		detach, err := o.attachTCX(ifindex)
+		if err == nil {
+			o.links[ifindex] = detach
+			return nil
+		}
+		if o.tcMode == TCX || !errors.Is(err, ebpf.ErrNotSupported) {
+			return err
+		}
+		o.log.Info("kernel has no TCX: attaching as legacy clsact/cls_bpf filters", "err", err)
+		o.tcMode, o.status.TC = TCLegacy, TCLegacy
+	}
+	if err := legacyAttach(ifindex, o.tc.ReachdTcIngress, o.tc.ReachdTcEgress); err != nil {
+		return err
+	}
+	name := legacyName()
+	o.links[ifindex] = func() error { return legacyDetach(ifindex, name) }
+	return nil
+}
+
+func (o *Observer) attachTCX(ifindex int) (func() error, error) {
 	var ls []link.Link
+	closeAll := func() error {
+		var errs []error
+		for _, l := range ls {
+			errs = append(errs, l.Close())
+		}
+		return errors.Join(errs...)
+	}
 	for _, a := range []struct {
 		prog *ebpf.Program
 		typ  ebpf.AttachType
 		name string
-	}{{o.objs.ReachdTcIngress, ebpf.AttachTCXIngress, "ingress"}, {o.objs.ReachdTcEgress, ebpf.AttachTCXEgress, "egress"}} {
+	}{{o.tc.ReachdTcIngress, ebpf.AttachTCXIngress, "ingress"}, {o.tc.ReachdTcEgress, ebpf.AttachTCXEgress, "egress"}} {
 		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.typ})
 		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return fmt.Errorf("attach tcx %s on ifindex %d: %w", a.name, ifindex, err)
+			closeAll()
+			return nil, fmt.Errorf("attach tcx %s on ifindex %d: %w", a.name, ifindex, err)
 		}
 		ls = append(ls, l)
 	}
-	o.links[ifindex] = ls
-	return nil
+	return closeAll, nil
+}
+
+// Forget drops what is known of ifindex's attachment after the interface went away (the
+// kernel removed its TCX links and filters with it), so that a new interface that reuses
+// the index is attached afresh.
+func (o *Observer) Forget(ifindex int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if detach, ok := o.links[ifindex]; ok {
+		_ = detach() // closes our link fds; the attachment itself is gone already
+		delete(o.links, ifindex)
+	}
+	delete(o.failed, ifindex)
 }
 
 // Lost returns how many events the kernel dropped because the ring buffer was full.
 func (o *Observer) Lost() (uint64, error) {
 	var perCPU []uint64
-	if err := o.objs.LostEvents.Lookup(uint32(0), &perCPU); err != nil {
+	if err := o.maps.LostEvents.Lookup(uint32(0), &perCPU); err != nil {
 		return 0, fmt.Errorf("read lost-event counter: %w", err)
 	}
 	var n uint64
@@ -151,6 +282,8 @@ func (o *Observer) read() {
 type Flow struct {
 	o      *Observer
 	key    FlowKey
+	hasKey bool   // registered with the TC programs
+	cookie uint64 // socket cookie registered for the tracepoints, 0 if none
 	token  uint64
 	mu     sync.Mutex
 	events []Event
@@ -159,12 +292,18 @@ type Flow struct {
 
 // Register makes the TC programs report proto packets between local and remote. Call it
 // after binding (so local is known) and before the first packet is sent.
+//
+// Without a valid local address the flow is registered for the tracepoints only (see
+// AddSocket): the TC programs are not in use for it.
 func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, error) {
-	k, err := Key(proto, local, remote)
-	if err != nil {
-		return nil, err
+	f := &Flow{o: o, token: o.token.Add(1), notify: make(chan struct{})}
+	if local.IsValid() {
+		k, err := Key(proto, local, remote)
+		if err != nil {
+			return nil, err
+		}
+		f.key, f.hasKey = k, true
 	}
-	f := &Flow{o: o, key: k, token: o.token.Add(1), notify: make(chan struct{})}
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
@@ -172,13 +311,28 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 	}
 	o.flows[f.token] = f
 	o.mu.Unlock()
-	if err := o.objs.Flows.Put(k, f.token); err != nil {
+	if !f.hasKey {
+		return f, nil
+	}
+	if err := o.maps.Flows.Put(f.key, f.token); err != nil {
 		o.mu.Lock()
 		delete(o.flows, f.token)
 		o.mu.Unlock()
 		return nil, fmt.Errorf("register flow %s → %s: %w", local, remote, err)
 	}
 	return f, nil
+}
+
+// AddSocket registers the flow's socket by cookie (SO_COOKIE) for the TCP tracepoints.
+func (f *Flow) AddSocket(cookie uint64) error {
+	if f.o.tracer == nil {
+		return errors.New("TCP tracepoints not loaded")
+	}
+	if err := f.o.maps.Socks.Put(cookie, f.token); err != nil {
+		return fmt.Errorf("register socket cookie %d: %w", cookie, err)
+	}
+	f.cookie = cookie
+	return nil
 }
 
 // Close unregisters the flow.
@@ -188,12 +342,16 @@ func (f *Flow) Close() {
 	delete(o.flows, f.token)
 	closed := o.closed
 	o.mu.Unlock()
-	if !closed {
-		// Only ours: a later flow with the same key has another token and its own entry.
-		var tok uint64
-		if err := o.objs.Flows.Lookup(f.key, &tok); err == nil && tok == f.token {
-			_ = o.objs.Flows.Delete(f.key)
-		}
+	if closed {
+		return
+	}
+	// Only ours: a later flow with the same key has another token and its own entry.
+	var tok uint64
+	if f.hasKey && o.maps.Flows.Lookup(f.key, &tok) == nil && tok == f.token {
+		_ = o.maps.Flows.Delete(f.key)
+	}
+	if f.cookie != 0 {
+		_ = o.maps.Socks.Delete(f.cookie)
 	}
 }
 

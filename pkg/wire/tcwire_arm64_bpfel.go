@@ -24,6 +24,9 @@ const (
 	tcWireEventKindEV_ICMP_ERROR   tcWireEventKind = 6
 	tcWireEventKindEV_UDP_TX       tcWireEventKind = 7
 	tcWireEventKindEV_UDP_RX       tcWireEventKind = 8
+	tcWireEventKindEV_STATE        tcWireEventKind = 9
+	tcWireEventKindEV_RETRANSMIT   tcWireEventKind = 10
+	tcWireEventKindEV_RESET_RX     tcWireEventKind = 11
 )
 
 type tcWireFlowKey struct {
@@ -50,6 +53,9 @@ type tcWireWireEvent struct {
 	Seq      uint32
 	Ack      uint32
 	From     [16]uint8
+	StateOld uint8
+	StateNew uint8
+	Pad2     [6]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -59,6 +65,7 @@ const (
 	tcWireMapEvents           = "events"
 	tcWireMapFlows            = "flows"
 	tcWireMapLostEvents       = "lost_events"
+	tcWireMapSocks            = "socks"
 	tcWireProgReachdTcEgress  = "reachd_tc_egress"
 	tcWireProgReachdTcIngress = "reachd_tc_ingress"
 	tcWireVarUnusedEventKind  = "unused_event_kind"
@@ -118,6 +125,7 @@ type tcWireMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Flows      *ebpf.MapSpec `ebpf:"flows"`
 	LostEvents *ebpf.MapSpec `ebpf:"lost_events"`
+	Socks      *ebpf.MapSpec `ebpf:"socks"`
 }
 
 // tcWireVariableSpecs contains global variables before they are loaded into the kernel.
@@ -151,6 +159,7 @@ type tcWireMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	Flows      *ebpf.Map `ebpf:"flows"`
 	LostEvents *ebpf.Map `ebpf:"lost_events"`
+	Socks      *ebpf.Map `ebpf:"socks"`
 }
 
 func (m *tcWireMaps) Close() error {
@@ -158,6 +167,7 @@ func (m *tcWireMaps) Close() error {
 		m.Events,
 		m.Flows,
 		m.LostEvents,
+		m.Socks,
 	)
 }
 

@@ -25,6 +25,16 @@ const (
 	EvICMPError   = EventKind(tcWireEventKindEV_ICMP_ERROR)
 	EvUDPTx       = EventKind(tcWireEventKindEV_UDP_TX)
 	EvUDPRx       = EventKind(tcWireEventKindEV_UDP_RX)
+	EvState       = EventKind(tcWireEventKindEV_STATE)
+	EvRetransmit  = EventKind(tcWireEventKindEV_RETRANSMIT)
+	EvResetRx     = EventKind(tcWireEventKindEV_RESET_RX)
+)
+
+// TCP states, as the kernel numbers them (include/net/tcp_states.h), for EvState events.
+const (
+	TCPEstablished = 1
+	TCPSynSent     = 2
+	TCPClose       = 7
 )
 
 // Protocol numbers of registered flows.
@@ -78,20 +88,6 @@ func (e *Event) FromAddr() netip.Addr {
 		return netip.AddrFrom4([4]byte(e.From[:4]))
 	}
 	return netip.AddrFrom16(e.From)
-}
-
-// LoadObjects loads the programs and maps into the kernel, through the verifier. On a
-// verifier rejection the error carries the verifier's log.
-func LoadObjects() (*Objects, error) {
-	var objs Objects
-	if err := loadTcWireObjects(&objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load eBPF programs: verifier rejected them: %+v", ve)
-		}
-		return nil, fmt.Errorf("load eBPF programs: %w", err)
-	}
-	return &objs, nil
 }
 
 // Fix says how to get wire timing back after Open failed with err.

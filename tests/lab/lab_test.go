@@ -95,7 +95,14 @@ func requireLab(t *testing.T) *Lab {
 // validated against docs/verdict.md.
 func probe(t *testing.T, l *Lab, args ...string) ([]map[string]any, int) {
 	t.Helper()
+	return probeEnv(t, l, nil, args...)
+}
+
+// probeEnv is probe with extra environment variables (KEY=VALUE).
+func probeEnv(t *testing.T, l *Lab, env []string, args ...string) ([]map[string]any, int) {
+	t.Helper()
 	cmd := l.Client.Command(reachdBin, append([]string{"probe", "tcp", "--json"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
