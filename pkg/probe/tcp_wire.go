@@ -13,9 +13,10 @@ import (
 	"reachd/pkg/wire"
 )
 
-// catchUp bounds how long a verdict waits for the ring-buffer reader to deliver an event
-// the socket has already reported (the SYN-ACK is in the ring before connect() returns).
-const catchUp = 100 * time.Millisecond
+// catchUp bounds how long a verdict waits for the ring-buffer reader to deliver events the
+// kernel has already written (the SYN-ACK is in the ring before connect() returns). The
+// wait ends as soon as the reader has caught up; the bound only matters if it is stuck.
+const catchUp = 5 * time.Second
 
 // registerTCP prepares an attempt's socket for observation before its SYN leaves. For the
 // TC programs it binds the socket to the source the route would choose (unless --source
@@ -104,8 +105,10 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 	}
 	// The tracepoints fire in the kernel before the socket wakes us, TC before that: both
 	// are in the ring already, but the reader may not have delivered them yet.
-	evs := f.Events()
-	if w.tc != 0 {
+	var evs []wire.Event
+	if w.tc == 0 {
+		evs = f.Sync(time.Now().Add(catchUp)) // silence: count every SYN the kernel saw
+	} else {
 		evs = f.WaitFor(time.Now().Add(catchUp), func(e wire.Event) bool {
 			k := wire.EventKind(e.Kind)
 			return k == w.tc || (k == w.trace && (k != wire.EvState || e.StateOld == wire.TCPSynSent))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +64,12 @@ type Observer struct {
 	closed   bool
 	token    atomic.Uint64
 	readDone chan struct{}
+
+	// Each time the reader has handed out every record that was in the ring when a Flush
+	// reached it, flushSeq goes up and flushed is closed and replaced (see sync).
+	flushMu  sync.Mutex
+	flushSeq uint64
+	flushed  chan struct{}
 }
 
 // Open loads the programs and starts reading events. It attaches no TC program yet:
@@ -78,7 +85,7 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]func() error{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{})}
+	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]func() error{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
 	if n, err := ReapStale(); err != nil {
 		log.Warn("delete stale reachd TC filters", "err", err)
 	} else {
@@ -259,6 +266,14 @@ func (o *Observer) read() {
 			if errors.Is(err, ringbuf.ErrClosed) {
 				return
 			}
+			if errors.Is(err, ringbuf.ErrFlushed) {
+				o.flushMu.Lock()
+				o.flushSeq++
+				close(o.flushed)
+				o.flushed = make(chan struct{})
+				o.flushMu.Unlock()
+				continue
+			}
 			o.log.Warn("read eBPF events", "err", err)
 			continue
 		}
@@ -373,32 +388,57 @@ func (f *Flow) Events() []Event {
 	return append([]Event(nil), f.events...)
 }
 
-// WaitFor waits until an event satisfies match or the deadline passes, and returns the
-// events seen by then. Used to let the ring-buffer reader catch up with what the socket
-// already told us (the SYN-ACK is in the ring before connect() returns to us).
+// WaitFor returns the flow's events once one satisfies match, or once every event the
+// kernel had written when WaitFor was called has been delivered (then match will not come:
+// the packet was not seen), or at the deadline. The caller knows from its socket that the
+// answer has happened; the event is in the ring already, but the reader goroutine that
+// delivers it may not have run yet — under load, for tens of milliseconds.
 func (f *Flow) WaitFor(deadline time.Time, match func(Event) bool) []Event {
-	for {
-		f.mu.Lock()
-		evs := append([]Event(nil), f.events...)
-		ch := f.notify
-		f.mu.Unlock()
-		for _, e := range evs {
-			if match(e) {
-				return evs
+	if evs := f.Events(); slices.ContainsFunc(evs, match) {
+		return evs
+	}
+	f.o.sync(deadline)
+	return f.Events()
+}
+
+// Sync returns the flow's events after every event already written by the kernel has
+// been delivered (or at the deadline).
+func (f *Flow) Sync(deadline time.Time) []Event {
+	f.o.sync(deadline)
+	return f.Events()
+}
+
+// sync waits until the reader has delivered every record that was in the ring when sync
+// was called, and reports whether that happened before the deadline. A Flush makes the
+// reader return what is in the ring and then ErrFlushed; flushes from several callers can
+// merge into one ErrFlushed, and the first one seen may belong to a pass that had read the
+// ring before our record was counted. A pass that starts after one we saw end cannot have,
+// so sync waits for two.
+func (o *Observer) sync(deadline time.Time) bool {
+	for range 2 {
+		o.flushMu.Lock()
+		seq, ch := o.flushSeq, o.flushed
+		o.flushMu.Unlock()
+		if err := o.rd.Flush(); err != nil {
+			return false
+		}
+		t := time.NewTimer(time.Until(deadline))
+		for done := false; !done; {
+			select {
+			case <-ch:
+				o.flushMu.Lock()
+				done, ch = o.flushSeq > seq, o.flushed
+				o.flushMu.Unlock()
+			case <-t.C:
+				return false
+			case <-o.readDone:
+				t.Stop()
+				return false
 			}
 		}
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			return evs
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ch:
-			t.Stop()
-		case <-t.C:
-			return f.Events()
-		}
+		t.Stop()
 	}
+	return true
 }
 
 // Monotonic returns CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().

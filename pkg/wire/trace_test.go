@@ -88,10 +88,21 @@ func connectTraced(t *testing.T, o *Observer, dst netip.AddrPort) (*Flow, int) {
 	return f, fd
 }
 
+// waitKind polls until an event of kind (and, for state changes, newState) has arrived.
 func waitKind(f *Flow, d time.Duration, kind EventKind, newState uint8) []Event {
-	return f.WaitFor(time.Now().Add(d), func(e Event) bool {
-		return EventKind(e.Kind) == kind && (kind != EvState || e.StateNew == newState)
-	})
+	deadline := time.Now().Add(d)
+	for {
+		evs := f.Sync(deadline)
+		for _, e := range evs {
+			if EventKind(e.Kind) == kind && (kind != EvState || e.StateNew == newState) {
+				return evs
+			}
+		}
+		if time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func has(evs []Event, kind EventKind, old, new uint8) bool {

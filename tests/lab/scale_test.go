@@ -102,6 +102,10 @@ func runChild() int {
 	var r leakReport
 	r.GoroutinesBefore, r.FDsBefore = countGoroutines(), countFDs()
 	before := goleak.IgnoreCurrent() // taken now: goroutines that exist before the run
+	if os.Getenv(stormEnv) != "" {
+		stop := storm()
+		defer stop()
+	}
 	start := time.Now()
 	var errb bytes.Buffer
 	r.Exit = cli.Run(context.Background(), args, out, &errb)
