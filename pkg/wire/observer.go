@@ -447,3 +447,28 @@ func Monotonic() int64 {
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return ts.Nano()
 }
+
+// TCStats is the kernel's accounting of the TC programs (while run-time statistics are
+// enabled: ebpf.EnableStats or kernel.bpf_stats_enabled).
+type TCStats struct {
+	Runs    uint64
+	Runtime time.Duration
+}
+
+// TCStats returns the run count and total run time of the ingress and egress programs.
+func (o *Observer) TCStats() (ingress, egress TCStats, err error) {
+	if o.tc == nil {
+		return ingress, egress, errors.New("TC programs not loaded")
+	}
+	for _, p := range []struct {
+		prog *ebpf.Program
+		out  *TCStats
+	}{{o.tc.ReachdTcIngress, &ingress}, {o.tc.ReachdTcEgress, &egress}} {
+		st, err := p.prog.Stats()
+		if err != nil {
+			return ingress, egress, fmt.Errorf("read program stats: %w", err)
+		}
+		*p.out = TCStats{Runs: st.RunCount, Runtime: st.Runtime}
+	}
+	return ingress, egress, nil
+}
