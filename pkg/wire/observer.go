@@ -16,12 +16,19 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // maxFlowEvents bounds what one flow keeps: a handshake needs a handful (SYNs, one answer);
 // anything past this is a misbehaving peer and is dropped, not buffered without limit.
 const maxFlowEvents = 64
+
+// attachment is the TC programs on one interface.
+type attachment struct {
+	detach func() error // removes them
+	gone   func() error // releases what is left once the interface itself is gone
+}
 
 // TC attachment modes.
 const (
@@ -58,9 +65,9 @@ type Observer struct {
 
 	mu       sync.Mutex
 	tcMode   string
-	links    map[int]func() error // by ifindex: detaches ingress and egress
-	failed   map[int]error        // by ifindex: why attaching failed (not retried per probe)
-	flows    map[uint64]*Flow     // by token
+	links    map[int]attachment // by ifindex
+	failed   map[int]error      // by ifindex: why attaching failed (not retried per probe)
+	flows    map[uint64]*Flow   // by token
 	closed   bool
 	token    atomic.Uint64
 	readDone chan struct{}
@@ -70,6 +77,9 @@ type Observer struct {
 	flushMu  sync.Mutex
 	flushSeq uint64
 	flushed  chan struct{}
+
+	linkDone chan struct{}  // closed by Close: ends the link-update subscription
+	linkWG   sync.WaitGroup // the goroutine that follows link updates
 }
 
 // Open loads the programs and starts reading events. It attaches no TC program yet:
@@ -85,7 +95,7 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]func() error{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
+	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
 	if n, err := ReapStale(); err != nil {
 		log.Warn("delete stale reachd TC filters", "err", err)
 	} else {
@@ -115,7 +125,58 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
 	go o.read()
+	if o.tc != nil {
+		if err := o.followLinks(); err != nil {
+			// Attachments still work; an interface that is deleted and re-created is then
+			// attached afresh only under its new index, which it gets anyway.
+			log.Warn("cannot follow interface changes", "err", err)
+		}
+	}
 	return o, nil
+}
+
+// followLinks subscribes to the namespace's link updates: when an interface goes away its
+// attachment is forgotten (the kernel removed it with the device), and when one appears or
+// changes, an earlier failure to attach to it is forgotten too, so the next probe retries.
+func (o *Observer) followLinks() error {
+	ch := make(chan netlink.LinkUpdate, 64)
+	o.linkDone = make(chan struct{})
+	err := netlink.LinkSubscribeWithOptions(ch, o.linkDone, netlink.LinkSubscribeOptions{
+		ErrorCallback: func(err error) { o.log.Debug("link updates", "err", err) },
+	})
+	if err != nil {
+		close(o.linkDone)
+		o.linkDone = nil
+		return fmt.Errorf("subscribe to link updates: %w", err)
+	}
+	o.linkWG.Add(1)
+	go func() {
+		defer o.linkWG.Done()
+		for u := range ch { // closed by the library once linkDone is closed
+			idx := int(u.Index)
+			switch u.Header.Type {
+			case unix.RTM_DELLINK:
+				o.Forget(idx)
+			case unix.RTM_NEWLINK:
+				o.mu.Lock()
+				delete(o.failed, idx)
+				o.mu.Unlock()
+			}
+		}
+	}()
+	return nil
+}
+
+// Attached returns the interfaces the TC programs are attached to, by index.
+func (o *Observer) Attached() []int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var idx []int
+	for i := range o.links {
+		idx = append(idx, i)
+	}
+	slices.Sort(idx)
+	return idx
 }
 
 // Status reports which parts loaded.
@@ -145,13 +206,17 @@ func (o *Observer) Close() error {
 	}
 	o.closed = true
 	var errs []error
-	for ifindex, detach := range o.links {
-		if err := detach(); err != nil {
+	for ifindex, a := range o.links {
+		if err := a.detach(); err != nil {
 			errs = append(errs, fmt.Errorf("detach from ifindex %d: %w", ifindex, err))
 		}
 	}
 	o.links = nil
 	o.mu.Unlock()
+	if o.linkDone != nil {
+		close(o.linkDone)
+		o.linkWG.Wait()
+	}
 	o.rd.Close() // ends read()
 	<-o.readDone
 	o.closeProgs()
@@ -191,7 +256,8 @@ func (o *Observer) attach(ifindex int) error {
 	if o.tcMode != TCLegacy {
 		detach, err := o.attachTCX(ifindex)
 		if err == nil {
-			o.links[ifindex] = detach
+			// The links' fds must still be closed when the device is gone.
+			o.links[ifindex] = attachment{detach: detach, gone: detach}
 			return nil
 		}
 		if o.tcMode == TCX || !errors.Is(err, ebpf.ErrNotSupported) {
@@ -204,7 +270,8 @@ func (o *Observer) attach(ifindex int) error {
 		return err
 	}
 	name := legacyName()
-	o.links[ifindex] = func() error { return legacyDetach(ifindex, name) }
+	// A deleted device took its filters with it: nothing to release then.
+	o.links[ifindex] = attachment{detach: func() error { return legacyDetach(ifindex, name) }, gone: func() error { return nil }}
 	return nil
 }
 
@@ -238,8 +305,11 @@ func (o *Observer) attachTCX(ifindex int) (func() error, error) {
 func (o *Observer) Forget(ifindex int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if detach, ok := o.links[ifindex]; ok {
-		_ = detach() // closes our link fds; the attachment itself is gone already
+	if o.closed {
+		return
+	}
+	if a, ok := o.links[ifindex]; ok {
+		_ = a.gone()
 		delete(o.links, ifindex)
 	}
 	delete(o.failed, ifindex)

@@ -6,10 +6,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -183,5 +187,62 @@ func TestTracepointsOnLoopback(t *testing.T) {
 	})
 	if n, err := o.Lost(); err != nil || n != 0 {
 		t.Errorf("lost events %d (%v)", n, err)
+	}
+}
+
+// TestFollowsLinks deletes an interface the programs are attached to and re-creates it,
+// in a namespace of the test's own: the attachment is forgotten and made afresh.
+func TestFollowsLinks(t *testing.T) {
+	requireBPF(t)
+	runtime.LockOSThread() // this thread moves to the new namespace and dies with the test
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	mk := func() int {
+		// veth: this kernel has no dummy driver.
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "rd0"}, PeerName: "rd1"}); err != nil {
+			t.Fatal(err)
+		}
+		l, err := netlink.LinkByName("rd0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().Index
+	}
+	o, err := Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), Options{TC: TCX})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	first := mk()
+	if err := o.Attach(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "rd0"}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); slices.Contains(o.Attached(), first); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ifindex %d still listed as attached after its deletion", first)
+		}
+	}
+	second := mk()
+	if err := o.Attach(second); err != nil {
+		t.Fatalf("attach to the re-created interface: %v", err)
+	}
+	if got := o.Attached(); !slices.Equal(got, []int{second}) {
+		t.Fatalf("attached %v, want [%d]", got, second)
 	}
 }
