@@ -90,6 +90,15 @@ func openWire(stderr io.Writer, tcMode string) *wire.Observer {
 	return obs
 }
 
+// closeWire releases the observer and says if the ring buffer overflowed during the run:
+// the verdicts whose events were lost fell back to kernel or userspace timing.
+func closeWire(stderr io.Writer, obs *wire.Observer) {
+	if n, err := obs.Lost(); err == nil && n > 0 {
+		slog.New(slog.NewTextHandler(stderr, nil)).Warn("eBPF events lost to a full ring buffer: some verdicts are not wire-timed", "lost_events", n)
+	}
+	obs.Close()
+}
+
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
 
 func newRoot(ctx context.Context, stdout, stderr io.Writer, status *int) *cobra.Command {
@@ -220,7 +229,7 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 			return usagef("REACHD_TC=%q: want %q, %q, %q or unset (TCX, falling back to legacy)", tcMode, wire.TCX, wire.TCLegacy, wire.TCOff)
 		}
 		if obs := openWire(stderr, tcMode); obs != nil {
-			defer obs.Close()
+			defer closeWire(stderr, obs)
 			opts.Wire = obs
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
@@ -230,4 +231,29 @@ func TestMalformedPacketsEmitNothing(t *testing.T) {
 	// The untouched packets do produce events: the cases above fail for their defect only.
 	one(t, run(t, out, rd, syn4), EvSYN, 31)
 	one(t, run(t, out, rd, syn6), EvSYN, 32)
+}
+
+// TestLostEventsCounted fills the ring buffer with nobody reading it: every event that did
+// not fit is counted, none silently vanishes.
+func TestLostEventsCounted(t *testing.T) {
+	objs, _ := requireBPF(t)
+	register(t, objs, ProtoTCP, ap(cli4, 40000), ap(srv4, 80), 9)
+	syn := append(eth(0x0800), ipv4(cli4, srv4, 6, tcp(40000, 80, flagSYN, 1, 0), nil, 0)...)
+	const runs = 20000 // 1 MiB ring, 96-byte events (+8 bytes header): about 10,000 fit
+	if _, err := objs.ReachdTcEgress.Run(&ebpf.RunOptions{Data: syn, Repeat: runs}); err != nil {
+		t.Fatal(err)
+	}
+	var perCPU []uint64
+	if err := objs.LostEvents.Lookup(uint32(0), &perCPU); err != nil {
+		t.Fatal(err)
+	}
+	var lost uint64
+	for _, n := range perCPU {
+		lost += n
+	}
+	ringCap := uint64(1<<20) / uint64(unsafe.Sizeof(Event{})+8)
+	if lost == 0 || lost > runs || runs-lost > ringCap {
+		t.Fatalf("%d of %d events counted lost; the ring holds about %d", lost, runs, ringCap)
+	}
+	t.Logf("%d of %d events lost to a full ring (it holds %d)", lost, runs, runs-lost)
 }
