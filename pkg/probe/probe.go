@@ -81,6 +81,7 @@ type Result struct {
 	sent           bool          // a packet left (not a local error before sending)
 	waited         time.Duration // how long a timeout waited
 	icmpAt         time.Time     // when the kernel received the ICMP error (socket timestamp)
+	Connect        time.Duration // connect() (or the first SYN) until the answer; 0: use RTT
 }
 
 // WireTimes are wall-clock instants of the probe's packets, from eBPF at TC.
@@ -205,7 +206,10 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 	}
 	v.RTTMs = rttPtr(last)
 	v.Timings = &verdict.Timings{Resolve: verdict.MsPtr(resolve), Total: verdict.MsPtr(total)}
-	if last.HasRTT {
+	switch {
+	case last.Connect > 0:
+		v.Timings.Connect = verdict.MsPtr(last.Connect)
+	case last.HasRTT:
 		v.Timings.Connect = verdict.MsPtr(last.RTT)
 	}
 	if last.ICMP != nil || last.SYNRetransmits != nil || last.WireTimes != nil {

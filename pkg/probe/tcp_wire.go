@@ -156,6 +156,8 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 		// An ICMP error is not the target's answer: rtt_ms stays null, as without eBPF, and
 		// wire.icmp_at says when the router's error arrived.
 		res.RTT, res.HasRTT = rtt, true
+		// The phase, unlike the round trip, includes the wait for retransmissions.
+		res.Connect = time.Duration(tl.answer - tl.syns[0])
 	}
 	switch w.tc {
 	case wire.EvSYNACK:

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -90,6 +91,10 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	case TCAuto, TCX, TCLegacy, TCOff:
 	default:
 		return nil, fmt.Errorf("unknown TC mode %q (want %q, %q or %q)", opt.TC, TCX, TCLegacy, TCOff)
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		log.Debug("raise RLIMIT_MEMLOCK", "err", err)
 	}
 	m, err := loadMaps()
 	if err != nil {

@@ -95,7 +95,7 @@ func Fix(err error) string {
 	var ve *ebpf.VerifierError
 	switch {
 	case errors.As(err, &ve):
-		return "the kernel's verifier rejected reachd's programs: report this with the log above and `uname -r`"
+		return "the kernel's verifier rejected reachd's programs: report this with the log below and `uname -r`"
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		return "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep reachd, or AmbientCapabilities= in the unit)"
 	case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EINVAL):

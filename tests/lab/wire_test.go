@@ -111,6 +111,11 @@ func TestWireTiming(t *testing.T) {
 					if math.Abs(rtt-(at-lastSYN)) > 0.002 {
 						t.Errorf("rtt_ms %.3f, want %s − last SYN = %.3f", rtt, c.answer, at-lastSYN)
 					}
+					// timings_ms.connect is the whole phase, retransmission waits included.
+					tm, _ := v["timings_ms"].(map[string]any)
+					if conn, _ := num(tm, "connect"); math.Abs(conn-(at-synTx)) > 0.002 {
+						t.Errorf("timings_ms.connect %.3f, want %s − first SYN = %.3f", conn, c.answer, at-synTx)
+					}
 					if rtt >= 5 {
 						t.Errorf("rtt_ms %.3f, want below 5 ms in the lab", rtt)
 					}
