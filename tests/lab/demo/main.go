@@ -43,19 +43,20 @@ func run() int {
 	ap := func(a netip.Addr, p int) string { return netip.AddrPortFrom(a, uint16(p)).String() }
 
 	fmt.Println("lab: client 198.51.100.2 / 2001:db8:c::2 ── router 198.51.100.1 ── server 203.0.113.2 / 2001:db8:5::2")
-	fmt.Println("faults: port 81 closed, port 82 dropped, 203.0.113.130 admin-prohibited, 203.0.113.9 has no host,")
-	fmt.Println("        198.51.100.200 has no route on the client")
+	fmt.Println("faults: port 81 closed, port 82 dropped, port 84 loses the first SYN of each connection,")
+	fmt.Println("        203.0.113.130 admin-prohibited, 203.0.113.9 has no host, 198.51.100.200 has no route on the client")
 	targets := []string{
-		ap(lab.ServerV4, lab.PortOpen),        // open
-		ap(lab.ServerV6, lab.PortOpen),        // open, IPv6
-		"[fe80::1%" + lab.ClientIf + "]:8080", // link-local with zone
-		ap(lab.ServerV4, lab.PortClosed),      // refused
-		ap(lab.ServerV4, lab.PortDrop),        // timeout
-		ap(lab.AdminV4, lab.PortOpen),         // admin_prohibited
-		ap(lab.AdminV6, lab.PortOpen),         // admin_prohibited, ICMPv6
-		ap(lab.GhostV4, lab.PortOpen),         // host_unreachable
-		ap(lab.UnroutedV4, lab.PortOpen),      // net_unreachable
-		ap(lab.NoRouteV4, lab.PortOpen),       // no_route
+		ap(lab.ServerV4, lab.PortOpen),         // open
+		ap(lab.ServerV6, lab.PortOpen),         // open, IPv6
+		"[fe80::1%" + lab.ClientIf + "]:8080",  // link-local with zone
+		ap(lab.ServerV4, lab.PortFirstSYNDrop), // ok after a SYN retransmission: rtt_ms stays small
+		ap(lab.ServerV4, lab.PortClosed),       // refused
+		ap(lab.ServerV4, lab.PortDrop),         // timeout
+		ap(lab.AdminV4, lab.PortOpen),          // admin_prohibited
+		ap(lab.AdminV6, lab.PortOpen),          // admin_prohibited, ICMPv6
+		ap(lab.GhostV4, lab.PortOpen),          // host_unreachable
+		ap(lab.UnroutedV4, lab.PortOpen),       // net_unreachable
+		ap(lab.NoRouteV4, lab.PortOpen),        // no_route
 	}
 	show := func(args ...string) {
 		fmt.Printf("\n$ reachd %s\n", strings.Join(args, " "))
@@ -71,6 +72,10 @@ func run() int {
 		fmt.Printf("(exit status %d)\n", code)
 	}
 	show(append([]string{"probe", "tcp", "--timeout", "2s", "--retries", "1"}, targets...)...)
+	fmt.Println("\nWith eBPF (root), rtt_ms is timed at the wire: the answer minus the last SYN sent.")
+	fmt.Println("The same lost-first-SYN connection, timed at the wire and by the prober's clock (--no-ebpf):")
+	show("probe", "tcp", "--json", "--retries", "0", ap(lab.ServerV4, lab.PortFirstSYNDrop))
+	show("probe", "tcp", "--json", "--retries", "0", "--no-ebpf", ap(lab.ServerV4, lab.PortFirstSYNDrop))
 	show("probe", "tcp", "--json", "--retries", "0", ap(lab.AdminV4, lab.PortOpen))
 	fmt.Println("\nlab torn down.")
 	return 0
