@@ -196,13 +196,7 @@ func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
 	res.waited = waited
 	res.Detail = silenceDetail(waited, sent, "")
 	dst := a.Addr.Addr()
-	oif := 0
-	if z := dst.Zone(); z != "" {
-		oif, _ = scopeID(z)
-	} else if a.Interface != "" {
-		oif, _ = scopeID(a.Interface)
-	}
-	rt, err := netctx.RouteTo(dst.WithZone(""), oif)
+	rt, err := attemptRoute(a)
 	if err != nil || rt.LinkIndex == 0 {
 		return res
 	}
@@ -214,6 +208,19 @@ func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
 			hop, rt.Dev, state, sent)
 	}
 	return res
+}
+
+// attemptRoute looks up the route the attempt's packets take: out of the target's zone or
+// the --interface when one is given.
+func attemptRoute(a Attempt) (netctx.Route, error) {
+	dst := a.Addr.Addr()
+	oif := 0
+	if z := dst.Zone(); z != "" {
+		oif, _ = scopeID(z)
+	} else if a.Interface != "" {
+		oif, _ = scopeID(a.Interface)
+	}
+	return netctx.RouteTo(dst.WithZone(""), oif)
 }
 
 // silenceDetail words a timeout; how says where the SYN count comes from.

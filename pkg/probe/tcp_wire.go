@@ -8,7 +8,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"reachd/pkg/netctx"
 	"reachd/pkg/verdict"
 	"reachd/pkg/wire"
 )
@@ -43,14 +42,7 @@ func registerTCP(fd int, a Attempt) *wire.Flow {
 // bindForWire binds fd for a known 5-tuple and attaches TC on the way out; it returns the
 // local address, or an invalid one when the packets cannot be watched.
 func bindForWire(fd int, a Attempt) netip.AddrPort {
-	dst := a.Addr.Addr()
-	oif := 0
-	if z := dst.Zone(); z != "" {
-		oif, _ = scopeID(z)
-	} else if a.Interface != "" {
-		oif, _ = scopeID(a.Interface)
-	}
-	rt, err := netctx.RouteTo(dst.WithZone(""), oif)
+	rt, err := attemptRoute(a)
 	if err != nil || rt.LinkIndex == 0 {
 		return netip.AddrPort{}
 	}

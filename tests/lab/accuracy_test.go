@@ -102,33 +102,25 @@ type accuracy struct {
 // measure probes targets in-process (so that the storm can run inside the prober) while
 // capturing, and compares each verdict's rtt_ms with the capture's SYN→SYN-ACK interval.
 func measure(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (accuracy, map[string]int) {
-	dir := t.TempDir()
-	if err := os.WriteFile(dir+"/targets", []byte(strings.Join(targets, "\n")), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	args := "probe tcp --json --timeout 3s --retries 0 --concurrency 8"
 	if noEBPF {
 		args += " --no-ebpf"
 	}
-	cmd := l.Client.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+args, childEnv+"_TARGETS="+dir+"/targets", childEnv+"_OUT="+dir+"/verdicts")
+	var env []string
 	if load {
-		cmd.Env = append(cmd.Env, stormEnv+"=1")
+		env = append(env, stormEnv+"=1")
 		stop := busyLoops(t, time.Minute)
 		defer stop()
 	}
+	dir := t.TempDir()
 	stopCap := capture(t, l, dir+"/cap.pcap")
-	res, err := cmd.Output()
+	_, out := runInClient(t, l, args, targets, env)
 	time.Sleep(100 * time.Millisecond) // let tcpdump write the last packets
 	stopCap()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, res)
-	}
 	hs, err := ReadHandshakes(dir + "/cap.pcap")
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := os.ReadFile(dir + "/verdicts")
 	var diffs []float64
 	sources, missing := map[string]int{}, 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {

@@ -107,17 +107,6 @@ func attachEmpty(t *testing.T, l *Lab) (detach func()) {
 	return detach
 }
 
-// dial opens a connection whose socket lives in ns.
-func dial(ns *NS, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() error {
-		var err error
-		c, err = net.Dial(network, addr)
-		return err
-	})
-	return c, err
-}
-
 // tcpBulk sends as fast as it can for d through the router and returns what the server
 // received, in Gbit/s.
 func tcpBulk(t *testing.T, l *Lab, addr string, d time.Duration) float64 {
@@ -145,7 +134,7 @@ func tcpBulk(t *testing.T, l *Lab, addr string, d time.Duration) float64 {
 			}
 		}
 	}()
-	c, err := dial(l.Client, "tcp", addr)
+	c, err := l.Client.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +175,7 @@ func udpSmall(t *testing.T, l *Lab, addr string, d time.Duration) float64 {
 			got.Add(1)
 		}
 	}()
-	c, err := dial(l.Client, "udp", addr)
+	c, err := l.Client.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

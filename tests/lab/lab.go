@@ -148,14 +148,15 @@ func (ns *NS) Sysctl(key, value string) error {
 }
 
 // Listen opens a listener whose socket lives in the namespace.
-func (ns *NS) Listen(network, addr string) (net.Listener, error) {
-	var ln net.Listener
-	err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen(network, addr)
-		return err
-	})
+func (ns *NS) Listen(network, addr string) (ln net.Listener, err error) {
+	err = ns.Do(func() (err error) { ln, err = net.Listen(network, addr); return err })
 	return ln, err
+}
+
+// Dial opens a connection whose socket lives in the namespace.
+func (ns *NS) Dial(network, addr string) (c net.Conn, err error) {
+	err = ns.Do(func() (err error) { c, err = net.Dial(network, addr); return err })
+	return c, err
 }
 
 // Lab is one client–router–server topology.

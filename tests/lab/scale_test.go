@@ -122,6 +122,34 @@ func runChild() int {
 	return 0
 }
 
+// runInClient runs reachd's CLI in-process in a re-run of this test binary inside the
+// client namespace (runChild), with args and then targets, and returns its leak report and
+// the verdicts it wrote. env adds environment variables (KEY=VALUE).
+func runInClient(t *testing.T, l *Lab, args string, targets []string, env []string) (leakReport, []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	// Targets go through a file: thousands of them overflow one environment string.
+	if err := os.WriteFile(dir+"/targets", []byte(strings.Join(targets, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := l.Client.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), env...),
+		childEnv+"="+args, childEnv+"_TARGETS="+dir+"/targets", childEnv+"_OUT="+dir+"/verdicts")
+	res, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, res)
+	}
+	var r leakReport
+	if err := json.Unmarshal(bytes.TrimSpace(res), &r); err != nil {
+		t.Fatalf("child report %q: %v", res, err)
+	}
+	out, err := os.ReadFile(dir + "/verdicts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, out
+}
+
 func countFDs() int {
 	ents, _ := os.ReadDir("/proc/self/fd")
 	return len(ents)
@@ -157,20 +185,7 @@ func checkVerdicts(t *testing.T, out []byte, want map[string]string) {
 func TestScale1000NoLeaks(t *testing.T) {
 	l := scaleLab(t)
 	targets, want := scaleTargets()
-	outFile := t.TempDir() + "/verdicts"
-	cmd := l.Client.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
-		childEnv+"=probe tcp --json --timeout 2s --retries 0 --concurrency 1000 "+strings.Join(targets, " "),
-		childEnv+"_OUT="+outFile)
-	res, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, res)
-	}
-	var r leakReport
-	if err := json.Unmarshal(bytes.TrimSpace(res), &r); err != nil {
-		t.Fatalf("child report %q: %v", res, err)
-	}
-	out, _ := os.ReadFile(outFile)
+	r, out := runInClient(t, l, "probe tcp --json --timeout 2s --retries 0 --concurrency 1000", targets, nil)
 	checkVerdicts(t, out, want)
 	t.Logf("1000 targets in-process: %d ms; goroutines %d→%d, fds %d→%d", r.WallMs, r.GoroutinesBefore, r.GoroutinesAfter, r.FDsBefore, r.FDsAfter)
 	if r.Leak != "" {
@@ -207,23 +222,7 @@ func TestScale10000WireNoLeaks(t *testing.T) {
 		targets, want[ap] = append(targets, ap), reason
 		a = a.Next()
 	}
-	dir := t.TempDir()
-	if err := os.WriteFile(dir+"/targets", []byte(strings.Join(targets, "\n")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := l.Client.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
-		childEnv+"=probe tcp --json --timeout 2s --retries 0 --concurrency 256",
-		childEnv+"_TARGETS="+dir+"/targets", childEnv+"_OUT="+dir+"/verdicts")
-	res, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, res)
-	}
-	var r leakReport
-	if err := json.Unmarshal(bytes.TrimSpace(res), &r); err != nil {
-		t.Fatalf("child report %q: %v", res, err)
-	}
-	out, _ := os.ReadFile(dir + "/verdicts")
+	r, out := runInClient(t, l, "probe tcp --json --timeout 2s --retries 0 --concurrency 256", targets, nil)
 	checkVerdicts(t, out, want)
 	notWire := 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
