@@ -223,11 +223,12 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 		targets[i] = t
 	}
 
+	// Checked with --no-ebpf too: a typo must not wait for the day eBPF is turned on.
+	tcMode := os.Getenv("REACHD_TC")
+	if err := wire.CheckTCMode(tcMode); err != nil {
+		return usagef("REACHD_TC: %v", err)
+	}
 	if !pf.noEBPF {
-		tcMode := os.Getenv("REACHD_TC")
-		if tcMode != wire.TCAuto && tcMode != wire.TCX && tcMode != wire.TCLegacy && tcMode != wire.TCOff {
-			return usagef("REACHD_TC=%q: want %q, %q, %q or unset (TCX, falling back to legacy)", tcMode, wire.TCX, wire.TCLegacy, wire.TCOff)
-		}
 		if obs := openWire(stderr, tcMode); obs != nil {
 			defer closeWire(stderr, obs)
 			opts.Wire = obs

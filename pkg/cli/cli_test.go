@@ -60,6 +60,14 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 	}
 }
 
+func TestBadTCModeExit2(t *testing.T) {
+	t.Setenv("REACHD_TC", "bogus")
+	code, out, errs := run("probe", "tcp", "127.0.0.1:1")
+	if code != ExitUsage || out != "" || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, "REACHD_TC") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}
+
 func TestExitStatusesAndJSON(t *testing.T) {
 	open := loopback.Open(t).String()
 	closed := loopback.Closed(t).String()

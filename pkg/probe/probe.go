@@ -63,7 +63,6 @@ type Attempt struct {
 	Interface string
 	Source    netip.Addr
 	Wire      *wire.Observer
-	start     time.Time // wall clock at the attempt's start
 }
 
 // Result is one attempt's outcome, as a kind's function reports it.
@@ -84,7 +83,8 @@ type Result struct {
 	Connect        time.Duration // connect() (or the first SYN) until the answer; 0: use RTT
 }
 
-// WireTimes are wall-clock instants of the probe's packets, from eBPF at TC.
+// WireTimes are wall-clock instants of the probe's packets, as eBPF saw them (at TC, or at
+// the TCP tracepoints).
 type WireTimes struct {
 	SYNs   []time.Time // every SYN sent, first one first
 	SYNACK time.Time
@@ -184,7 +184,6 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 				Interface: o.Interface,
 				Source:    o.Source,
 				Wire:      o.Wire,
-				start:     start,
 			})
 		}
 		total = time.Since(start)

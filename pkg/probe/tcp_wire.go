@@ -131,11 +131,14 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 	n := len(tl.syns) - 1
 	res.SYNRetransmits = &n
 	res.WireTimes = wt
-	where := map[string]string{verdict.SourceWire: "seen leaving on the wire", verdict.SourceKernel: "sent by the kernel"}[source]
 	if w.tc == 0 { // silence: the SYN count is the evidence
 		res.TimingSource = source
 		if res.Reason == verdict.Timeout {
-			res.Detail = silenceDetail(res.waited, len(tl.syns), " "+where)
+			where := " seen leaving on the wire"
+			if source == verdict.SourceKernel {
+				where = " sent by the kernel"
+			}
+			res.Detail = silenceDetail(res.waited, len(tl.syns), where)
 		}
 		return res
 	}
@@ -172,10 +175,9 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 // tcTimeline reads the packets TC saw: SYNs leaving, and the first answer of kind want.
 func tcTimeline(evs []wire.Event, want wire.EventKind) tcpTimeline {
 	var tl tcpTimeline
-	for i := range evs {
+	for i := 0; i < len(evs) && tl.answer == 0; i++ {
 		e := &evs[i]
 		switch k := wire.EventKind(e.Kind); {
-		case tl.answer != 0:
 		case k == wire.EvSYN:
 			tl.syns = append(tl.syns, e.TsNs)
 		case k == want && want != 0:
@@ -194,11 +196,10 @@ func tcTimeline(evs []wire.Event, want wire.EventKind) tcpTimeline {
 // an ICMP error (the kernel processed it and aborted the connection).
 func traceTimeline(evs []wire.Event, want wire.EventKind) tcpTimeline {
 	var tl tcpTimeline
-	for i := range evs {
+	for i := 0; i < len(evs) && tl.answer == 0; i++ {
 		e := &evs[i]
 		k := wire.EventKind(e.Kind)
 		switch {
-		case tl.answer != 0:
 		case k == wire.EvState && e.StateNew == wire.TCPSynSent:
 			tl.syns = append(tl.syns, e.TsNs)
 		case k == wire.EvRetransmit && e.StateNew == wire.TCPSynSent && len(tl.syns) > 0:

@@ -111,11 +111,12 @@ func ReapStale() (int, error) {
 
 // stale says whether a filter name is reachd's and its owner process is gone.
 func stale(name string) bool {
-	pid, err := strconv.Atoi(strings.TrimPrefix(name, legacyPrefix))
-	if !strings.HasPrefix(name, legacyPrefix) || err != nil || pid <= 0 {
+	rest, ok := strings.CutPrefix(name, legacyPrefix)
+	if !ok {
 		return false
 	}
-	if pid == os.Getpid() {
+	pid, err := strconv.Atoi(rest)
+	if err != nil || pid <= 0 || pid == os.Getpid() {
 		return false
 	}
 	return errors.Is(unix.Kill(pid, 0), unix.ESRCH)

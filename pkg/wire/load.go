@@ -8,18 +8,14 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// LoadObjects loads the maps and the TC programs into the kernel, through the verifier. On
-// a verifier rejection the error carries the verifier's log.
+// LoadObjects loads the maps and the TC programs into the kernel, through the verifier. A
+// verifier rejection stays in the error's chain (see VerifierLog).
 func LoadObjects() (*Objects, error) {
 	var objs Objects
 	if err := loadTcWireObjects(&objs, nil); err != nil {
-		return nil, loadErr("TC programs", err)
+		return nil, fmt.Errorf("load TC programs: %w", err)
 	}
 	return &objs, nil
-}
-
-func loadErr(what string, err error) error {
-	return fmt.Errorf("load %s: %w", what, err)
 }
 
 // VerifierLog returns the verifier's full log when err is a verifier rejection, else "".
@@ -34,14 +30,12 @@ func VerifierLog(err error) string {
 // maps are shared by the TC and the tracepoint programs.
 type maps = tcWireMaps
 
-func loadMaps() (*maps, error) {
-	spec, err := loadTcWire()
-	if err != nil {
-		return nil, fmt.Errorf("read embedded eBPF objects: %w", err)
-	}
+// loadMaps creates the maps from the TC object's spec (the tracepoint object declares the
+// same ones and is given these instead).
+func loadMaps(spec *ebpf.CollectionSpec) (*maps, error) {
 	var m maps
 	if err := spec.LoadAndAssign(&m, nil); err != nil {
-		return nil, loadErr("eBPF maps", err)
+		return nil, fmt.Errorf("load eBPF maps: %w", err)
 	}
 	return &m, nil
 }
@@ -51,14 +45,10 @@ func (m *maps) replacements() map[string]*ebpf.Map {
 }
 
 // loadTC loads the TC programs against the shared maps.
-func loadTC(m *maps) (*tcWirePrograms, error) {
-	spec, err := loadTcWire()
-	if err != nil {
-		return nil, fmt.Errorf("read embedded eBPF objects: %w", err)
-	}
+func loadTC(spec *ebpf.CollectionSpec, m *maps) (*tcWirePrograms, error) {
 	var p tcWirePrograms
 	if err := spec.LoadAndAssign(&p, &ebpf.CollectionOptions{MapReplacements: m.replacements()}); err != nil {
-		return nil, loadErr("TC programs", err)
+		return nil, fmt.Errorf("load TC programs: %w", err)
 	}
 	return &p, nil
 }
@@ -78,7 +68,7 @@ func loadTracer(m *maps) (*tracer, error) {
 	}
 	t := &tracer{}
 	if err := spec.LoadAndAssign(&t.progs, &ebpf.CollectionOptions{MapReplacements: m.replacements()}); err != nil {
-		return nil, loadErr("TCP tracepoint programs", err)
+		return nil, fmt.Errorf("load TCP tracepoint programs: %w", err)
 	}
 	for _, p := range []*ebpf.Program{t.progs.ReachdSockState, t.progs.ReachdTcpRetransmit, t.progs.ReachdTcpReset} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p})

@@ -41,7 +41,16 @@ const (
 
 // Options configure an Observer.
 type Options struct {
-	TC string // TCAuto, TCX or TCLegacy
+	TC string // TCAuto, TCX, TCLegacy or TCOff
+}
+
+// CheckTCMode says whether mode is one of the TC attachment modes.
+func CheckTCMode(mode string) error {
+	switch mode {
+	case TCAuto, TCX, TCLegacy, TCOff:
+		return nil
+	}
+	return fmt.Errorf("unknown TC mode %q: want %q, %q, %q or empty (TCX, falling back to legacy)", mode, TCX, TCLegacy, TCOff)
 }
 
 // Status says which parts of the observer work, and why a part does not.
@@ -50,7 +59,6 @@ type Status struct {
 	TCErr       error
 	Tracepoints bool
 	TraceErr    error
-	Reaped      int // stale legacy filters deleted at start
 }
 
 // Observer owns the loaded programs, their attachments and the ring-buffer reader, and
@@ -87,28 +95,30 @@ type Observer struct {
 // Attach does, per interface, when a probe needs it. It fails only when neither the TC
 // programs nor the tracepoints can be used.
 func Open(log *slog.Logger, opt Options) (*Observer, error) {
-	switch opt.TC {
-	case TCAuto, TCX, TCLegacy, TCOff:
-	default:
-		return nil, fmt.Errorf("unknown TC mode %q (want %q, %q or %q)", opt.TC, TCX, TCLegacy, TCOff)
+	if err := CheckTCMode(opt.TC); err != nil {
+		return nil, err
 	}
 	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
 	if err := rlimit.RemoveMemlock(); err != nil {
 		log.Debug("raise RLIMIT_MEMLOCK", "err", err)
 	}
-	m, err := loadMaps()
+	spec, err := loadTcWire()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded eBPF objects: %w", err)
+	}
+	m, err := loadMaps(spec)
 	if err != nil {
 		return nil, err
 	}
 	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
 	if n, err := ReapStale(); err != nil {
 		log.Warn("delete stale reachd TC filters", "err", err)
-	} else {
-		o.status.Reaped = n
+	} else if n > 0 {
+		log.Info("deleted TC filters left by reachd processes that are gone", "filters", n)
 	}
 	if opt.TC == TCOff {
 		o.status.TCErr = errors.New("TC programs turned off (REACHD_TC=off)")
-	} else if o.tc, err = loadTC(m); err != nil {
+	} else if o.tc, err = loadTC(spec, m); err != nil {
 		o.status.TCErr = err
 	} else {
 		o.status.TC = opt.TC
@@ -377,7 +387,6 @@ type Flow struct {
 	token  uint64
 	mu     sync.Mutex
 	events []Event
-	notify chan struct{} // closed and replaced on each event
 }
 
 // Register makes the TC programs report proto packets between local and remote. Call it
@@ -386,7 +395,7 @@ type Flow struct {
 // Without a valid local address the flow is registered for the tracepoints only (see
 // AddSocket): the TC programs are not in use for it.
 func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, error) {
-	f := &Flow{o: o, token: o.token.Add(1), notify: make(chan struct{})}
+	f := &Flow{o: o, token: o.token.Add(1)}
 	if local.IsValid() {
 		k, err := Key(proto, local, remote)
 		if err != nil {
@@ -452,8 +461,6 @@ func (f *Flow) add(e Event) {
 		return
 	}
 	f.events = append(f.events, e)
-	close(f.notify)
-	f.notify = make(chan struct{})
 }
 
 // Events returns a copy of the events seen so far.
