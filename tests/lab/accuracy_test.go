@@ -102,7 +102,10 @@ type accuracy struct {
 // measure probes targets in-process (so that the storm can run inside the prober) while
 // capturing, and compares each verdict's rtt_ms with the capture's SYN→SYN-ACK interval.
 func measure(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (accuracy, map[string]int) {
-	args := "probe tcp --json --timeout 3s --retries 0 --concurrency 8"
+	// One handshake at a time: with several in flight the lab's veth backlog batches them,
+	// and the capture (stamped when a packet is queued) and TC (run when it is processed)
+	// drift apart by that queueing, which is the lab's, not the timing's.
+	args := "probe tcp --json --timeout 3s --retries 0 --concurrency 1"
 	if noEBPF {
 		args += " --no-ebpf"
 	}
