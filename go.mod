@@ -14,7 +14,9 @@ require (
 
 require (
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/miekg/dns v1.1.73 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
+	golang.org/x/net v0.57.0 // indirect
 )
 
 tool github.com/cilium/ebpf/cmd/bpf2go

@@ -3,6 +3,7 @@ package cli
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -162,6 +164,12 @@ type probeFlags struct {
 	source      string
 	concurrency int
 	noEBPF      bool
+	// icmp and udp
+	count    int
+	interval time.Duration
+	// udp
+	payloadHex, payload, expect, expectHex string
+	expectClosed                           bool
 }
 
 func newProbe(stdout io.Writer, status *int) *cobra.Command {
@@ -173,9 +181,9 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 			"1 at least one not ok, 2 usage or permission error.",
 		Args: func(c *cobra.Command, args []string) error {
 			if len(args) == 0 {
-				return usagef("missing probe kind (one of: tcp); see 'reachd probe --help'")
+				return usagef("missing probe kind (one of: %s); see 'reachd probe --help'", kindList)
 			}
-			return usagef("unknown probe kind %q (one of: tcp)", args[0])
+			return usagef("unknown probe kind %q (one of: %s)", args[0], kindList)
 		},
 		RunE: func(*cobra.Command, []string) error { return nil },
 	}
@@ -200,8 +208,41 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 			return runProbe(c.Context(), "tcp", args, &pf, stdout, c.ErrOrStderr(), status)
 		},
 	})
+	icmp := &cobra.Command{
+		Use:   "icmp HOST... [flags]",
+		Short: "ICMP/ICMPv6 echo request and reply (raw socket, or ping socket without CAP_NET_RAW)",
+		Example: "  reachd probe icmp 198.51.100.10 2001:db8::1 'fe80::1%eth0'\n" +
+			"  reachd probe icmp --count 20 --interval 200ms --family both example.net",
+		RunE: func(c *cobra.Command, args []string) error {
+			return runProbe(c.Context(), "icmp", args, &pf, stdout, c.ErrOrStderr(), status)
+		},
+	}
+	udp := &cobra.Command{
+		Use:   "udp HOST:PORT... [flags]",
+		Short: "UDP datagram: reply, ICMP error (port unreachable = closed) or silence (open_filtered)",
+		Example: "  reachd probe udp --payload dns 198.51.100.53:53\n" +
+			"  reachd probe udp --payload ntp '[2001:db8::123]:123'\n" +
+			"  reachd probe udp --payload-hex 0d0a --expect '^OK' 198.51.100.7:7000\n" +
+			"  reachd probe udp --expect-closed 198.51.100.10:161",
+		RunE: func(c *cobra.Command, args []string) error {
+			return runProbe(c.Context(), "udp", args, &pf, stdout, c.ErrOrStderr(), status)
+		},
+	}
+	for _, c := range []*cobra.Command{icmp, udp} {
+		c.Flags().IntVar(&pf.count, "count", 1, "packets per attempt (loss and min/avg/max/stddev in stats)")
+		c.Flags().DurationVar(&pf.interval, "interval", time.Second, "between the packets of an attempt")
+	}
+	uf := udp.Flags()
+	uf.StringVar(&pf.payloadHex, "payload-hex", "", "datagram payload, in hex (default: empty datagram)")
+	uf.StringVar(&pf.payload, "payload", "", "built-in payload: dns (a query for . NS) or ntp (a client request); the answer must match it")
+	uf.StringVar(&pf.expect, "expect", "", "regular expression the reply must match")
+	uf.StringVar(&pf.expectHex, "expect-hex", "", "bytes (hex) the reply must contain")
+	uf.BoolVar(&pf.expectClosed, "expect-closed", false, "the port must be closed: ok on ICMP port unreachable")
+	cmd.AddCommand(icmp, udp)
 	return cmd
 }
+
+const kindList = "tcp, icmp, udp"
 
 func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, stdout, stderr io.Writer, status *int) error {
 	if len(args) == 0 {
@@ -211,9 +252,16 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 	if err != nil {
 		return err
 	}
+	if err := pf.kindOptions(kind, opts); err != nil {
+		return err
+	}
+	parse := target.ParseHostPort
+	if kind == "icmp" {
+		parse = target.ParseHost
+	}
 	targets := make([]target.Target, len(args))
 	for i, a := range args {
-		t, err := target.ParseHostPort(a)
+		t, err := parse(a)
 		if err != nil {
 			return usageError{err}
 		}
@@ -223,6 +271,11 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 		targets[i] = t
 	}
 
+	if kind == "icmp" {
+		if err := checkICMPPermission(targets, opts); err != nil {
+			return err
+		}
+	}
 	// Checked with --no-ebpf too: a typo must not wait for the day eBPF is turned on.
 	tcMode := os.Getenv("REACHD_TC")
 	if err := wire.CheckTCMode(tcMode); err != nil {
@@ -384,4 +437,87 @@ func checkTargetAgainstOptions(t target.Target, o *probe.Options) error {
 
 func isNumber(s string) bool {
 	return s != "" && strings.Trim(s, "0123456789") == ""
+}
+
+// kindOptions checks and applies the flags of one kind.
+func (pf *probeFlags) kindOptions(kind string, o *probe.Options) error {
+	if kind != "icmp" && kind != "udp" {
+		return nil
+	}
+	if pf.count < 1 || pf.count > 10000 {
+		return usagef("--count must be between 1 and 10000, got %d", pf.count)
+	}
+	if pf.count > 1 && pf.interval < time.Millisecond {
+		return usagef("--interval must be at least 1ms, got %s", pf.interval)
+	}
+	o.Count, o.Interval = pf.count, pf.interval
+	if kind != "udp" {
+		return nil
+	}
+	u := &o.UDP
+	switch pf.payload {
+	case "", probe.PayloadDNS, probe.PayloadNTP:
+		u.Builtin = pf.payload
+	default:
+		return usagef("--payload %q: want dns or ntp (or --payload-hex for your own bytes)", pf.payload)
+	}
+	if pf.payload != "" && pf.payloadHex != "" {
+		return usagef("--payload and --payload-hex exclude each other")
+	}
+	var err error
+	if u.Payload, err = parseHex("--payload-hex", pf.payloadHex); err != nil {
+		return err
+	}
+	if len(u.Payload) > 65507 {
+		return usagef("--payload-hex is %d bytes; a UDP datagram carries at most 65507", len(u.Payload))
+	}
+	if u.ExpectHex, err = parseHex("--expect-hex", pf.expectHex); err != nil {
+		return err
+	}
+	if pf.expect != "" {
+		if u.Expect, err = regexp.Compile(pf.expect); err != nil {
+			return usagef("--expect %q is not a regular expression: %v", pf.expect, err)
+		}
+	}
+	u.ExpectClosed = pf.expectClosed
+	if u.ExpectClosed && (u.Expect != nil || len(u.ExpectHex) > 0) {
+		return usagef("--expect-closed wants no reply at all; it excludes --expect and --expect-hex")
+	}
+	return nil
+}
+
+// parseHex accepts hex digits, optionally separated by spaces or colons (0d0a, 0d:0a).
+func parseHex(flag, s string) ([]byte, error) {
+	clean := strings.NewReplacer(" ", "", ":", "", "0x", "").Replace(s)
+	b, err := hex.DecodeString(clean)
+	if err != nil {
+		return nil, usagef("%s %q is not hex: %v", flag, s, err)
+	}
+	return b, nil
+}
+
+// checkICMPPermission makes a missing capability a usage error (exit 2) before probing,
+// with the fix in the message, rather than one failed verdict per target.
+func checkICMPPermission(targets []target.Target, o *probe.Options) error {
+	need := map[bool]bool{}
+	for _, t := range targets {
+		switch {
+		case t.IsLiteral():
+			need[t.Addr.Is6()] = true
+		case o.Family == probe.FamilyV6:
+			need[true] = true
+		case o.Family == probe.FamilyBoth:
+			need[false], need[true] = true, true
+		default:
+			need[false] = true
+		}
+	}
+	for _, v6 := range []bool{false, true} {
+		if need[v6] {
+			if err := probe.CheckICMP(v6); err != nil {
+				return usageError{err}
+			}
+		}
+	}
+	return nil
 }

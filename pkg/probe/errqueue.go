@@ -14,6 +14,8 @@ const (
 	eeOriginLocal = 1
 	eeOriginICMP  = 2
 	eeOriginICMP6 = 3
+	// eeOriginTimestamping marks a transmit timestamp (SO_TIMESTAMPING), not an error.
+	eeOriginTimestamping = 4
 )
 
 // sizeofSockExtendedErr is sizeof(struct sock_extended_err): u32 errno, u8 origin, type,
@@ -27,6 +29,7 @@ type QueuedError struct {
 	Type     uint8
 	Code     uint8
 	Info     uint32
+	Data     uint32     // ee_data: a transmit timestamp's SOF_TIMESTAMPING_OPT_ID counter
 	Offender netip.Addr // who sent the ICMP error; invalid if the kernel gave none
 	At       time.Time  // the kernel's receive timestamp (SO_TIMESTAMPNS); zero if none
 }
@@ -46,6 +49,7 @@ func ParseExtendedErr(b []byte) (QueuedError, error) {
 	q.Errno = unix.Errno(binary.NativeEndian.Uint32(b[0:4]))
 	q.Origin, q.Type, q.Code = b[4], b[5], b[6]
 	q.Info = binary.NativeEndian.Uint32(b[8:12])
+	q.Data = binary.NativeEndian.Uint32(b[12:16])
 	sa := b[sizeofSockExtendedErr:]
 	if len(sa) < 2 {
 		return q, nil

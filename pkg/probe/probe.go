@@ -55,6 +55,9 @@ type Options struct {
 	Sleep     schedule.Sleeper // nil: real sleeping
 	Resolver  Resolver         // nil: net.DefaultResolver
 	Wire      *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
+	Count     int              // icmp/udp: packets per attempt (0 means 1)
+	Interval  time.Duration    // icmp/udp: between the packets of an attempt
+	UDP       UDPOptions
 }
 
 // Attempt is what a kind's function gets for one attempt.
@@ -63,6 +66,10 @@ type Attempt struct {
 	Interface string
 	Source    netip.Addr
 	Wire      *wire.Observer
+	Timeout   time.Duration // how long one packet's answer is awaited
+	Count     int           // packets per attempt (icmp, udp); at least 1
+	Interval  time.Duration
+	UDP       *UDPOptions
 }
 
 // Result is one attempt's outcome, as a kind's function reports it.
@@ -81,7 +88,14 @@ type Result struct {
 	waited         time.Duration // how long a timeout waited
 	icmpAt         time.Time     // when the kernel received the ICMP error (socket timestamp)
 	Connect        time.Duration // connect() (or the first SYN) until the answer; 0: use RTT
+	Stats          *verdict.Stats
+	EchoID         *int
+	ReplyTTL       *int
+	UDP            *verdict.UDP
 }
+
+// Error lets a Result travel as an error from helpers that fail before probing.
+func (r Result) Error() string { return r.Detail }
 
 // WireTimes are wall-clock instants of the probe's packets, as eBPF saw them (at TC, or at
 // the TCP tracepoints).
@@ -90,13 +104,18 @@ type WireTimes struct {
 	SYNACK time.Time
 	RST    time.Time
 	ICMP   time.Time
+	// Echo and UDP probes: the request or datagram that left, and its answer.
+	EchoTx, EchoReply time.Time
+	UDPTx, UDPRx      time.Time
 }
 
 // Func runs one attempt; ctx's deadline is the attempt's deadline.
 type Func func(ctx context.Context, a Attempt) Result
 
 var registry = map[string]Func{
-	"tcp": TCP,
+	"tcp":  TCP,
+	"icmp": ICMP,
+	"udp":  UDP,
 }
 
 // Kinds returns the registered kinds.
@@ -172,8 +191,9 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 	attempts, delays := o.Policy.Do(ctx, sleep, func(ctx context.Context, n int) bool {
 		start := time.Now()
 		// One deadline bounds resolution and the handshake together (seed 2.1): a slow
-		// resolver eats into the attempt's budget rather than extending it.
-		actx, cancel := context.WithDeadline(ctx, start.Add(o.Timeout))
+		// resolver eats into the attempt's budget rather than extending it. A multi-packet
+		// attempt spends its intervals too, and waits the timeout for its last packet.
+		actx, cancel := context.WithDeadline(ctx, start.Add(attemptBudget(o)))
 		defer cancel()
 		var res Result
 		addr, res = resolveAddr(actx, t, fam, o)
@@ -184,6 +204,10 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 				Interface: o.Interface,
 				Source:    o.Source,
 				Wire:      o.Wire,
+				Timeout:   o.Timeout,
+				Count:     max(o.Count, 1),
+				Interval:  o.Interval,
+				UDP:       &o.UDP,
 			})
 		}
 		total = time.Since(start)
@@ -206,13 +230,14 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 	v.RTTMs = rttPtr(last)
 	v.Timings = &verdict.Timings{Resolve: verdict.MsPtr(resolve), Total: verdict.MsPtr(total)}
 	switch {
+	case last.Stats != nil: // echoes and datagrams have no connect phase
 	case last.Connect > 0:
 		v.Timings.Connect = verdict.MsPtr(last.Connect)
 	case last.HasRTT:
 		v.Timings.Connect = verdict.MsPtr(last.RTT)
 	}
-	if last.ICMP != nil || last.SYNRetransmits != nil || last.WireTimes != nil {
-		v.Wire = &verdict.Wire{ICMP: last.ICMP, SYNRetransmits: last.SYNRetransmits}
+	if last.ICMP != nil || last.SYNRetransmits != nil || last.WireTimes != nil || last.EchoID != nil || last.ReplyTTL != nil {
+		v.Wire = &verdict.Wire{ICMP: last.ICMP, SYNRetransmits: last.SYNRetransmits, EchoID: last.EchoID, ReplyTTL: last.ReplyTTL}
 		if wt := last.WireTimes; wt != nil {
 			since := func(t time.Time) *verdict.Millis {
 				if t.IsZero() {
@@ -227,8 +252,11 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 				}
 			}
 			v.Wire.SYNACK, v.Wire.RST, v.Wire.ICMPAt = since(wt.SYNACK), since(wt.RST), since(wt.ICMP)
+			v.Wire.EchoTx, v.Wire.EchoReply = since(wt.EchoTx), since(wt.EchoReply)
+			v.Wire.UDPTx, v.Wire.UDPRx = since(wt.UDPTx), since(wt.UDPRx)
 		}
 	}
+	v.Stats, v.UDP = last.Stats, last.UDP
 	if last.TimingSource != "" {
 		v.TimingSource = last.TimingSource
 	}
@@ -242,6 +270,14 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 		v.Detail += " (probe cancelled before its retries)"
 	}
 	return v
+}
+
+// attemptBudget is how long one attempt may take.
+func attemptBudget(o *Options) time.Duration {
+	if o.Count > 1 {
+		return o.Timeout + time.Duration(o.Count-1)*o.Interval
+	}
+	return o.Timeout
 }
 
 func rttPtr(r Result) *verdict.Millis {

@@ -133,23 +133,34 @@ func setupSocket(fd int, v6 bool, a Attempt) (Result, bool) {
 		}
 	}
 	if a.Source.IsValid() {
-		src := netip.AddrPortFrom(a.Source, 0)
-		if a.Source.Is6() && a.Source.IsLinkLocalUnicast() && a.Source.Zone() == "" {
-			src = netip.AddrPortFrom(a.Source.WithZone(a.Addr.Addr().Zone()), 0)
-		}
-		sa, err := sockaddrOf(src)
-		if err != nil {
-			return Result{Reason: verdict.LocalError, Detail: err.Error()}, false
-		}
-		if err := unix.Bind(fd, sa); err != nil {
-			if errors.Is(err, unix.EADDRNOTAVAIL) {
-				return Result{Reason: verdict.LocalError,
-					Detail: fmt.Sprintf("source address %s is not configured on this host", a.Source)}, false
+		if err := bindSource(fd, a); err != nil {
+			var r Result
+			if errors.As(err, &r) {
+				return r, false
 			}
-			return socketError("bind "+a.Source.String(), err), false
+			return Result{Reason: verdict.LocalError, Detail: err.Error()}, false
 		}
 	}
 	return Result{}, true
+}
+
+// bindSource binds fd to --source (a link-local source takes the target's zone).
+func bindSource(fd int, a Attempt) error {
+	src := netip.AddrPortFrom(a.Source, 0)
+	if a.Source.Is6() && a.Source.IsLinkLocalUnicast() && a.Source.Zone() == "" {
+		src = netip.AddrPortFrom(a.Source.WithZone(a.Addr.Addr().Zone()), 0)
+	}
+	sa, err := sockaddrOf(src)
+	if err != nil {
+		return err
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		if errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("source address %s is not configured on this host", a.Source)
+		}
+		return socketError("bind "+a.Source.String(), err)
+	}
+	return nil
 }
 
 // waitConnect waits until the non-blocking connect completes or the deadline passes, and
@@ -195,19 +206,28 @@ func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
 	}
 	res.waited = waited
 	res.Detail = silenceDetail(waited, sent, "")
+	if n, ok := unresolvedNeighbor(a); ok {
+		res.Reason = verdict.HostUnreachable
+		res.Layer = verdict.LayerLink
+		res.Detail = fmt.Sprintf("%s; %d SYN(s) never left the link", n, sent)
+	}
+	return res
+}
+
+// unresolvedNeighbor says, when the next hop toward the attempt's target has a neighbor
+// entry that never resolved (ARP/NDP got no answer), which hop, where and in what state.
+func unresolvedNeighbor(a Attempt) (string, bool) {
 	dst := a.Addr.Addr()
 	rt, err := attemptRoute(a)
 	if err != nil || rt.LinkIndex == 0 {
-		return res
+		return "", false
 	}
 	hop := rt.NextHop(dst.WithZone(""))
-	if state, err := netctx.NeighborState(hop, rt.LinkIndex); err == nil && netctx.Unresolved(state) {
-		res.Reason = verdict.HostUnreachable
-		res.Layer = verdict.LayerLink
-		res.Detail = fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s); %d SYN(s) never left the link",
-			hop, rt.Dev, state, sent)
+	state, err := netctx.NeighborState(hop, rt.LinkIndex)
+	if err != nil || !netctx.Unresolved(state) {
+		return "", false
 	}
-	return res
+	return fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s)", hop, rt.Dev, state), true
 }
 
 // attemptRoute looks up the route the attempt's packets take: out of the target's zone or
@@ -264,7 +284,11 @@ func asyncErrnoResult(res Result, e int, elapsed time.Duration) Result {
 
 // connectError classifies connect() failing synchronously: nothing left the host, so the
 // cause is local (routing table, policy, resources).
-func connectError(err error, a Attempt) Result {
+func connectError(err error, a Attempt) Result { return sendError("connect", err, a) }
+
+// sendError classifies a send (connect, sendto) that failed synchronously: nothing left
+// the host, so the cause is local (routing table, policy, resources).
+func sendError(op string, err error, a Attempt) Result {
 	dst := a.Addr.Addr()
 	var r Result
 	switch {
@@ -283,13 +307,15 @@ func connectError(err error, a Attempt) Result {
 			Detail: fmt.Sprintf("the local routing table prohibits %s (prohibit route)", dst)}
 	case errors.Is(err, unix.EPERM):
 		r = Result{Reason: verdict.AdminProhibited, Layer: verdict.LayerLocal,
-			Detail: fmt.Sprintf("connect to %s blocked on this host (firewall or cgroup policy)", dst)}
+			Detail: fmt.Sprintf("%s to %s blocked on this host (firewall or cgroup policy)", op, dst)}
 	case errors.Is(err, unix.EINVAL):
-		r = Result{Reason: verdict.NoRoute, Detail: fmt.Sprintf("connect to %s: %v (blackhole route?)", dst, err)}
+		r = Result{Reason: verdict.NoRoute, Detail: fmt.Sprintf("%s to %s: %v (blackhole route?)", op, dst, err)}
 	case errors.Is(err, unix.EADDRNOTAVAIL):
 		r = Result{Reason: verdict.LocalError, Detail: "no free local port or source address (EADDRNOTAVAIL)"}
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.EAGAIN):
+		r = Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s to %s: the socket's send buffer is full (ENOBUFS/EAGAIN)", op, dst)}
 	default:
-		r = socketError("connect", err)
+		r = socketError(op, err)
 	}
 	return r
 }

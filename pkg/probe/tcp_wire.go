@@ -23,18 +23,29 @@ const catchUp = 5 * time.Second
 // tracepoints it registers the socket's cookie. Whatever fails only lowers the timing
 // source (wire → kernel → userspace); it returns nil when nothing can be observed.
 func registerTCP(fd int, a Attempt) *wire.Flow {
+	f := registerFlow(fd, a, wire.ProtoTCP)
+	if f == nil {
+		return nil
+	}
+	if cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err == nil {
+		_ = f.AddSocket(cookie)
+	}
+	return f
+}
+
+// registerFlow binds fd for a known 5-tuple and registers it with the TC programs (a
+// flow without TC is still returned, for the tracepoints); nil when nothing can be
+// observed.
+func registerFlow(fd int, a Attempt, proto uint8) *wire.Flow {
 	dst := a.Addr.Addr()
 	remote := netip.AddrPortFrom(dst.WithZone(""), a.Addr.Port())
 	var local netip.AddrPort
 	if a.Wire.HasTC() {
 		local = bindForWire(fd, a)
 	}
-	f, err := a.Wire.Register(wire.ProtoTCP, local, remote)
+	f, err := a.Wire.Register(proto, local, remote)
 	if err != nil {
 		return nil
-	}
-	if cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err == nil {
-		_ = f.AddSocket(cookie)
 	}
 	return f
 }

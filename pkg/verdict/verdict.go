@@ -69,6 +69,31 @@ type Verdict struct {
 	Tries   []Try    `json:"tries,omitempty"`
 	Route   *Route   `json:"route,omitempty"`
 	Local   string   `json:"local,omitempty"`
+	Stats   *Stats   `json:"stats,omitempty"`
+	UDP     *UDP     `json:"udp,omitempty"`
+}
+
+// Stats summarise a multi-packet attempt (ICMP echoes, UDP datagrams), like fping -C.
+// Answers that are not this probe's are counted apart and never as replies.
+type Stats struct {
+	Count      int     `json:"count"`     // packets sent
+	Received   int     `json:"received"`  // distinct answers matched to them
+	LossPct    float64 `json:"loss_pct"`  // 100 × (count − received) / count
+	MinMs      *Millis `json:"min_ms"`    // null when nothing was received
+	AvgMs      *Millis `json:"avg_ms"`    // "
+	MaxMs      *Millis `json:"max_ms"`    // "
+	StddevMs   *Millis `json:"stddev_ms"` // population standard deviation
+	Duplicates int     `json:"duplicates"`
+	Late       int     `json:"late"`
+	Corrupt    int     `json:"corrupt"`
+	Foreign    int     `json:"foreign"`
+}
+
+// UDP is what a UDP probe sent and got back.
+type UDP struct {
+	Sent     int    `json:"sent_bytes"`
+	Received int    `json:"received_bytes"`
+	Reply    string `json:"reply,omitempty"` // the first reply's first bytes, printable or hex
 }
 
 // Timings are the phases of the final attempt.
@@ -89,6 +114,12 @@ type Wire struct {
 	RST             *Millis  `json:"rst,omitempty"`
 	ICMP            *ICMP    `json:"icmp,omitempty"`
 	ICMPAt          *Millis  `json:"icmp_at,omitempty"`
+	EchoID          *int     `json:"echo_id,omitempty"`
+	EchoTx          *Millis  `json:"echo_tx,omitempty"`
+	EchoReply       *Millis  `json:"echo_reply,omitempty"`
+	UDPTx           *Millis  `json:"udp_tx,omitempty"`
+	UDPRx           *Millis  `json:"udp_rx,omitempty"`
+	ReplyTTL        *int     `json:"reply_ttl,omitempty"`
 }
 
 // ICMP is an ICMP or ICMPv6 error received in answer to the probe.

@@ -387,6 +387,7 @@ type Flow struct {
 	token  uint64
 	mu     sync.Mutex
 	events []Event
+	limit  int // events kept; 0 means maxFlowEvents
 }
 
 // Register makes the TC programs report proto packets between local and remote. Call it
@@ -457,10 +458,41 @@ func (f *Flow) Close() {
 func (f *Flow) add(e Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.events) >= maxFlowEvents {
+	limit := f.limit
+	if limit == 0 {
+		limit = maxFlowEvents
+	}
+	if len(f.events) >= limit {
 		return
 	}
 	f.events = append(f.events, e)
+}
+
+// Reserve makes the flow keep at least n events (a multi-packet probe expects two per
+// packet); events beyond the limit are dropped.
+func (f *Flow) Reserve(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.limit = max(f.limit, n, maxFlowEvents)
+}
+
+// Take removes the events that satisfy match and returns them, so that a flow shared by
+// consecutive users (echoes to one destination) does not fill up with spent events.
+func (f *Flow) Take(match func(Event) bool) []Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Event
+	kept := f.events[:0]
+	for _, e := range f.events {
+		if match(e) {
+			out = append(out, e)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	clear(f.events[len(kept):])
+	f.events = kept
+	return out
 }
 
 // Events returns a copy of the events seen so far.

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"reachd/tests/lab"
 )
@@ -19,6 +20,7 @@ func main() { os.Exit(run()) }
 
 func run() int {
 	bin := flag.String("reachd", "bin/reachd", "the reachd binary to run")
+	hold := flag.Duration("hold", 0, "keep the lab up this long after the demo, to explore it with nsenter")
 	flag.Parse()
 	if _, err := os.Stat(*bin); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v (run 'make demo', which builds it)\n", err)
@@ -77,6 +79,11 @@ func run() int {
 	show("probe", "tcp", "--json", "--retries", "0", ap(lab.ServerV4, lab.PortFirstSYNDrop))
 	show("probe", "tcp", "--json", "--retries", "0", "--no-ebpf", ap(lab.ServerV4, lab.PortFirstSYNDrop))
 	show("probe", "tcp", "--json", "--retries", "0", ap(lab.AdminV4, lab.PortOpen))
+	if *hold > 0 {
+		fmt.Printf("\nlab held for %s (Ctrl-C ends it): nsenter --net=%s %s probe ...\n", *hold, l.Client.Path(), *bin)
+		fmt.Printf("router: %s  server: %s\n", l.Router.Path(), l.Server.Path())
+		time.Sleep(*hold) // a signal ends it early, tearing the lab down
+	}
 	fmt.Println("\nlab torn down.")
 	return 0
 }

@@ -1,0 +1,667 @@
+package probe
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"reachd/pkg/wire"
+)
+
+// echoPayloadLen is the data carried by each echo request, as ping's default: 56 bytes, a
+// 64-byte ICMP message. Its first 16 bytes are nonces; the rest is a fixed pattern, so a
+// reply whose data was damaged or forged is told apart from an answer.
+const echoPayloadLen = 56
+
+// recentSeqs is how many answered or expired echoes a pinger remembers, to tell a
+// duplicate or late reply from another program's.
+const recentSeqs = 4096
+
+// pingerKey says which shared socket an attempt uses: one per family and binding.
+type pingerKey struct {
+	v6     bool
+	iface  string
+	source netip.Addr
+	// txStamps: ask the kernel for transmit timestamps (when no TC program times the
+	// echoes); they cost a second read per echo, so only then.
+	txStamps bool
+}
+
+// pinger is one ICMP socket shared by every concurrent echo probe of its key: replies are
+// demultiplexed by identifier, sequence, source and payload nonce, so CPU grows with the
+// echoes sent, not with sockets × replies.
+type pinger struct {
+	key   pingerKey
+	f     *os.File
+	fd    int
+	raw   bool   // raw socket (CAP_NET_RAW); false: ICMP datagram ("ping") socket
+	id    uint16 // echo identifier: random (raw) or the kernel's (ping sockets rewrite it)
+	nonce [8]byte
+	done  chan struct{} // closed when the reader has returned
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	refs    int
+	nextSeq uint16
+	pending map[uint16]*echo
+	recent  map[uint16]*echo
+	ring    [recentSeqs]uint16 // recent's seqs, oldest overwritten first
+	ringLen int
+	ringPos int
+	watches map[netip.Addr]*watch
+	stray   atomic.Int64 // answers that matched no probe at all
+}
+
+// echo is one echo request in flight and what answered it.
+type echo struct {
+	seq      uint16
+	dst      netip.Addr
+	nonce    [8]byte
+	sentWall time.Time
+	sentMono int64
+	counters *echoCounters
+	done     chan struct{} // closed on the first answer (reply or ICMP error)
+
+	// Set by the reader under pinger.mu, before done is closed.
+	answered bool
+	expired  bool
+	rxUser   time.Time // when the reader got it
+	rxKernel time.Time // the kernel's receive timestamp; zero if none
+	txKernel time.Time // the kernel's transmit timestamp; zero if none
+	ttl      int
+	err      *echoError
+}
+
+type echoError struct {
+	typ, code uint8
+	from      netip.Addr
+}
+
+// echoCounters are one attempt's answers that were not answers.
+type echoCounters struct {
+	duplicates, late, corrupt, foreign atomic.Int64
+}
+
+// watch is a destination some attempt is probing: its registered flow (shared by
+// concurrent attempts to it) and the other programs' replies from it.
+type watch struct {
+	refs    int
+	flow    *wire.Flow
+	foreign atomic.Int64
+	corrupt atomic.Int64
+}
+
+var pingers = struct {
+	sync.Mutex
+	m map[pingerKey]*pinger
+}{m: map[pingerKey]*pinger{}}
+
+// errPermission says neither socket kind is allowed; its message is the fix.
+type errPermission struct{ msg string }
+
+func (e errPermission) Error() string { return e.msg }
+
+// acquirePinger returns the shared socket for k, opening it on first use. Every acquire
+// must be paired with a release; the socket closes with the last one.
+func acquirePinger(k pingerKey) (*pinger, error) {
+	pingers.Lock()
+	defer pingers.Unlock()
+	if p := pingers.m[k]; p != nil {
+		p.mu.Lock()
+		p.refs++
+		p.mu.Unlock()
+		return p, nil
+	}
+	p, err := openPinger(k)
+	if err != nil {
+		return nil, err
+	}
+	p.refs = 1
+	pingers.m[k] = p
+	return p, nil
+}
+
+func (p *pinger) release() {
+	pingers.Lock()
+	p.mu.Lock()
+	p.refs--
+	last := p.refs == 0
+	p.mu.Unlock()
+	if last {
+		delete(pingers.m, p.key)
+	}
+	pingers.Unlock()
+	if last {
+		p.f.Close()
+		<-p.done
+	}
+}
+
+// CheckICMP says whether this process may send echo requests of a family (v6), and if not,
+// how to allow it. The CLI asks before probing, so a missing permission exits 2.
+func CheckICMP(v6 bool) error {
+	fd, _, err := icmpSocket(v6)
+	if err != nil {
+		return err
+	}
+	unix.Close(fd)
+	return nil
+}
+
+// icmpSocket opens a raw ICMP socket, or an ICMP datagram socket when raw ones are not
+// allowed. reachd never changes the sysctl that governs the latter.
+func icmpSocket(v6 bool) (fd int, raw bool, err error) {
+	domain, proto := unix.AF_INET, unix.IPPROTO_ICMP
+	if v6 {
+		domain, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+	}
+	fd, err = unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err == nil {
+		return fd, true, nil
+	}
+	if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EACCES) {
+		return -1, false, fmt.Errorf("open raw ICMP socket: %w", err)
+	}
+	fd, derr := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if derr == nil {
+		return fd, false, nil
+	}
+	if !errors.Is(derr, unix.EPERM) && !errors.Is(derr, unix.EACCES) {
+		return -1, false, fmt.Errorf("open ICMP datagram socket: %w", derr)
+	}
+	lo, hi := pingGroupRange()
+	fam := "ICMP"
+	if v6 {
+		fam = "ICMPv6"
+	}
+	return -1, false, errPermission{fmt.Sprintf(
+		"%s echo needs CAP_NET_RAW (raw socket: run as root, `setcap cap_net_raw+ep reachd`, or AmbientCapabilities=CAP_NET_RAW in the unit) "+
+			"or an ICMP datagram socket, which net.ipv4.ping_group_range (now %s %s) must allow for group %d (e.g. `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"`); reachd changes neither",
+		fam, lo, hi, os.Getegid())}
+}
+
+func pingGroupRange() (string, string) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ping_group_range")
+	if err != nil {
+		return "?", "?"
+	}
+	f := bytes.Fields(b)
+	if len(f) != 2 {
+		return "?", "?"
+	}
+	return string(f[0]), string(f[1])
+}
+
+func openPinger(k pingerKey) (p *pinger, err error) {
+	fd, raw, err := icmpSocket(k.v6)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unix.Close(fd)
+		}
+	}()
+	p = &pinger{key: k, fd: fd, raw: raw, done: make(chan struct{}), log: slog.Default(),
+		pending: map[uint16]*echo{}, recent: map[uint16]*echo{}, watches: map[netip.Addr]*watch{}}
+	if _, err := rand.Read(p.nonce[:]); err != nil {
+		return nil, err
+	}
+	var seq [2]byte
+	_, _ = rand.Read(seq[:])
+	p.nextSeq = binary.BigEndian.Uint16(seq[:])
+	if err := p.setup(); err != nil {
+		return nil, err
+	}
+	p.f = os.NewFile(uintptr(fd), "reachd-icmp")
+	go p.read()
+	return p, nil
+}
+
+// setup sets the socket's options and learns its echo identifier.
+func (p *pinger) setup() error {
+	fd, k := p.fd, p.key
+	if k.iface != "" {
+		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, k.iface); err != nil {
+			if errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("interface %s does not exist", k.iface)
+			}
+			return fmt.Errorf("bind ICMP socket to %s: %w", k.iface, err)
+		}
+	}
+	// Room for a burst of replies from many targets at once; FORCE works with
+	// CAP_NET_ADMIN, else the request is capped at net.core.rmem_max.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	}
+	flags := unix.SOF_TIMESTAMPING_RX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE
+	if k.txStamps {
+		flags |= unix.SOF_TIMESTAMPING_TX_SOFTWARE
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, flags); err != nil {
+		return fmt.Errorf("setsockopt SO_TIMESTAMPING: %w", err)
+	}
+	if k.v6 {
+		_ = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_RECVHOPLIMIT, 1)
+	} else if !p.raw {
+		_ = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_RECVTTL, 1)
+	}
+	if p.raw {
+		// Wake for echo replies and errors only, not for every ICMP message the host gets.
+		if k.v6 {
+			var filt unix.ICMPv6Filter
+			for i := range filt.Data {
+				filt.Data[i] = ^uint32(0)
+			}
+			for _, t := range []uint8{icmp6DestUnreach, icmp6PacketTooBig, icmp6TimeExceeded, icmp6ParamProblem, icmp6EchoReply} {
+				filt.Data[t>>5] &^= 1 << (t & 31)
+			}
+			if err := unix.SetsockoptICMPv6Filter(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, &filt); err != nil {
+				return fmt.Errorf("setsockopt ICMPV6_FILTER: %w", err)
+			}
+		} else {
+			pass := uint32(1<<icmp4EchoReply | 1<<icmp4DestUnreach | 1<<icmp4SourceQuench | 1<<icmp4TimeExceeded | 1<<icmp4ParamProblem)
+			if err := unix.SetsockoptInt(fd, unix.SOL_RAW, unix.ICMP_FILTER, int(^pass)); err != nil {
+				return fmt.Errorf("setsockopt ICMP_FILTER: %w", err)
+			}
+		}
+		var id [2]byte
+		if _, err := rand.Read(id[:]); err != nil {
+			return err
+		}
+		p.id = binary.BigEndian.Uint16(id[:])
+		if k.source.IsValid() {
+			sa, err := sockaddrOf(netip.AddrPortFrom(k.source, 0))
+			if err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, sa); err != nil {
+				return bindError(k.source, err)
+			}
+		}
+		return nil
+	}
+	// Ping sockets: the kernel reports errors through the error queue, and owns the
+	// identifier (the socket's "port"), which binding assigns.
+	level, opt := unix.SOL_IP, unix.IP_RECVERR
+	if k.v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_RECVERR
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		return fmt.Errorf("setsockopt IP_RECVERR: %w", err)
+	}
+	src := k.source
+	if !src.IsValid() {
+		src = netip.IPv4Unspecified()
+		if k.v6 {
+			src = netip.IPv6Unspecified()
+		}
+	}
+	sa, err := sockaddrOf(netip.AddrPortFrom(src, 0))
+	if err != nil {
+		return err
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return bindError(src, err)
+	}
+	sn, err := unix.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("getsockname: %w", err)
+	}
+	p.id = addrPortOf(sn).Port()
+	return nil
+}
+
+func bindError(a netip.Addr, err error) error {
+	if errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("source address %s is not configured on this host", a)
+	}
+	return fmt.Errorf("bind ICMP socket to %s: %w", a, err)
+}
+
+// watchDst registers dst's flow with the observer (once for concurrent attempts to it) so
+// that TC reports its echoes; the returned function undoes it.
+func (p *pinger) watchDst(a Attempt) (*watch, func()) {
+	dst := a.Addr.Addr().WithZone("")
+	p.mu.Lock()
+	w := p.watches[dst]
+	if w == nil {
+		w = &watch{}
+		p.watches[dst] = w
+	}
+	w.refs++
+	register := w.refs == 1 && a.Wire != nil && a.Wire.HasTC()
+	p.mu.Unlock()
+	if register {
+		if f := registerEcho(a, p.id, p.key.v6); f != nil {
+			p.mu.Lock()
+			w.flow = f
+			p.mu.Unlock()
+		}
+	}
+	return w, func() {
+		p.mu.Lock()
+		w.refs--
+		var f *wire.Flow
+		if w.refs == 0 {
+			f = w.flow
+			delete(p.watches, dst)
+		}
+		p.mu.Unlock()
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// registerEcho registers the flow (local address, dst, identifier) with the TC programs
+// and attaches them to the interface the route leaves by.
+func registerEcho(a Attempt, id uint16, v6 bool) *wire.Flow {
+	rt, err := attemptRoute(a)
+	if err != nil || rt.LinkIndex == 0 {
+		return nil
+	}
+	src := a.Source
+	if !src.IsValid() {
+		src = rt.Src
+	}
+	if !src.IsValid() || a.Wire.Attach(rt.LinkIndex) != nil {
+		return nil
+	}
+	proto := uint8(wire.ProtoICMP)
+	if v6 {
+		proto = wire.ProtoICMPv6
+	}
+	f, err := a.Wire.Register(proto, netip.AddrPortFrom(src.WithZone(""), id), netip.AddrPortFrom(a.Addr.Addr().WithZone(""), 0))
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// send transmits one echo request to dst and returns it pending.
+func (p *pinger) send(dst netip.Addr, c *echoCounters) (*echo, error) {
+	e := &echo{dst: dst.WithZone(""), counters: c, done: make(chan struct{}), ttl: -1}
+	if _, err := rand.Read(e.nonce[:]); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	// Sequence numbers run on from a random start; one still pending or remembered is
+	// skipped, so no two echoes of this socket are ever confused.
+	for range 65536 {
+		s := p.nextSeq
+		p.nextSeq++
+		if p.pending[s] == nil && p.recent[s] == nil {
+			e.seq = s
+			break
+		}
+	}
+	p.pending[e.seq] = e
+	p.mu.Unlock()
+
+	sa, err := sockaddrOf(netip.AddrPortFrom(dst, 0))
+	if err == nil {
+		pkt := buildEcho(p.key.v6, p.id, e.seq, p.payload(e))
+		e.sentMono, e.sentWall = wire.Monotonic(), time.Now()
+		err = unix.Sendto(p.fd, pkt, 0, sa)
+	}
+	if err != nil {
+		p.mu.Lock()
+		delete(p.pending, e.seq)
+		p.mu.Unlock()
+		return nil, err
+	}
+	return e, nil
+}
+
+// payload is an echo's data: the socket's nonce, the echo's nonce, then a fixed pattern.
+func (p *pinger) payload(e *echo) []byte {
+	b := make([]byte, echoPayloadLen)
+	copy(b[0:8], p.nonce[:])
+	copy(b[8:16], e.nonce[:])
+	for i := 16; i < len(b); i++ {
+		b[i] = byte(i)
+	}
+	return b
+}
+
+// finish retires an attempt's echoes: they stop being pending, and are remembered a while
+// so that their duplicates and late replies are known as such.
+func (p *pinger) finish(echoes []*echo) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range echoes {
+		if p.pending[e.seq] != e {
+			continue
+		}
+		delete(p.pending, e.seq)
+		if !e.answered {
+			e.expired = true
+		}
+		if p.ringLen == recentSeqs {
+			delete(p.recent, p.ring[p.ringPos])
+		} else {
+			p.ringLen++
+		}
+		p.ring[p.ringPos] = e.seq
+		p.ringPos = (p.ringPos + 1) % recentSeqs
+		p.recent[e.seq] = e
+	}
+}
+
+// read is the socket's only reader. It drains the receive queue (replies, and errors on
+// raw sockets) and the error queue (errors on ping sockets, transmit timestamps) whenever
+// the poller says either has something, until the socket is closed.
+func (p *pinger) read() {
+	defer close(p.done)
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 2048)
+	oob := make([]byte, 512)
+	var errBuf [256]byte
+	var errOOB [256]byte
+	// The poller is edge-triggered: each wake-up must drain both queues to EAGAIN. Any other
+	// error is a pending socket error (an ICMP error set it on a ping socket) that the
+	// failed read has cleared; the queue behind it still holds packets.
+	drain := func(fd int, flags int, handle func(n, oobn int, from unix.Sockaddr)) {
+		for range 1 << 16 {
+			n, oobn, _, from, err := unix.Recvmsg(fd, buf, oob, flags|unix.MSG_DONTWAIT)
+			if errors.Is(err, unix.EAGAIN) {
+				return
+			}
+			if err == nil {
+				handle(n, oobn, from)
+			}
+		}
+	}
+	_ = rc.Read(func(fd uintptr) bool {
+		// Transmit timestamps first, so an echo's is recorded before its reply completes it.
+		drain(int(fd), unix.MSG_ERRQUEUE, func(n, oobn int, from unix.Sockaddr) {
+			p.errQueued(buf[:n], oob[:oobn], from)
+		})
+		drain(int(fd), 0, func(n, oobn int, from unix.Sockaddr) {
+			if p.key.txStamps {
+				// A reply can be read in the same pass as its request's transmit stamp
+				// was queued: read the stamp first. Only without TC, where stamps are on.
+				errBuf := errBuf[:]
+				for range 64 {
+					en, eoobn, _, efrom, err := unix.Recvmsg(int(fd), errBuf, errOOB[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+					if err != nil {
+						break
+					}
+					p.errQueued(errBuf[:en], errOOB[:eoobn], efrom)
+				}
+			}
+			p.received(buf[:n], oob[:oobn], addrPortOf(from).Addr())
+		})
+		return false // wait for more; Close ends the wait
+	})
+}
+
+// rxMeta is what the control messages of a received packet say.
+type rxMeta struct {
+	at  time.Time
+	ttl int
+	ee  *QueuedError
+}
+
+func parseRxOOB(oob []byte) rxMeta {
+	m := rxMeta{ttl: -1}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return m
+	}
+	for _, c := range msgs {
+		switch {
+		case c.Header.Level == unix.SOL_SOCKET && (c.Header.Type == unix.SCM_TIMESTAMPING || c.Header.Type == unix.SCM_TIMESTAMPNS):
+			m.at = timespecAt(c.Data)
+		case (c.Header.Level == unix.SOL_IP && c.Header.Type == unix.IP_TTL) ||
+			(c.Header.Level == unix.SOL_IPV6 && c.Header.Type == unix.IPV6_HOPLIMIT):
+			if len(c.Data) >= 4 {
+				m.ttl = int(binary.NativeEndian.Uint32(c.Data[:4]))
+			}
+		case (c.Header.Level == unix.SOL_IP && c.Header.Type == unix.IP_RECVERR) ||
+			(c.Header.Level == unix.SOL_IPV6 && c.Header.Type == unix.IPV6_RECVERR):
+			if q, err := ParseExtendedErr(c.Data); err == nil {
+				m.ee = &q
+			}
+		}
+	}
+	return m
+}
+
+// timespecAt reads the first struct timespec of a timestamp control message (the software
+// stamp of SCM_TIMESTAMPING), on the 64-bit targets reachd builds for.
+func timespecAt(b []byte) time.Time {
+	if len(b) < 16 {
+		return time.Time{}
+	}
+	sec := int64(binary.NativeEndian.Uint64(b[0:8]))
+	nsec := int64(binary.NativeEndian.Uint64(b[8:16]))
+	if sec == 0 && nsec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, nsec)
+}
+
+// received handles one message from the receive queue.
+func (p *pinger) received(b, oob []byte, src netip.Addr) {
+	now := time.Now()
+	m := parseRxOOB(oob)
+	v6 := p.key.v6
+	pkt, err := parseICMP(b, v6, p.raw && !v6)
+	if m.ttl < 0 {
+		m.ttl = pkt.TTL
+	}
+	src = src.Unmap().WithZone("")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil || !pkt.ChecksumOK {
+		p.countCorrupt(src, pkt)
+		return
+	}
+	switch {
+	case pkt.IsEchoReply(v6):
+		p.reply(pkt, src, now, m)
+	case pkt.IsError(v6) && pkt.Quote != nil && pkt.Quote.ID == p.id:
+		if e := p.pending[pkt.Quote.Seq]; e != nil && e.dst == pkt.Quote.Dst.WithZone("") {
+			p.answer(e, now, m.at, -1, &echoError{typ: pkt.Type, code: pkt.Code, from: src})
+		}
+	}
+}
+
+// reply matches an echo reply to its request; p.mu is held.
+func (p *pinger) reply(pkt icmpPacket, src netip.Addr, now time.Time, m rxMeta) {
+	if pkt.ID != p.id || len(pkt.Payload) < 8 || !bytes.Equal(pkt.Payload[:8], p.nonce[:]) {
+		// Another program's echo (another id), or another run that drew our id.
+		if w := p.watches[src]; w != nil {
+			w.foreign.Add(1)
+		} else {
+			p.stray.Add(1)
+		}
+		return
+	}
+	if e := p.pending[pkt.Seq]; e != nil && e.dst == src {
+		if !bytes.Equal(pkt.Payload, p.payload(e)) {
+			e.counters.corrupt.Add(1) // ours, but the data came back wrong
+			return
+		}
+		if e.answered {
+			e.counters.duplicates.Add(1)
+			return
+		}
+		p.answer(e, now, m.at, m.ttl, nil)
+		return
+	}
+	if e := p.recent[pkt.Seq]; e != nil && e.dst == src && bytes.Equal(pkt.Payload, p.payload(e)) {
+		if e.answered {
+			e.counters.duplicates.Add(1)
+		} else {
+			e.counters.late.Add(1)
+		}
+		return
+	}
+	p.stray.Add(1)
+}
+
+func (p *pinger) countCorrupt(src netip.Addr, pkt icmpPacket) {
+	if w := p.watches[src]; w != nil {
+		w.corrupt.Add(1)
+		return
+	}
+	p.stray.Add(1)
+}
+
+// answer records e's first answer; p.mu is held.
+func (p *pinger) answer(e *echo, now, kernelAt time.Time, ttl int, ee *echoError) {
+	if e.answered {
+		return
+	}
+	e.answered, e.rxUser, e.rxKernel, e.ttl, e.err = true, now, kernelAt, ttl, ee
+	close(e.done)
+}
+
+// errQueued handles one message from the error queue: a transmit timestamp, or (ping
+// sockets) an ICMP error whose data is the echo request it answers.
+func (p *pinger) errQueued(b, oob []byte, from unix.Sockaddr) {
+	now := time.Now()
+	m := parseRxOOB(oob)
+	if m.ee == nil {
+		return
+	}
+	v6 := p.key.v6
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m.ee.Origin == eeOriginTimestamping {
+		if id, seq, ok := echoTail(b, echoHeaderLen+echoPayloadLen, v6); ok && id == p.id {
+			if e := p.pending[seq]; e != nil && e.txKernel.IsZero() {
+				e.txKernel = m.at
+			}
+		}
+		return
+	}
+	if !m.ee.IsICMP() || len(b) < echoHeaderLen {
+		return
+	}
+	seq := binary.BigEndian.Uint16(b[6:8])
+	e := p.pending[seq]
+	if e == nil {
+		return
+	}
+	if dst := addrPortOf(from).Addr(); dst.IsValid() && dst.Unmap().WithZone("") != e.dst {
+		return
+	}
+	p.answer(e, now, m.at, -1, &echoError{typ: m.ee.Type, code: m.ee.Code, from: m.ee.Offender})
+}

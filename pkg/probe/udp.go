@@ -1,0 +1,459 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"reachd/pkg/verdict"
+	"reachd/pkg/wire"
+)
+
+// UDP probes a port with datagrams on a connected socket (a.Count per attempt, a.Interval
+// apart) and classifies what came back: a reply (ok, if it meets the expectation), an ICMP
+// error read from the error queue (IP_RECVERR: port unreachable means closed), or silence,
+// which is open_filtered and never "closed": routers and hosts rate-limit ICMP errors.
+func UDP(ctx context.Context, a Attempt) Result {
+	o := a.UDP
+	if o == nil {
+		o = &UDPOptions{}
+	}
+	deadline, _ := ctx.Deadline()
+	timeout := a.Timeout
+	if timeout <= 0 {
+		timeout = time.Until(deadline)
+	}
+	dst := a.Addr.Addr()
+	sa, err := sockaddrOf(a.Addr)
+	if err != nil {
+		return Result{Reason: verdict.LocalError, Detail: err.Error()}
+	}
+	domain := unix.AF_INET
+	if dst.Is6() {
+		domain = unix.AF_INET6
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return socketError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), "reachd-udp-probe")
+	defer f.Close()
+	tc := a.Wire != nil && a.Wire.HasTC()
+	if res, ok := setupUDPSocket(fd, dst.Is6(), a, !tc); !ok {
+		return res
+	}
+	count := max(a.Count, 1)
+	var flow *wire.Flow
+	if tc {
+		if flow = registerFlow(fd, a, wire.ProtoUDP); flow != nil {
+			defer flow.Close()
+			flow.Reserve(2*count + 16)
+		}
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		return sendError("connect", err, a)
+	}
+	u := &udpConn{f: f, fd: fd, opts: o}
+	var sendErr error
+	start := time.Now()
+	for i := range count {
+		if i > 0 && sleepUntil(ctx, start.Add(time.Duration(i)*a.Interval)) != nil {
+			break
+		}
+		if i == 0 && !time.Now().Before(deadline) {
+			return Result{Reason: verdict.SelfOverload,
+				Detail: "the attempt's deadline passed before the datagram was sent: the prober is overloaded"}
+		}
+		req, err := o.newRequest()
+		if err != nil {
+			return Result{Reason: verdict.LocalError, Detail: err.Error()}
+		}
+		if err := u.send(req); err != nil {
+			sendErr = err
+			break
+		}
+		until := earlier(u.cur.sentWall.Add(timeout), deadline)
+		if i < count-1 {
+			until = earlier(until, start.Add(time.Duration(i+1)*a.Interval))
+		}
+		u.wait(ctx, until)
+	}
+	if len(u.dgrams) == 0 && sendErr != nil {
+		return sendError("send datagram", sendErr, a)
+	}
+	var evs []wire.Event
+	if flow != nil {
+		evs = flow.Sync(time.Now().Add(catchUp))
+		slices.SortFunc(evs, func(x, y wire.Event) int { return int(int64(x.TsNs) - int64(y.TsNs)) })
+	}
+	res := u.result(evs, a, timeout)
+	if sn, err := unix.Getsockname(fd); err == nil {
+		res.Local = addrPortOf(sn)
+	}
+	if sendErr != nil {
+		res.Detail += fmt.Sprintf("; sending stopped after %d of %d datagrams: %v", len(u.dgrams), count, sendErr)
+	}
+	return res
+}
+
+// setupUDPSocket sets the error queue, timestamps (transmit ones only when no TC program
+// watches), the interface and the source address.
+func setupUDPSocket(fd int, v6 bool, a Attempt, txStamps bool) (Result, bool) {
+	level, opt := unix.SOL_IP, unix.IP_RECVERR
+	if v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_RECVERR
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
+		return socketError("setsockopt IP_RECVERR", err), false
+	}
+	flags := unix.SOF_TIMESTAMPING_RX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE
+	if txStamps {
+		// OPT_ID numbers the stamps 0, 1, ... in send order; TSONLY returns no packet data.
+		flags |= unix.SOF_TIMESTAMPING_TX_SOFTWARE | unix.SOF_TIMESTAMPING_OPT_ID | unix.SOF_TIMESTAMPING_OPT_TSONLY
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, flags); err != nil {
+		return socketError("setsockopt SO_TIMESTAMPING", err), false
+	}
+	if a.Interface != "" {
+		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, a.Interface); err != nil {
+			if errors.Is(err, unix.ENODEV) {
+				return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("interface %s does not exist", a.Interface)}, false
+			}
+			return socketError("bind to interface "+a.Interface, err), false
+		}
+	}
+	if a.Source.IsValid() {
+		if err := bindSource(fd, a); err != nil {
+			return Result{Reason: verdict.LocalError, Detail: err.Error()}, false
+		}
+	}
+	return Result{}, true
+}
+
+// dgram is one datagram sent and what came back for it.
+type dgram struct {
+	req      request
+	sentWall time.Time
+	sentMono int64
+	txKernel time.Time
+	reply    []byte // the first reply that answers it
+	replied  bool   // (a reply may be empty)
+	rxUser   time.Time
+	rxKernel time.Time
+	err      *QueuedError // an ICMP error in answer
+	errUser  time.Time
+	mismatch string // why a reply did not answer it (built-in payloads)
+}
+
+func (d *dgram) answered() bool { return d.replied || d.err != nil }
+
+type udpConn struct {
+	f      *os.File
+	fd     int
+	opts   *UDPOptions
+	dgrams []*dgram
+	cur    *dgram
+	extra  int // replies beyond the first to a datagram
+	late   int // replies that came after their datagram's turn
+	buf    [65536]byte
+	oob    [512]byte
+}
+
+func (u *udpConn) send(req request) error {
+	d := &dgram{req: req}
+	d.sentMono, d.sentWall = wire.Monotonic(), time.Now()
+	_, err := unix.Write(u.fd, req.data)
+	if err != nil && isAsyncICMPErrno(err) {
+		// The error belongs to an earlier datagram (the kernel reports an ICMP error on
+		// the next call); its details are in the error queue. This write did not happen.
+		u.drain()
+		d.sentMono, d.sentWall = wire.Monotonic(), time.Now()
+		_, err = unix.Write(u.fd, req.data)
+	}
+	if err != nil {
+		return err
+	}
+	u.dgrams = append(u.dgrams, d)
+	u.cur = d
+	return nil
+}
+
+func isAsyncICMPErrno(err error) bool {
+	return errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) ||
+		errors.Is(err, unix.EHOSTDOWN) || errors.Is(err, unix.EPROTO) || errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOPROTOOPT)
+}
+
+// wait reads until the current datagram is answered or until.
+func (u *udpConn) wait(ctx context.Context, until time.Time) {
+	if u.drain() || !time.Now().Before(until) {
+		return
+	}
+	if u.f.SetReadDeadline(until) != nil {
+		return
+	}
+	rc, err := u.f.SyscallConn()
+	if err != nil {
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { _ = u.f.SetReadDeadline(time.Now()) })
+	defer stop()
+	_ = rc.Read(func(uintptr) bool { return u.drain() })
+}
+
+// drain reads both queues to empty (the poller is edge-triggered) and reports whether the
+// current datagram has been answered.
+func (u *udpConn) drain() bool {
+	for range 1 << 12 {
+		n, oobn, _, _, err := unix.Recvmsg(u.fd, u.buf[:], u.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			break
+		}
+		u.errQueued(u.buf[:n], u.oob[:oobn])
+	}
+	for range 1 << 12 {
+		n, oobn, _, _, err := unix.Recvmsg(u.fd, u.buf[:], u.oob[:], unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil {
+			// A pending socket error (an ICMP error) that this read cleared; its details
+			// were in the error queue. Without them (no IP_RECVERR support), the errno
+			// alone still says what happened.
+			if d := u.cur; d != nil && !d.answered() && isAsyncICMPErrno(err) {
+				d.err, d.errUser = errnoAsICMP(err), time.Now()
+			}
+			continue
+		}
+		u.received(u.buf[:n], u.oob[:oobn])
+	}
+	return u.cur != nil && u.cur.answered()
+}
+
+func (u *udpConn) errQueued(b, oob []byte) {
+	m := parseRxOOB(oob)
+	if m.ee == nil {
+		return
+	}
+	if m.ee.Origin == eeOriginTimestamping {
+		if i := int(m.ee.Data); i < len(u.dgrams) && u.dgrams[i].txKernel.IsZero() {
+			u.dgrams[i].txKernel = m.at
+		}
+		return
+	}
+	if !m.ee.IsICMP() {
+		return
+	}
+	d := u.cur
+	if d == nil || d.answered() {
+		return
+	}
+	q := *m.ee
+	q.At = m.at
+	d.err, d.errUser = &q, time.Now()
+}
+
+func (u *udpConn) received(b, oob []byte) {
+	now := time.Now()
+	m := parseRxOOB(oob)
+	d := u.cur
+	if d == nil {
+		return
+	}
+	if d.answered() {
+		u.extra++
+		return
+	}
+	if d.req.check != nil {
+		if why := d.req.check(b); why != "" {
+			for _, old := range u.dgrams[:len(u.dgrams)-1] {
+				if old.req.check(b) == "" {
+					u.late++
+					return
+				}
+			}
+			d.mismatch = why
+			return
+		}
+	}
+	d.reply, d.replied = append([]byte{}, b...), true
+	d.rxUser, d.rxKernel = now, m.at
+}
+
+// errnoAsICMP stands in for an error-queue message when only the errno is known.
+func errnoAsICMP(err error) *QueuedError {
+	q := &QueuedError{Origin: eeOriginICMP, Type: icmp4DestUnreach}
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED):
+		q.Code = 3
+	case errors.Is(err, unix.EHOSTUNREACH):
+		q.Code = 1
+	case errors.Is(err, unix.ENETUNREACH):
+		q.Code = 0
+	default:
+		q.Code = 255
+	}
+	return q
+}
+
+// udpTiming is one answered datagram's round trip and where it was measured.
+type udpTiming struct {
+	d      *dgram
+	rtt    time.Duration
+	source string
+	tx, rx time.Time
+}
+
+// timeDgram picks the best clock for datagram i: TC (the i-th datagram seen leaving and
+// the first answer after it), else the kernel's timestamps, else userspace.
+func (u *udpConn) timeDgram(i int, evs []wire.Event) udpTiming {
+	d := u.dgrams[i]
+	wall := func(ns uint64) time.Time { return d.sentWall.Add(time.Duration(int64(ns) - d.sentMono)) }
+	rxUser, rxKernel := d.rxUser, d.rxKernel
+	want := wire.EvUDPRx
+	if !d.replied {
+		rxUser, rxKernel, want = d.errUser, d.err.At, wire.EvICMPError
+	}
+	t := udpTiming{d: d, source: verdict.SourceUserspace, tx: d.sentWall, rx: rxUser}
+	var next int64 = math.MaxInt64
+	if i+1 < len(u.dgrams) {
+		next = u.dgrams[i+1].sentMono
+	}
+	var tx, rx uint64
+	for _, ev := range evs {
+		k := wire.EventKind(ev.Kind)
+		switch {
+		case tx == 0 && k == wire.EvUDPTx && int64(ev.TsNs) >= d.sentMono && int64(ev.TsNs) < next:
+			tx = ev.TsNs
+		case tx != 0 && rx == 0 && k == want:
+			rx = ev.TsNs
+		}
+	}
+	switch {
+	case tx != 0 && rx != 0:
+		t.source, t.tx, t.rx = verdict.SourceWire, wall(tx), wall(rx)
+	case !d.txKernel.IsZero() && !rxKernel.IsZero() && !rxKernel.Before(d.txKernel):
+		t.source, t.tx, t.rx = verdict.SourceKernel, d.txKernel, rxKernel
+	case tx != 0:
+		t.tx = wall(tx)
+	}
+	t.rtt = t.rx.Sub(t.tx)
+	return t
+}
+
+// result classifies the attempt: a reply, else the last ICMP error, else a reply that did
+// not answer, else silence.
+func (u *udpConn) result(evs []wire.Event, a Attempt, timeout time.Duration) Result {
+	o := u.opts
+	v6 := a.Addr.Addr().Is6()
+	res := Result{sent: len(u.dgrams) > 0}
+	st := &verdict.Stats{Count: len(u.dgrams), Duplicates: u.extra, Late: u.late}
+	res.Stats = st
+	var replies []udpTiming
+	var lastErr *udpTiming
+	mismatch := ""
+	for i, d := range u.dgrams {
+		switch {
+		case d.replied:
+			replies = append(replies, u.timeDgram(i, evs))
+		case d.err != nil:
+			t := u.timeDgram(i, evs)
+			lastErr = &t
+		case d.mismatch != "":
+			mismatch = d.mismatch
+		}
+	}
+	st.Received = len(replies)
+	if st.Count > 0 {
+		st.LossPct = math.Round(1000*float64(st.Count-st.Received)/float64(st.Count)) / 10
+	}
+	wt := &WireTimes{}
+	if len(u.dgrams) > 0 {
+		wt.UDPTx = u.dgrams[0].sentWall
+	}
+	res.WireTimes = wt
+	switch {
+	case len(replies) > 0:
+		first := replies[0]
+		rs := make([]echoTiming, len(replies))
+		res.TimingSource = verdict.SourceWire
+		for i, r := range replies {
+			rs[i] = echoTiming{rtt: r.rtt}
+			if sourceRank(r.source) < sourceRank(res.TimingSource) {
+				res.TimingSource = r.source
+			}
+		}
+		fillStats(st, rs)
+		wt.UDPTx, wt.UDPRx = first.tx, first.rx
+		res.UDP = &verdict.UDP{Sent: len(first.d.req.data), Received: len(first.d.reply), Reply: quoteBytes(first.d.reply, 64)}
+		res.HasRTT = true
+		res.RTT = first.rtt
+		if len(u.dgrams) > 1 {
+			res.RTT = time.Duration(float64(*st.AvgMs) * float64(time.Millisecond))
+		}
+		what := o.describeReply(first.d.reply)
+		switch {
+		case o.ExpectClosed:
+			res.Reason = verdict.ProtocolMismatch
+			res.Detail = fmt.Sprintf("--expect-closed, but the port answered: %s in %s", what, fmtRTT(first.rtt))
+		case o.expectation(first.d.reply) != "":
+			res.Reason = verdict.BodyMismatch
+			res.Detail = o.expectation(first.d.reply)
+		default:
+			res.Reason = verdict.OK
+			res.Detail = fmt.Sprintf("%s in %s", what, fmtRTT(first.rtt))
+			if len(u.dgrams) > 1 {
+				res.Detail = fmt.Sprintf("%d/%d datagrams answered (%.1f%% loss), min/avg/max %s/%s/%s ms",
+					st.Received, st.Count, st.LossPct, fmtMs(st.MinMs), fmtMs(st.AvgMs), fmtMs(st.MaxMs))
+			}
+		}
+	case lastErr != nil:
+		q := lastErr.d.err
+		reason, name := ClassifyICMP(v6, q.Type, q.Code)
+		if q.Origin == eeOriginICMP && v6 {
+			// Only the errno was known (errnoAsICMP): name it in ICMP's terms.
+			reason, name = ClassifyICMP(false, q.Type, q.Code)
+		}
+		ic := &verdict.ICMP{Type: q.Type, Code: q.Code, Name: name}
+		if q.Offender.IsValid() {
+			ic.From = q.Offender.String()
+		}
+		res.ICMP = ic
+		res.Reason, res.Detail = reason, icmpDetail(ic, v6)
+		if lastErr.source != verdict.SourceUserspace {
+			res.TimingSource = lastErr.source
+		}
+		wt.ICMP = lastErr.rx
+		if reason == verdict.PortUnreachable && o.ExpectClosed {
+			res.Reason = verdict.OK
+			res.Detail = "port closed, as --expect-closed wants: " + res.Detail
+		}
+	case mismatch != "":
+		res.Reason, res.Detail = verdict.ProtocolMismatch, mismatch
+	case len(u.dgrams) > 0:
+		res.Reason = verdict.OpenFiltered
+		res.waited = timeout
+		res.Detail = fmt.Sprintf("no reply or ICMP error within %s of %d datagram(s): open (and silent to this payload) or filtered; silence is never taken for closed",
+			timeout.Round(time.Millisecond), len(u.dgrams))
+		if n, ok := unresolvedNeighbor(a); ok {
+			res.Reason, res.Layer = verdict.HostUnreachable, verdict.LayerLink
+			res.Detail = fmt.Sprintf("%s; %d datagram(s) never left the link", n, len(u.dgrams))
+		}
+		seen := 0
+		for _, ev := range evs {
+			if wire.EventKind(ev.Kind) == wire.EvUDPTx {
+				seen++
+			}
+		}
+		if seen >= len(u.dgrams) {
+			res.TimingSource = verdict.SourceWire
+			res.Detail += " (all seen leaving on the wire)"
+		}
+	}
+	return res
+}
