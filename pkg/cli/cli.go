@@ -276,6 +276,9 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 			return err
 		}
 	}
+	if kind == "icmp" || kind == "udp" {
+		defer probe.WarmTimestamps()()
+	}
 	// Checked with --no-ebpf too: a typo must not wait for the day eBPF is turned on.
 	tcMode := os.Getenv("REACHD_TC")
 	if err := wire.CheckTCMode(tcMode); err != nil {

@@ -148,21 +148,27 @@ func echoEvents(f *wire.Flow, echoes []*echo) []wire.Event {
 		k := wire.EventKind(ev.Kind)
 		return k == wire.EvICMPError || ((k == wire.EvEchoRequest || k == wire.EvEchoReply) && seqs[ev.Seq])
 	}
+	// Complete: every request seen, and for every answered echo an answer event no earlier
+	// than the kernel's receive stamp of the accepted packet (TC ingress runs after that
+	// stamp is taken; 20 µs allow for converting between the clocks). An earlier event
+	// may be a damaged copy that userspace rejected.
 	complete := func(evs []wire.Event) bool {
 		for _, e := range echoes {
-			need := 1
-			if e.answered {
-				need = 2
+			anchor := int64(0)
+			if !e.rxKernel.IsZero() {
+				anchor = e.sentMono + int64(e.rxKernel.Sub(e.sentWall)) - int64(20*time.Microsecond)
 			}
-			n := 0
+			req, ans := false, !e.answered
 			for _, ev := range evs {
-				k := wire.EventKind(ev.Kind)
-				if (k == wire.EvEchoRequest || (k == wire.EvEchoReply && e.err == nil) || (k == wire.EvICMPError && e.err != nil)) &&
-					(k == wire.EvICMPError || ev.Seq == uint32(e.seq)) {
-					n++
+				switch k := wire.EventKind(ev.Kind); {
+				case k == wire.EvEchoRequest && ev.Seq == uint32(e.seq):
+					req = true
+				case e.answered && int64(ev.TsNs) >= anchor &&
+					((e.err == nil && k == wire.EvEchoReply && ev.Seq == uint32(e.seq)) || (e.err != nil && k == wire.EvICMPError)):
+					ans = true
 				}
 			}
-			if n < need {
+			if !req || !ans {
 				return false
 			}
 		}
@@ -189,15 +195,20 @@ type echoTiming struct {
 func timeEcho(e *echo, evs []wire.Event) echoTiming {
 	wall := func(ns uint64) time.Time { return e.sentWall.Add(time.Duration(int64(ns) - e.sentMono)) }
 	t := echoTiming{e: e, source: verdict.SourceUserspace, tx: e.sentWall, rx: e.rxUser}
+	// TC sees every reply, also the damaged ones and the copies userspace rejected: the
+	// answer is the one nearest to when the kernel received the accepted packet.
+	anchor := int64(0)
+	if !e.rxKernel.IsZero() {
+		anchor = e.sentMono + int64(e.rxKernel.Sub(e.sentWall))
+	}
 	var req, ans uint64
 	for _, ev := range evs {
 		k := wire.EventKind(ev.Kind)
+		isAns := (e.err == nil && k == wire.EvEchoReply && ev.Seq == uint32(e.seq)) || (e.err != nil && k == wire.EvICMPError)
 		switch {
 		case req == 0 && k == wire.EvEchoRequest && ev.Seq == uint32(e.seq):
 			req = ev.TsNs
-		case req != 0 && ans == 0 && e.err == nil && k == wire.EvEchoReply && ev.Seq == uint32(e.seq):
-			ans = ev.TsNs
-		case req != 0 && ans == 0 && e.err != nil && k == wire.EvICMPError && ev.TsNs >= req:
+		case req != 0 && isAns && ev.TsNs >= req && (ans == 0 || nearer(ev.TsNs, ans, anchor)):
 			ans = ev.TsNs
 		}
 	}
@@ -212,6 +223,22 @@ func timeEcho(e *echo, evs []wire.Event) echoTiming {
 	}
 	t.rtt = t.rx.Sub(t.tx)
 	return t
+}
+
+// nearer reports whether ts is nearer to anchor than best is; without an anchor (0) the
+// earlier one wins.
+func nearer(ts, best uint64, anchor int64) bool {
+	if anchor == 0 {
+		return false
+	}
+	d := func(x uint64) int64 {
+		v := int64(x) - anchor
+		if v < 0 {
+			return -v
+		}
+		return v
+	}
+	return d(ts) < d(best)
 }
 
 // sourceRank orders timing sources, worst first: a summary is only as good as its worst part.

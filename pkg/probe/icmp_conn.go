@@ -414,6 +414,13 @@ func (p *pinger) send(dst netip.Addr, c *echoCounters) (*echo, error) {
 		pkt := buildEcho(p.key.v6, p.id, e.seq, p.payload(e))
 		e.sentMono, e.sentWall = wire.Monotonic(), time.Now()
 		err = unix.Sendto(p.fd, pkt, 0, sa)
+		if err != nil && isAsyncICMPErrno(err) {
+			// A ping socket records each ICMP error it queues as the socket's pending
+			// error too, and the next send fails with it, whichever echo it belonged to.
+			// That failure cleared it; a real local error fails again.
+			e.sentMono, e.sentWall = wire.Monotonic(), time.Now()
+			err = unix.Sendto(p.fd, pkt, 0, sa)
+		}
 	}
 	if err != nil {
 		p.mu.Lock()
@@ -568,8 +575,16 @@ func (p *pinger) received(b, oob []byte, src netip.Addr) {
 	src = src.Unmap().WithZone("")
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err != nil || !pkt.ChecksumOK {
-		p.countCorrupt(src, pkt)
+	if err != nil {
+		p.stray.Add(1)
+		return
+	}
+	if !pkt.ChecksumOK {
+		// Damaged on the way: ours if it carries our identifier (the damage may be
+		// anywhere, but an identifier that matches by accident is one in 65536).
+		if pkt.IsEchoReply(v6) && pkt.ID == p.id {
+			p.countCorrupt(src)
+		}
 		return
 	}
 	switch {
@@ -616,7 +631,7 @@ func (p *pinger) reply(pkt icmpPacket, src netip.Addr, now time.Time, m rxMeta) 
 	p.stray.Add(1)
 }
 
-func (p *pinger) countCorrupt(src netip.Addr, pkt icmpPacket) {
+func (p *pinger) countCorrupt(src netip.Addr) {
 	if w := p.watches[src]; w != nil {
 		w.corrupt.Add(1)
 		return
@@ -664,4 +679,38 @@ func (p *pinger) errQueued(b, oob []byte, from unix.Sockaddr) {
 		return
 	}
 	p.answer(e, now, m.at, -1, &echoError{typ: m.ee.Type, code: m.ee.Code, from: m.ee.Offender})
+}
+
+// WarmTimestamps makes the kernel stamp received packets from now on, and returns the
+// function that lets it stop. The first socket that asks for receive timestamps turns them
+// on for the whole host through a deferred work item, so a fresh process's first replies
+// can arrive unstamped (and be timed in userspace). This holds a socket that asks, and
+// waits (up to 50 ms) until a datagram it sends itself over loopback comes back stamped.
+func WarmTimestamps() (release func()) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return func() {}
+	}
+	release = func() { unix.Close(fd) }
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, unix.SOF_TIMESTAMPING_RX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE) != nil ||
+		unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}) != nil ||
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 5000}) != nil {
+		return release
+	}
+	self, err := unix.Getsockname(fd)
+	if err != nil {
+		return release
+	}
+	buf, oob := make([]byte, 16), make([]byte, 256)
+	for deadline := time.Now().Add(50 * time.Millisecond); time.Now().Before(deadline); {
+		if unix.Sendto(fd, []byte("reachd"), 0, self) != nil {
+			return release
+		}
+		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
+		if err == nil && !parseRxOOB(oob[:oobn]).at.IsZero() {
+			return release
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return release
 }

@@ -186,7 +186,8 @@ func (u *udpConn) send(req request) error {
 
 func isAsyncICMPErrno(err error) bool {
 	return errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) ||
-		errors.Is(err, unix.EHOSTDOWN) || errors.Is(err, unix.EPROTO) || errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOPROTOOPT)
+		errors.Is(err, unix.EHOSTDOWN) || errors.Is(err, unix.EPROTO) || errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOPROTOOPT) ||
+		errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENONET)
 }
 
 // wait reads until the current datagram is answered or until.
@@ -324,13 +325,19 @@ func (u *udpConn) timeDgram(i int, evs []wire.Event) udpTiming {
 	if i+1 < len(u.dgrams) {
 		next = u.dgrams[i+1].sentMono
 	}
+	// The answer is the event nearest to when the kernel received the accepted one (a
+	// server may send several datagrams; a reply may not match a built-in payload).
+	anchor := int64(0)
+	if !rxKernel.IsZero() {
+		anchor = d.sentMono + int64(rxKernel.Sub(d.sentWall))
+	}
 	var tx, rx uint64
 	for _, ev := range evs {
 		k := wire.EventKind(ev.Kind)
 		switch {
 		case tx == 0 && k == wire.EvUDPTx && int64(ev.TsNs) >= d.sentMono && int64(ev.TsNs) < next:
 			tx = ev.TsNs
-		case tx != 0 && rx == 0 && k == want:
+		case tx != 0 && k == want && ev.TsNs >= tx && (rx == 0 || nearer(ev.TsNs, rx, anchor)):
 			rx = ev.TsNs
 		}
 	}

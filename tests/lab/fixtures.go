@@ -56,5 +56,5 @@ func (l *Lab) SetupFixtures() error {
 			return err
 		}
 	}
-	return nil
+	return l.setupUDPICMP()
 }

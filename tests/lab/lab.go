@@ -39,7 +39,9 @@ var (
 	// unreachable/prohibit routes per source (ip_error: a burst of 5, then 1/s, host-wide
 	// net.ipv4.route.error_cost, which a test must not change); tests that draw many such
 	// errors spread them over both sources.
-	ClientV4Alt    = netip.MustParseAddr("198.51.100.3")
+	ClientV4Alt = netip.MustParseAddr("198.51.100.3")
+	// ClientV4Echo is a third client source, for the echo tests' router-generated errors.
+	ClientV4Echo   = netip.MustParseAddr("198.51.100.4")
 	RouterClientV4 = netip.MustParseAddr("198.51.100.1")
 	RouterServerV4 = netip.MustParseAddr("203.0.113.1")
 	ServerV4       = netip.MustParseAddr("203.0.113.2")
@@ -279,7 +281,7 @@ func (l *Lab) build() error {
 		dev  string
 		cidr string
 	}{
-		{l.Client, ClientIf, "198.51.100.2/26"}, {l.Client, ClientIf, "198.51.100.3/26"}, {l.Client, ClientIf, "2001:db8:c::2/64"}, {l.Client, ClientIf, "fe80::2/64"},
+		{l.Client, ClientIf, "198.51.100.2/26"}, {l.Client, ClientIf, "198.51.100.3/26"}, {l.Client, ClientIf, "198.51.100.4/26"}, {l.Client, ClientIf, "2001:db8:c::2/64"}, {l.Client, ClientIf, "fe80::2/64"},
 		{l.Router, RouterClientIf, "198.51.100.1/26"}, {l.Router, RouterClientIf, "2001:db8:c::1/64"}, {l.Router, RouterClientIf, "fe80::1/64"},
 		{l.Router, RouterServerIf, "203.0.113.1/26"}, {l.Router, RouterServerIf, "2001:db8:5::1/64"},
 		{l.Server, ServerIf, "203.0.113.2/26"}, {l.Server, ServerIf, "2001:db8:5::2/64"},

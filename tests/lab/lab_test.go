@@ -101,7 +101,13 @@ func probe(t *testing.T, l *Lab, args ...string) ([]map[string]any, int) {
 // probeEnv is probe with extra environment variables (KEY=VALUE).
 func probeEnv(t *testing.T, l *Lab, env []string, args ...string) ([]map[string]any, int) {
 	t.Helper()
-	cmd := l.Client.Command(reachdBin, append([]string{"probe", "tcp", "--json"}, args...)...)
+	return probeKind(t, l, "tcp", env, args...)
+}
+
+// probeKind is probeEnv for any probe kind.
+func probeKind(t *testing.T, l *Lab, kind string, env []string, args ...string) ([]map[string]any, int) {
+	t.Helper()
+	cmd := l.Client.Command(reachdBin, append([]string{"probe", kind, "--json"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -1,0 +1,228 @@
+package lab
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+)
+
+// UDP and ICMP fixtures on the server (ports) and router (faults).
+const (
+	PortUDPEcho    = 7  // echoes every datagram back
+	PortUDPClosed  = 9  // nothing listens: the server answers ICMP port unreachable
+	PortUDPDrop    = 10 // the router drops datagrams to it: silence
+	PortDNS        = 53 // a DNS server that answers ". NS"
+	oddMark        = 0x52
+	oddReplyOffset = 16 // where the wrong-payload reply flips a byte of the echoed data
+)
+
+var (
+	// EchoDropV4/V6: the router drops echo requests to them.
+	EchoDropV4 = netip.MustParseAddr("203.0.113.131")
+	EchoDropV6 = netip.MustParseAddr("2001:db8:a::131")
+	// EchoHalfV4/V6: the router drops each echo request to them with probability 1/2.
+	EchoHalfV4 = netip.MustParseAddr("203.0.113.132")
+	EchoHalfV6 = netip.MustParseAddr("2001:db8:a::132")
+	// OddV4 answers each echo request, from userspace, with a reply whose checksum is
+	// wrong, one whose data differs from the request's, the right reply and a duplicate
+	// of it, in that order; the server kernel's own replies from it are dropped.
+	OddV4 = netip.MustParseAddr("203.0.113.133")
+)
+
+// setupUDPICMP starts the UDP servers and the echo faults.
+func (l *Lab) setupUDPICMP() error {
+	for _, kv := range [][2]string{{"net.ipv4.icmp_ratelimit", "0"}, {"net.ipv6.icmp.ratelimit", "0"}} {
+		// The server answers closed UDP ports with ICMP; tests draw many such answers.
+		if err := l.Server.Sysctl(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	for _, a := range []netip.Addr{ServerV4, ServerV6} {
+		if err := l.serveUDPEcho(netip.AddrPortFrom(a, PortUDPEcho)); err != nil {
+			return err
+		}
+		if err := l.serveDNS(netip.AddrPortFrom(a, PortDNS)); err != nil {
+			return err
+		}
+		kw := ipKw(a)
+		if err := l.routerRule(fmt.Sprintf("%s daddr %s udp dport %d drop", kw, a, PortUDPDrop)); err != nil {
+			return err
+		}
+	}
+	for _, a := range []netip.Addr{EchoDropV4, EchoDropV6} {
+		if err := l.routerRule(fmt.Sprintf("%s daddr %s %s drop", ipKw(a), a, echoMatch(a))); err != nil {
+			return err
+		}
+	}
+	for _, a := range []netip.Addr{EchoHalfV4, EchoHalfV6} {
+		if err := l.routerRule(fmt.Sprintf("%s daddr %s %s numgen random mod 2 == 0 drop", ipKw(a), a, echoMatch(a))); err != nil {
+			return err
+		}
+	}
+	return l.serveOddEcho()
+}
+
+func echoMatch(a netip.Addr) string {
+	if a.Is4() {
+		return "icmp type echo-request"
+	}
+	return "icmpv6 type echo-request"
+}
+
+// serveUDPEcho echoes datagrams on addr, from addr (so a connected client accepts them).
+func (l *Lab) serveUDPEcho(addr netip.AddrPort) error {
+	var pc net.PacketConn
+	err := l.Server.Do(func() (err error) { pc, err = net.ListenPacket("udp", addr.String()); return err })
+	if err != nil {
+		return fmt.Errorf("udp echo on %s: %w", addr, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+	l.AddCloser(func() { pc.Close(); <-done })
+	return nil
+}
+
+// serveDNS answers every query on addr; ". NS" gets one NS record.
+func (l *Lab) serveDNS(addr netip.AddrPort) error {
+	var pc net.PacketConn
+	err := l.Server.Do(func() (err error) { pc, err = net.ListenPacket("udp", addr.String()); return err })
+	if err != nil {
+		return fmt.Errorf("dns on %s: %w", addr, err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if len(r.Question) == 1 && r.Question[0].Name == "." && r.Question[0].Qtype == dns.TypeNS {
+			m.Answer = append(m.Answer, &dns.NS{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns.lab.example."})
+		}
+		_ = w.WriteMsg(m)
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ActivateAndServe() }()
+	l.AddCloser(func() { _ = srv.Shutdown(); <-done })
+	return nil
+}
+
+// serveOddEcho runs OddV4's userspace responder (a raw socket in the server namespace).
+func (l *Lab) serveOddEcho() error {
+	if err := l.Server.Nft(fmt.Sprintf(`table inet reachd_lab_srv {
+ chain out { type filter hook output priority 0; policy accept;
+  ip saddr %s icmp type echo-reply meta mark != %#x drop
+ }
+}
+`, OddV4, oddMark)); err != nil {
+		return err
+	}
+	var fd int
+	err := l.Server.Do(func() (err error) {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("odd echo responder: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, oddMark); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	f := os.NewFile(uintptr(fd), "odd-echo")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, err := f.Read(buf)
+			if err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return
+				}
+				continue
+			}
+			oddAnswer(fd, buf[:n])
+		}
+	}()
+	l.AddCloser(func() { f.Close(); <-done })
+	return nil
+}
+
+// oddAnswer answers one echo request to OddV4 four ways (see OddV4).
+func oddAnswer(fd int, pkt []byte) {
+	if len(pkt) < 20 {
+		return
+	}
+	hl := int(pkt[0]&0x0f) * 4
+	if len(pkt) < hl+8 || netip.AddrFrom4([4]byte(pkt[16:20])) != OddV4 || pkt[hl] != 8 {
+		return
+	}
+	src := [4]byte(pkt[12:16])
+	req := pkt[hl:]
+	reply := func(mutate func([]byte)) []byte {
+		b := append([]byte(nil), req...)
+		b[0], b[2], b[3] = 0, 0, 0
+		if mutate != nil {
+			mutate(b)
+		}
+		binary.BigEndian.PutUint16(b[2:4], checksum(b))
+		return b
+	}
+	bad := reply(nil)
+	bad[2] ^= 0xff // damaged on the way
+	wrong := reply(func(b []byte) {
+		if len(b) > 8+oddReplyOffset {
+			b[8+oddReplyOffset] ^= 0xff
+		}
+	})
+	good := reply(nil)
+	sa := &unix.SockaddrInet4{Addr: src}
+	// The socket is not bound (it reads requests to every address): IP_PKTINFO sets the
+	// replies' source to OddV4.
+	oob := pktinfo4(OddV4)
+	for _, b := range [][]byte{bad, wrong, good, good} {
+		_ = unix.Sendmsg(fd, b, oob, sa, 0)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func pktinfo4(src netip.Addr) []byte {
+	b := make([]byte, unix.CmsgSpace(unix.SizeofInet4Pktinfo))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+	h.Level, h.Type = unix.SOL_IP, unix.IP_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+	data := b[unix.CmsgLen(0):]
+	a := src.As4()
+	copy(data[4:8], a[:]) // ipi_spec_dst: the source address
+	return b
+}
+
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
