@@ -21,8 +21,14 @@ check-generated: generate ## fail if the committed eBPF objects are not what the
 
 test: test-unit test-lab ## all tests (lab tests need root; with CI=true a skip fails)
 
-test-unit: ## unit tests, no root needed
+FUZZTIME ?= 60s
+# Every fuzz target that reads bytes from the network or the user: package and name.
+FUZZ_TARGETS := probe:FuzzParseExtendedErr probe:FuzzParseICMP probe:FuzzParseQuotedEcho \
+	probe:FuzzRxControl probe:FuzzReplyChecks target:FuzzParseHostPort
+
+test-unit: ## unit tests, no root needed, and a short run of every fuzz target
 	$(GO) test -count=1 -skip 'Bench' ./pkg/... ./cmd/... ./internal/...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=2s
 
 test-lab: build ## namespace lab tests (root)
 	@if [ -d tests/lab ] && ls tests/lab/*_test.go >/dev/null 2>&1; then \
@@ -36,9 +42,11 @@ bench: build ## benchmarks: TC per-packet cost, 1,000-target run wall time and p
 	REACHD_BENCH=1 $(GO) test -count=1 -v -run 'Bench' ./pkg/wire/ | grep -E '^(BENCH|ok|FAIL|---)'
 	REACHD_BENCH=1 REACHD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -run 'Bench' -timeout 20m ./tests/lab/
 
-fuzz: ## longer fuzz runs of the byte parsers
-	$(GO) test -run '^$$' -fuzz FuzzParseExtendedErr -fuzztime 60s ./pkg/probe/
-	$(GO) test -run '^$$' -fuzz FuzzParseHostPort -fuzztime 60s ./pkg/target/
+fuzz: ## fuzz every byte parser for FUZZTIME each (default 60s; make test runs 2s each)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) ./pkg/$${t%%:*}/ >/tmp/reachd-fuzz.log 2>&1 || { cat /tmp/reachd-fuzz.log; exit 1; }; tail -1 /tmp/reachd-fuzz.log; \
+	done
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
