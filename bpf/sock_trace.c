@@ -42,7 +42,7 @@ static __always_inline void emit_sock(const struct sock *sk, __u64 token, __u8 k
 		bpf_probe_read_kernel(e->key.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_probe_read_kernel(e->key.raddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
-	bpf_ringbuf_submit(e, 0);
+	submit_event(e);
 }
 
 static __always_inline __u64 *sock_token(const struct sock *sk)

@@ -148,7 +148,7 @@ static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u6
 		__builtin_memcpy(e->from, from, 4);
 	else if (from_len == 16)
 		__builtin_memcpy(e->from, from, 16);
-	bpf_ringbuf_submit(e, 0);
+	submit_event(e);
 }
 
 /* The quoted header of an ICMP error: the original packet, sent by the prober, so it is

@@ -94,6 +94,18 @@ struct {
 	__type(value, __u64);
 } lost_events SEC(".maps");
 
+/* Submit without waking the reader: userspace drains the ring when a probe needs its
+ * events (a flush), so per-event wake-ups — tens of thousands a second when many echoes are
+ * in flight — would only burn CPU. Once a quarter of the ring is waiting, wake it anyway so
+ * the ring never fills between a probe's flushes. */
+#define WAKE_BYTES (256 << 10)
+static __always_inline void submit_event(void *e)
+{
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
+										      : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+}
+
 static __always_inline void count_lost(void)
 {
 	__u32 zero = 0;

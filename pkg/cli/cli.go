@@ -70,7 +70,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // openWire loads the eBPF observer and says in one line at start what is degraded, why and
 // how to fix it; a verifier rejection is followed by the verifier's log.
-func openWire(stderr io.Writer, tcMode string) *wire.Observer {
+func openWire(stderr io.Writer, opt wire.Options) *wire.Observer {
+	tcMode := opt.TC
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// A verifier error's message is its log's last line; the whole log follows the line.
 	warn := func(msg string, err error) {
@@ -79,7 +80,7 @@ func openWire(stderr io.Writer, tcMode string) *wire.Observer {
 			fmt.Fprintln(stderr, vlog)
 		}
 	}
-	obs, err := wire.Open(log, wire.Options{TC: tcMode})
+	obs, err := wire.Open(log, opt)
 	if err != nil {
 		warn("eBPF unavailable: timing in userspace", err)
 		return nil
@@ -285,7 +286,7 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 		return usagef("REACHD_TC: %v", err)
 	}
 	if !pf.noEBPF {
-		if obs := openWire(stderr, tcMode); obs != nil {
+		if obs := openWire(stderr, wire.Options{TC: tcMode, NoTracepoints: kind != "tcp"}); obs != nil {
 			defer closeWire(stderr, obs)
 			opts.Wire = obs
 		}

@@ -23,11 +23,57 @@ type Route struct {
 	Type      string
 }
 
+// handles are netlink sockets kept for route and link lookups: every probe attempt asks
+// for its route, and a socket per question (the package-level netlink calls) costs more
+// system calls than the question. A handle serialises requests on its socket, so a few are
+// kept for the many attempts that start at once.
+var handles = make(chan *netlink.Handle, 4)
+
+func init() {
+	for range cap(handles) {
+		handles <- nil // opened on first use
+	}
+}
+
+// withHandle runs fn with a pooled handle (one without a socket of its own if none can be
+// opened: then each request opens one).
+func withHandle(fn func(h *netlink.Handle)) {
+	h := <-handles
+	if h == nil {
+		if nh, err := netlink.NewHandle(unix.NETLINK_ROUTE); err == nil {
+			h = nh
+		}
+	}
+	defer func() { handles <- h }()
+	if h == nil {
+		fn(&netlink.Handle{})
+		return
+	}
+	fn(h)
+}
+
 // RouteTo asks the kernel for the route to dst, leaving through oif when oif > 0.
 func RouteTo(dst netip.Addr, oif int) (Route, error) {
+	r, err := RouteLookup(dst, oif)
+	if err == nil && r.LinkIndex > 0 {
+		// One link by index, not net.InterfaceByIndex's dump of every interface.
+		withHandle(func(h *netlink.Handle) {
+			if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+				r.Dev = l.Attrs().Name
+			}
+		})
+	}
+	return r, err
+}
+
+// RouteLookup is RouteTo without the interface's name (Dev), which costs a second request:
+// probes ask it for every attempt, to know where to watch and from which address.
+func RouteLookup(dst netip.Addr, oif int) (Route, error) {
 	var r Route
 	opts := &netlink.RouteGetOptions{OifIndex: oif}
-	routes, err := netlink.RouteGetWithOptions(net.IP(dst.AsSlice()), opts)
+	var routes []netlink.Route
+	var err error
+	withHandle(func(h *netlink.Handle) { routes, err = h.RouteGetWithOptions(net.IP(dst.AsSlice()), opts) })
 	if err != nil {
 		return r, fmt.Errorf("route get %s: %w", dst, err)
 	}
@@ -44,11 +90,7 @@ func RouteTo(dst netip.Addr, oif int) (Route, error) {
 	if a, ok := netip.AddrFromSlice(rt.Src); ok {
 		r.Src = a.Unmap()
 	}
-	if rt.LinkIndex > 0 {
-		if ifc, err := net.InterfaceByIndex(rt.LinkIndex); err == nil {
-			r.Dev = ifc.Name
-		}
-	}
+
 	return r, nil
 }
 

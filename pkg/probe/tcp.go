@@ -227,6 +227,9 @@ func unresolvedNeighbor(a Attempt) (string, bool) {
 	if err != nil || !netctx.Unresolved(state) {
 		return "", false
 	}
+	if ifc, err := net.InterfaceByIndex(rt.LinkIndex); err == nil {
+		rt.Dev = ifc.Name
+	}
 	return fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s)", hop, rt.Dev, state), true
 }
 
@@ -240,7 +243,7 @@ func attemptRoute(a Attempt) (netctx.Route, error) {
 	} else if a.Interface != "" {
 		oif, _ = scopeID(a.Interface)
 	}
-	return netctx.RouteTo(dst.WithZone(""), oif)
+	return netctx.RouteLookup(dst.WithZone(""), oif)
 }
 
 // silenceDetail words a timeout; how says where the SYN count comes from.

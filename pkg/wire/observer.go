@@ -1,8 +1,6 @@
 package wire
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +40,9 @@ const (
 // Options configure an Observer.
 type Options struct {
 	TC string // TCAuto, TCX, TCLegacy or TCOff
+	// NoTracepoints skips the TCP tracepoints, for runs that probe no TCP (their load
+	// costs tens of milliseconds of CPU).
+	NoTracepoints bool
 }
 
 // CheckTCMode says whether mode is one of the TC attachment modes.
@@ -126,7 +127,9 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 			o.status.TC = TCX // until an attach says the kernel has no TCX
 		}
 	}
-	if o.tracer, err = loadTracer(m); err != nil {
+	if opt.NoTracepoints {
+		o.status.TraceErr = errors.New("TCP tracepoints not needed")
+	} else if o.tracer, err = loadTracer(m); err != nil {
 		o.status.TraceErr = err
 	} else {
 		o.status.Tracepoints = true
@@ -366,9 +369,9 @@ func (o *Observer) read() {
 		if len(rec.RawSample) < int(unsafe.Sizeof(e)) {
 			continue
 		}
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
-			continue
-		}
+		// The sample is the C struct, written by this host's kernel: a plain copy. (A
+		// reflective decode cost more than the rest of handling an event.)
+		e = *(*Event)(unsafe.Pointer(unsafe.SliceData(rec.RawSample)))
 		o.mu.Lock()
 		f := o.flows[e.Token]
 		o.mu.Unlock()
@@ -555,12 +558,17 @@ func (o *Observer) sync(deadline time.Time) bool {
 	return true
 }
 
-// Monotonic returns CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
-func Monotonic() int64 {
+// monoBase pairs a CLOCK_MONOTONIC reading with Go's clock, whose monotonic part is the
+// same clock read through the vDSO: Monotonic then costs no system call (it is taken for
+// every packet a probe sends).
+var monoBase, monoAt = func() (int64, time.Time) {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return ts.Nano()
-}
+	return ts.Nano(), time.Now()
+}()
+
+// Monotonic returns CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+func Monotonic() int64 { return monoBase + int64(time.Since(monoAt)) }
 
 // TCStats is the kernel's accounting of the TC programs (while run-time statistics are
 // enabled: ebpf.EnableStats or kernel.bpf_stats_enabled).
