@@ -93,8 +93,10 @@ func parsePort(p string) (uint16, error) {
 			return 0, fmt.Errorf("port %s is out of range 1-65535", p)
 		}
 		// Service names come from /etc/services only: no network is asked.
+		// LookupPort also takes signed numbers ("+" is port 0): a service name starts
+		// with a letter.
 		sp, lerr := net.LookupPort("tcp", p)
-		if lerr != nil {
+		if lerr != nil || sp < 1 || sp > 65535 || !isLetter(p[0]) {
 			return 0, fmt.Errorf("unknown port or service %q", p)
 		}
 		return uint16(sp), nil
@@ -115,6 +117,9 @@ func (t *Target) setHost(host string, bracketed bool) error {
 		}
 		if a.Is4In6() && a.Zone() == "" {
 			a = a.Unmap()
+		}
+		if z := a.Zone(); z != "" && !validZone(z) {
+			return fmt.Errorf("zone %q is not an interface name or index", z)
 		}
 		t.Addr = a
 		return nil
@@ -152,4 +157,20 @@ func checkName(name string) error {
 		return fmt.Errorf("invalid IPv4 address %q", name)
 	}
 	return nil
+}
+
+func isLetter(c byte) bool { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') }
+
+// validZone accepts what can name a Linux interface (at most 15 bytes, printable, no
+// space, '/' or ':') or an interface index.
+func validZone(z string) bool {
+	if len(z) > 15 {
+		return false
+	}
+	for i := 0; i < len(z); i++ {
+		if c := z[i]; c <= ' ' || c > '~' || c == '/' || c == ':' {
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,7 @@
 // Command demo builds a throwaway namespace lab, shows reachd's verdicts against its
 // fixtures (an open port, a closed one, a silent drop, an admin-prohibited reject, a host
-// that never answers ARP, a missing route) and tears the lab down.
+// that never answers ARP, a missing route; echoes with loss and odd replies; UDP replies,
+// closed and silent ports, DNS) and tears the lab down.
 package main
 
 import (
@@ -79,6 +80,16 @@ func run() int {
 	show("probe", "tcp", "--json", "--retries", "0", ap(lab.ServerV4, lab.PortFirstSYNDrop))
 	show("probe", "tcp", "--json", "--retries", "0", "--no-ebpf", ap(lab.ServerV4, lab.PortFirstSYNDrop))
 	show("probe", "tcp", "--json", "--retries", "0", ap(lab.AdminV4, lab.PortOpen))
+
+	fmt.Println("\nICMP echo: one shared socket per family; loss, ICMP errors with their sender, a missing neighbor.")
+	fmt.Println("203.0.113.132 loses half its echo requests at the router; 203.0.113.133 sends damaged and duplicate replies.")
+	show("probe", "icmp", "--retries", "0", "--timeout", "2s", lab.ServerV4.String(), lab.ServerV6.String(), "fe80::1%"+lab.ClientIf,
+		lab.AdminV4.String(), lab.GhostV4.String(), lab.UnroutedV6.String(), lab.EchoDropV4.String())
+	show("probe", "icmp", "--retries", "0", "--count", "20", "--interval", "20ms", lab.EchoHalfV4.String(), lab.OddV4.String())
+	fmt.Println("\nUDP: a reply, a closed port (ICMP port unreachable), silence (open_filtered, never 'closed'), a router reject, DNS.")
+	show("probe", "udp", "--retries", "0", "--timeout", "1s", "--payload-hex", "7265616368640a",
+		ap(lab.ServerV4, lab.PortUDPEcho), ap(lab.ServerV4, lab.PortUDPClosed), ap(lab.ServerV6, lab.PortUDPDrop), ap(lab.AdminV4, lab.PortDNS))
+	show("probe", "udp", "--json", "--retries", "0", "--payload", "dns", ap(lab.ServerV6, lab.PortDNS))
 	if *hold > 0 {
 		fmt.Printf("\nlab held for %s (Ctrl-C ends it): nsenter --net=%s %s probe ...\n", *hold, l.Client.Path(), *bin)
 		fmt.Printf("router: %s  server: %s\n", l.Router.Path(), l.Server.Path())
