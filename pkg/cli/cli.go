@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"reachd/pkg/netctx"
 	"reachd/pkg/probe"
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
@@ -280,6 +281,7 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 	if kind == "icmp" || kind == "udp" {
 		defer probe.WarmTimestamps()()
 	}
+	defer netctx.Release()
 	// Checked with --no-ebpf too: a typo must not wait for the day eBPF is turned on.
 	tcMode := os.Getenv("REACHD_TC")
 	if err := wire.CheckTCMode(tcMode); err != nil {

@@ -35,6 +35,19 @@ func init() {
 	}
 }
 
+// Release closes the pooled netlink sockets (the next lookup opens them again). A
+// one-shot run calls it when done, so it leaves no descriptors behind.
+func Release() {
+	for range cap(handles) {
+		if h := <-handles; h != nil {
+			h.Close()
+		}
+	}
+	for range cap(handles) {
+		handles <- nil
+	}
+}
+
 // withHandle runs fn with a pooled handle (one without a socket of its own if none can be
 // opened: then each request opens one).
 func withHandle(fn func(h *netlink.Handle)) {

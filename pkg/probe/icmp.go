@@ -310,13 +310,9 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool) Result {
 		}
 	case lastErr != nil:
 		ee := lastErr.e.err
-		reason, name := ClassifyICMP(v6, ee.typ, ee.code)
-		ic := &verdict.ICMP{Type: ee.typ, Code: ee.code, Name: name}
-		if ee.from.IsValid() {
-			ic.From = ee.from.String()
-		}
-		res.Reason, res.ICMP = reason, ic
-		res.Detail = icmpDetail(ic, v6)
+		var reason verdict.Reason
+		reason, res.ICMP, res.Detail = icmpAnswer(v6, ee.typ, ee.code, ee.from)
+		res.Reason = reason
 		if len(echoes) > 1 {
 			res.Detail += fmt.Sprintf(" (no reply to any of %d echo requests)", len(echoes))
 		}

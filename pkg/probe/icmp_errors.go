@@ -2,6 +2,7 @@ package probe
 
 import (
 	"fmt"
+	"net/netip"
 
 	"reachd/pkg/verdict"
 )
@@ -97,4 +98,15 @@ func icmpDetail(ic *verdict.ICMP, v6 bool) string {
 		proto = "ICMPv6"
 	}
 	return fmt.Sprintf("%s %s (type %d code %d) from %s", proto, ic.Name, ic.Type, ic.Code, ic.From)
+}
+
+// icmpAnswer is what every probe kind reports for an ICMP error that answered it: the
+// reason, the wire.icmp object and the detail sentence.
+func icmpAnswer(v6 bool, typ, code uint8, from netip.Addr) (verdict.Reason, *verdict.ICMP, string) {
+	reason, name := ClassifyICMP(v6, typ, code)
+	ic := &verdict.ICMP{Type: typ, Code: code, Name: name}
+	if from.IsValid() {
+		ic.From = from.String()
+	}
+	return reason, ic, icmpDetail(ic, v6)
 }

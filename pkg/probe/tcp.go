@@ -25,21 +25,10 @@ import (
 func TCP(ctx context.Context, a Attempt) Result {
 	deadline, _ := ctx.Deadline()
 	dst := a.Addr.Addr()
-	sa, err := sockaddrOf(a.Addr)
-	if err != nil {
-		return Result{Reason: verdict.LocalError, Detail: err.Error()}
+	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	if !ok {
+		return res
 	}
-	domain := unix.AF_INET
-	if dst.Is6() {
-		domain = unix.AF_INET6
-	}
-	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-	if err != nil {
-		return socketError("socket", err)
-	}
-	// os.NewFile puts a non-blocking fd on the runtime's poller, so waiting for the
-	// handshake costs no thread, and deadlines work as for any net.Conn.
-	f := os.NewFile(uintptr(fd), "reachd-tcp-probe")
 	defer f.Close()
 
 	if res, ok := setupSocket(fd, dst.Is6(), a); !ok {
@@ -56,11 +45,11 @@ func TCP(ctx context.Context, a Attempt) Result {
 			Detail: "the attempt's deadline passed before connect() was issued: the prober is overloaded"}
 	}
 	startMono, start := wire.Monotonic(), time.Now()
-	err = unix.Connect(fd, sa)
+	err := unix.Connect(fd, sa)
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) && !errors.Is(err, unix.EINTR) {
 		return connectError(err, a)
 	}
-	res := tcpOutcome(f, fd, deadline, start, a)
+	res = tcpOutcome(f, fd, deadline, start, a)
 	if flow != nil {
 		res = applyWire(res, flow, start, startMono)
 	}
@@ -104,6 +93,25 @@ func tcpOutcome(f *os.File, fd int, deadline, start time.Time, a Attempt) Result
 		return icmpResult(res, q, dst.Is6())
 	}
 	return asyncErrnoResult(res, soErr, elapsed)
+}
+
+// probeSocket opens a non-blocking socket of the attempt's family and the address to
+// send to; ok=false returns why it failed. os.NewFile puts the fd on the runtime's
+// poller, so waiting for an answer costs no thread, and deadlines work as for a net.Conn.
+func probeSocket(a Attempt, typ, proto int) (f *os.File, fd int, sa unix.Sockaddr, res Result, ok bool) {
+	sa, err := sockaddrOf(a.Addr)
+	if err != nil {
+		return nil, -1, nil, Result{Reason: verdict.LocalError, Detail: err.Error()}, false
+	}
+	domain := unix.AF_INET
+	if a.Addr.Addr().Is6() {
+		domain = unix.AF_INET6
+	}
+	fd, err = unix.Socket(domain, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, -1, nil, socketError("socket", err), false
+	}
+	return os.NewFile(uintptr(fd), "reachd-probe"), fd, sa, Result{}, true
 }
 
 // setupSocket sets the options every probe socket needs; ok=false returns why it failed.
@@ -252,13 +260,7 @@ func silenceDetail(waited time.Duration, sent int, how string) string {
 }
 
 func icmpResult(res Result, q QueuedError, v6 bool) Result {
-	reason, name := ClassifyICMP(v6, q.Type, q.Code)
-	ic := &verdict.ICMP{Type: q.Type, Code: q.Code, Name: name}
-	if q.Offender.IsValid() {
-		ic.From = q.Offender.String()
-	}
-	res.Reason, res.ICMP = reason, ic
-	res.Detail = icmpDetail(ic, v6)
+	res.Reason, res.ICMP, res.Detail = icmpAnswer(v6, q.Type, q.Code, q.Offender)
 	res.icmpAt = q.At
 	return res
 }

@@ -30,19 +30,10 @@ func UDP(ctx context.Context, a Attempt) Result {
 		timeout = time.Until(deadline)
 	}
 	dst := a.Addr.Addr()
-	sa, err := sockaddrOf(a.Addr)
-	if err != nil {
-		return Result{Reason: verdict.LocalError, Detail: err.Error()}
+	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
+	if !ok {
+		return res
 	}
-	domain := unix.AF_INET
-	if dst.Is6() {
-		domain = unix.AF_INET6
-	}
-	fd, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
-	if err != nil {
-		return socketError("socket", err)
-	}
-	f := os.NewFile(uintptr(fd), "reachd-udp-probe")
 	defer f.Close()
 	tc := a.Wire != nil && a.Wire.HasTC()
 	if res, ok := setupUDPSocket(fd, dst.Is6(), a, !tc); !ok {
@@ -92,7 +83,7 @@ func UDP(ctx context.Context, a Attempt) Result {
 		evs = flow.Sync(time.Now().Add(catchUp))
 		slices.SortFunc(evs, func(x, y wire.Event) int { return int(int64(x.TsNs) - int64(y.TsNs)) })
 	}
-	res := u.result(evs, a, timeout)
+	res = u.result(evs, a, timeout)
 	if sn, err := unix.Getsockname(fd); err == nil {
 		res.Local = addrPortOf(sn)
 	}
@@ -421,17 +412,11 @@ func (u *udpConn) result(evs []wire.Event, a Attempt, timeout time.Duration) Res
 		}
 	case lastErr != nil:
 		q := lastErr.d.err
-		reason, name := ClassifyICMP(v6, q.Type, q.Code)
-		if q.Origin == eeOriginICMP && v6 {
-			// Only the errno was known (errnoAsICMP): name it in ICMP's terms.
-			reason, name = ClassifyICMP(false, q.Type, q.Code)
-		}
-		ic := &verdict.ICMP{Type: q.Type, Code: q.Code, Name: name}
-		if q.Offender.IsValid() {
-			ic.From = q.Offender.String()
-		}
-		res.ICMP = ic
-		res.Reason, res.Detail = reason, icmpDetail(ic, v6)
+		// Only the errno was known (errnoAsICMP): it is named in ICMP's terms.
+		asV6 := v6 && q.Origin != eeOriginICMP
+		var reason verdict.Reason
+		reason, res.ICMP, res.Detail = icmpAnswer(asV6, q.Type, q.Code, q.Offender)
+		res.Reason = reason
 		if lastErr.source != verdict.SourceUserspace {
 			res.TimingSource = lastErr.source
 		}
