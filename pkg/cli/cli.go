@@ -431,7 +431,11 @@ func checkTargetAgainstOptions(t target.Target, o *probe.Options) error {
 		return usagef("target %q is %s but the family asked for is %s", t.Raw, tf, o.Family)
 	}
 	if t.Addr.Is6() && t.Addr.IsLinkLocalUnicast() && t.Addr.Zone() == "" && o.Interface == "" {
-		return usagef("target %q is link-local: give its zone ([fe80::1%%eth0]:80) or --interface", t.Raw)
+		example := "[fe80::1%eth0]:80"
+		if t.Port == 0 {
+			example = "fe80::1%eth0"
+		}
+		return usagef("target %q is link-local: give its zone (%s) or --interface", t.Raw, example)
 	}
 	if z := t.Addr.Zone(); z != "" {
 		if _, err := net.InterfaceByName(z); err != nil && !isNumber(z) {

@@ -66,6 +66,9 @@ func ParseHost(s string) (Target, error) {
 		return t, errors.New("empty target (want HOST)")
 	}
 	host := s
+	if h, _, err := net.SplitHostPort(s); err == nil {
+		return t, fmt.Errorf("target %q has a port, but this kind takes a host only (e.g. %s)", s, h)
+	}
 	bracketed := strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]")
 	if bracketed {
 		host = s[1 : len(s)-1]

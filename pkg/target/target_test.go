@@ -77,7 +77,7 @@ func TestParseHost(t *testing.T) {
 			t.Errorf("%q: %v", in, err)
 		}
 	}
-	for _, in := range []string{"", "[198.51.100.7]", "a b", "2001:db8::zz", "fe80::1%eth0\x01", "fe80::1%a/b"} {
+	for _, in := range []string{"", "[198.51.100.7]", "a b", "2001:db8::zz", "198.51.100.7:80", "[2001:db8::1]:80", "fe80::1%eth0\x01", "fe80::1%a/b"} {
 		if _, err := ParseHost(in); err == nil {
 			t.Errorf("%q: no error", in)
 		}
