@@ -67,37 +67,61 @@ func ParseExtendedErr(b []byte) (QueuedError, error) {
 	return q, nil
 }
 
-// parseErrQueueOOB decodes the control messages of one MSG_ERRQUEUE read.
-func parseErrQueueOOB(oob []byte) []QueuedError {
+// rxMeta is what the control messages of a received packet say.
+type rxMeta struct {
+	at  time.Time
+	ttl int
+	ee  *QueuedError
+}
+
+func parseRxOOB(oob []byte) rxMeta {
+	m := rxMeta{ttl: -1}
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return nil
+		return m
 	}
-	var out []QueuedError
-	var at time.Time
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
-			// struct timespec on the 64-bit targets reachd builds for.
-			sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
-			nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
-			if sec != 0 || nsec != 0 {
-				at = time.Unix(sec, nsec)
+	for _, c := range msgs {
+		switch {
+		case c.Header.Level == unix.SOL_SOCKET && (c.Header.Type == unix.SCM_TIMESTAMPING || c.Header.Type == unix.SCM_TIMESTAMPNS):
+			m.at = timespecAt(c.Data)
+		case (c.Header.Level == unix.SOL_IP && c.Header.Type == unix.IP_TTL) ||
+			(c.Header.Level == unix.SOL_IPV6 && c.Header.Type == unix.IPV6_HOPLIMIT):
+			if len(c.Data) >= 4 {
+				m.ttl = int(binary.NativeEndian.Uint32(c.Data[:4]))
 			}
-			continue
-		}
-		isV4 := m.Header.Level == unix.SOL_IP && m.Header.Type == unix.IP_RECVERR
-		isV6 := m.Header.Level == unix.SOL_IPV6 && m.Header.Type == unix.IPV6_RECVERR
-		if !isV4 && !isV6 {
-			continue
-		}
-		if q, err := ParseExtendedErr(m.Data); err == nil {
-			out = append(out, q)
+		case (c.Header.Level == unix.SOL_IP && c.Header.Type == unix.IP_RECVERR) ||
+			(c.Header.Level == unix.SOL_IPV6 && c.Header.Type == unix.IPV6_RECVERR):
+			if q, err := ParseExtendedErr(c.Data); err == nil {
+				m.ee = &q
+			}
 		}
 	}
-	for i := range out {
-		out[i].At = at
+	if m.ee != nil {
+		m.ee.At = m.at // the error's receive stamp (or, for a transmit report, the send's)
 	}
-	return out
+	return m
+}
+
+// timespecAt reads the first struct timespec of a timestamp control message (the software
+// stamp of SCM_TIMESTAMPING), on the 64-bit targets reachd builds for.
+func timespecAt(b []byte) time.Time {
+	if len(b) < 16 {
+		return time.Time{}
+	}
+	sec := int64(binary.NativeEndian.Uint64(b[0:8]))
+	nsec := int64(binary.NativeEndian.Uint64(b[8:16]))
+	if sec == 0 && nsec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, nsec)
+}
+
+// parseErrQueueOOB decodes the control messages of one MSG_ERRQUEUE read.
+func parseErrQueueOOB(oob []byte) []QueuedError {
+	if m := parseRxOOB(oob); m.ee != nil {
+		return []QueuedError{*m.ee}
+	}
+	return nil
 }
 
 // drainErrQueue reads every pending message of fd's error queue without blocking.

@@ -80,11 +80,11 @@ func ICMP(ctx context.Context, a Attempt) Result {
 	if flow != nil && len(echoes) > 0 {
 		evs = echoEvents(flow, echoes)
 	}
-	res := echoResult(echoes, evs, a, k.v6)
-	res.EchoID = new(int(p.id))
 	if len(echoes) == 0 && sendErr != nil {
 		return sendError("send echo request", sendErr, a)
 	}
+	res := echoResult(echoes, evs, a, k.v6, timeout)
+	res.EchoID = new(int(p.id))
 	st := res.Stats
 	st.Duplicates = int(c.duplicates.Load())
 	st.Late = int(c.late.Load())
@@ -154,10 +154,7 @@ func echoEvents(f *wire.Flow, echoes []*echo) []wire.Event {
 	// may be a damaged copy that userspace rejected.
 	complete := func(evs []wire.Event) bool {
 		for _, e := range echoes {
-			anchor := int64(0)
-			if !e.rxKernel.IsZero() {
-				anchor = e.sentMono + int64(e.rxKernel.Sub(e.sentWall)) - int64(20*time.Microsecond)
-			}
+			anchor := monoAt(e.rxKernel, e.sentWall, e.sentMono) - int64(20*time.Microsecond)
 			req, ans := false, !e.answered
 			for _, ev := range evs {
 				switch k := wire.EventKind(ev.Kind); {
@@ -197,10 +194,7 @@ func timeEcho(e *echo, evs []wire.Event) echoTiming {
 	t := echoTiming{e: e, source: verdict.SourceUserspace, tx: e.sentWall, rx: e.rxUser}
 	// TC sees every reply, also the damaged ones and the copies userspace rejected: the
 	// answer is the one nearest to when the kernel received the accepted packet.
-	anchor := int64(0)
-	if !e.rxKernel.IsZero() {
-		anchor = e.sentMono + int64(e.rxKernel.Sub(e.sentWall))
-	}
+	anchor := monoAt(e.rxKernel, e.sentWall, e.sentMono)
 	var req, ans uint64
 	for _, ev := range evs {
 		k := wire.EventKind(ev.Kind)
@@ -225,6 +219,15 @@ func timeEcho(e *echo, evs []wire.Event) echoTiming {
 	return t
 }
 
+// monoAt converts wall-clock instant t to CLOCK_MONOTONIC ns through a pair of readings
+// taken together (wall, mono); a zero t gives 0, "no anchor".
+func monoAt(t, wall time.Time, mono int64) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return mono + int64(t.Sub(wall))
+}
+
 // nearer reports whether ts is nearer to anchor than best is; without an anchor (0) the
 // earlier one wins.
 func nearer(ts, best uint64, anchor int64) bool {
@@ -241,7 +244,18 @@ func nearer(ts, best uint64, anchor int64) bool {
 	return d(ts) < d(best)
 }
 
-// sourceRank orders timing sources, worst first: a summary is only as good as its worst part.
+// worstSource is the worst of the sources that timed a summary's packets: a summary is
+// only as good as its worst part.
+func worstSource(sources []string) string {
+	worst := verdict.SourceWire
+	for _, s := range sources {
+		if sourceRank(s) < sourceRank(worst) {
+			worst = s
+		}
+	}
+	return worst
+}
+
 func sourceRank(s string) int {
 	switch s {
 	case verdict.SourceWire:
@@ -254,7 +268,7 @@ func sourceRank(s string) int {
 
 // echoResult turns an attempt's echoes into a result: ok if any was answered, else the
 // last ICMP error, else silence.
-func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool) Result {
+func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool, waited time.Duration) Result {
 	res := Result{sent: len(echoes) > 0}
 	st := &verdict.Stats{Count: len(echoes)}
 	res.Stats = st
@@ -282,21 +296,18 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool) Result {
 	res.WireTimes = wt
 	switch {
 	case len(replies) > 0:
-		fillStats(st, replies)
+		rtts, sources := make([]time.Duration, len(replies)), make([]string, len(replies))
+		for i, r := range replies {
+			rtts[i], sources[i] = r.rtt, r.source
+		}
 		first := replies[0]
 		wt.EchoTx, wt.EchoReply = first.tx, first.rx
 		if first.e.ttl >= 0 {
 			res.ReplyTTL = new(first.e.ttl)
 		}
 		res.Reason, res.HasRTT = verdict.OK, true
-		res.TimingSource = verdict.SourceWire
-		for _, r := range replies {
-			if sourceRank(r.source) < sourceRank(res.TimingSource) {
-				res.TimingSource = r.source
-			}
-		}
+		res.RTT, res.TimingSource = rttStats(st, rtts), worstSource(sources)
 		if len(echoes) == 1 {
-			res.RTT = first.rtt
 			res.Detail = fmt.Sprintf("echo reply from %s in %s", first.e.dst, fmtRTT(first.rtt))
 			if first.e.ttl >= 0 && v6 {
 				res.Detail += fmt.Sprintf(", hop limit %d", first.e.ttl)
@@ -304,7 +315,6 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool) Result {
 				res.Detail += fmt.Sprintf(", TTL %d", first.e.ttl)
 			}
 		} else {
-			res.RTT = time.Duration(float64(*st.AvgMs) * float64(time.Millisecond))
 			res.Detail = fmt.Sprintf("%d/%d echo replies (%.1f%% loss), min/avg/max %s/%s/%s ms",
 				st.Received, st.Count, st.LossPct, fmtMs(st.MinMs), fmtMs(st.AvgMs), fmtMs(st.MaxMs))
 		}
@@ -328,10 +338,6 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool) Result {
 			}
 		}
 	case len(echoes) > 0:
-		waited := time.Duration(0)
-		if a.Timeout > 0 {
-			waited = a.Timeout
-		}
 		res.Reason = verdict.Timeout
 		res.waited = waited
 		res.Detail = fmt.Sprintf("no echo reply or ICMP error within %s of %d echo request(s)", waited.Round(time.Millisecond), len(echoes))
@@ -356,22 +362,24 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool) Result {
 	return res
 }
 
-// fillStats sets min/avg/max/stddev from the answered echoes.
-func fillStats(st *verdict.Stats, rs []echoTiming) {
-	lo, hi, sum := rs[0].rtt, rs[0].rtt, 0.0
-	for _, r := range rs {
-		lo, hi = min(lo, r.rtt), max(hi, r.rtt)
-		sum += float64(r.rtt)
+// rttStats sets st's min/avg/max/stddev from the answered packets' round trips and returns
+// their mean: the headline rtt_ms (a single packet's own round trip).
+func rttStats(st *verdict.Stats, rtts []time.Duration) time.Duration {
+	lo, hi, sum := rtts[0], rtts[0], 0.0
+	for _, r := range rtts {
+		lo, hi = min(lo, r), max(hi, r)
+		sum += float64(r)
 	}
-	mean := sum / float64(len(rs))
+	mean := sum / float64(len(rtts))
 	var sq float64
-	for _, r := range rs {
-		d := float64(r.rtt) - mean
+	for _, r := range rtts {
+		d := float64(r) - mean
 		sq += d * d
 	}
-	std := math.Sqrt(sq / float64(len(rs)))
+	std := math.Sqrt(sq / float64(len(rtts)))
 	st.MinMs, st.MaxMs = verdict.MsPtr(lo), verdict.MsPtr(hi)
 	st.AvgMs, st.StddevMs = verdict.MsPtr(time.Duration(mean)), verdict.MsPtr(time.Duration(std))
+	return time.Duration(mean)
 }
 
 func fmtRTT(d time.Duration) string {

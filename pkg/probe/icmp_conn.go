@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"sync"
@@ -48,7 +47,6 @@ type pinger struct {
 	id    uint16 // echo identifier: random (raw) or the kernel's (ping sockets rewrite it)
 	nonce [8]byte
 	done  chan struct{} // closed when the reader has returned
-	log   *slog.Logger
 
 	mu      sync.Mutex
 	refs    int
@@ -59,7 +57,6 @@ type pinger struct {
 	ringLen int
 	ringPos int
 	watches map[netip.Addr]*watch
-	stray   atomic.Int64 // answers that matched no probe at all
 }
 
 // echo is one echo request in flight and what answered it.
@@ -74,7 +71,6 @@ type echo struct {
 
 	// Set by the reader under pinger.mu, before done is closed.
 	answered bool
-	expired  bool
 	rxUser   time.Time // when the reader got it
 	rxKernel time.Time // the kernel's receive timestamp; zero if none
 	txKernel time.Time // the kernel's transmit timestamp; zero if none
@@ -89,13 +85,14 @@ type echoError struct {
 
 // echoCounters are one attempt's answers that were not answers.
 type echoCounters struct {
-	duplicates, late, corrupt, foreign atomic.Int64
+	duplicates, late, corrupt atomic.Int64
 }
 
 // watch is a destination some attempt is probing: its registered flow (shared by
-// concurrent attempts to it) and the other programs' replies from it.
+// concurrent attempts to it) and the replies from it that no echo of ours explains.
 type watch struct {
 	refs    int
+	ready   chan struct{} // closed once flow is set (or known to stay nil)
 	flow    *wire.Flow
 	foreign atomic.Int64
 	corrupt atomic.Int64
@@ -212,7 +209,7 @@ func openPinger(k pingerKey) (p *pinger, err error) {
 			unix.Close(fd)
 		}
 	}()
-	p = &pinger{key: k, fd: fd, raw: raw, done: make(chan struct{}), log: slog.Default(),
+	p = &pinger{key: k, fd: fd, raw: raw, done: make(chan struct{}),
 		pending: map[uint16]*echo{}, recent: map[uint16]*echo{}, watches: map[netip.Addr]*watch{}}
 	if _, err := rand.Read(p.nonce[:]); err != nil {
 		return nil, err
@@ -335,19 +332,23 @@ func (p *pinger) watchDst(a Attempt) (*watch, func()) {
 	dst := a.Addr.Addr().WithZone("")
 	p.mu.Lock()
 	w := p.watches[dst]
-	if w == nil {
-		w = &watch{}
+	first := w == nil
+	if first {
+		w = &watch{ready: make(chan struct{})}
 		p.watches[dst] = w
 	}
 	w.refs++
-	register := w.refs == 1 && a.Wire != nil && a.Wire.HasTC()
 	p.mu.Unlock()
-	if register {
-		if f := registerEcho(a, p.id, p.key.v6); f != nil {
-			p.mu.Lock()
-			w.flow = f
-			p.mu.Unlock()
+	// The first attempt to dst registers its flow (a route lookup and maybe an attach:
+	// not under p.mu, which the reader needs); the others wait for it, so none sends an
+	// echo TC is not yet watching.
+	if first {
+		if a.Wire != nil && a.Wire.HasTC() {
+			w.flow = registerEcho(a, p.id, p.key.v6)
 		}
+		close(w.ready)
+	} else {
+		<-w.ready
 	}
 	return w, func() {
 		p.mu.Lock()
@@ -398,13 +399,18 @@ func (p *pinger) send(dst netip.Addr, c *echoCounters) (*echo, error) {
 	p.mu.Lock()
 	// Sequence numbers run on from a random start; one still pending or remembered is
 	// skipped, so no two echoes of this socket are ever confused.
+	free := false
 	for range 65536 {
 		s := p.nextSeq
 		p.nextSeq++
 		if p.pending[s] == nil && p.recent[s] == nil {
-			e.seq = s
+			e.seq, free = s, true
 			break
 		}
+	}
+	if !free {
+		p.mu.Unlock()
+		return nil, errors.New("all 65536 echo sequence numbers are in flight or recently used")
 	}
 	p.pending[e.seq] = e
 	p.mu.Unlock()
@@ -452,9 +458,6 @@ func (p *pinger) finish(echoes []*echo) {
 			continue
 		}
 		delete(p.pending, e.seq)
-		if !e.answered {
-			e.expired = true
-		}
 		if p.ringLen == recentSeqs {
 			delete(p.recent, p.ring[p.ringPos])
 		} else {
@@ -475,92 +478,35 @@ func (p *pinger) read() {
 	if err != nil {
 		return
 	}
-	buf := make([]byte, 2048)
-	oob := make([]byte, 512)
-	var errBuf [256]byte
-	var errOOB [256]byte
+	buf, oob := make([]byte, 2048), make([]byte, 512)
+	errBuf, errOOB := make([]byte, 256), make([]byte, 256)
 	// The poller is edge-triggered: each wake-up must drain both queues to EAGAIN. Any other
 	// error is a pending socket error (an ICMP error set it on a ping socket) that the
 	// failed read has cleared; the queue behind it still holds packets.
-	drain := func(fd int, flags int, handle func(n, oobn int, from unix.Sockaddr)) {
+	drain := func(fd, flags int, buf, oob []byte, handle func(b, oob []byte, from unix.Sockaddr)) {
 		for range 1 << 16 {
 			n, oobn, _, from, err := unix.Recvmsg(fd, buf, oob, flags|unix.MSG_DONTWAIT)
 			if errors.Is(err, unix.EAGAIN) {
 				return
 			}
 			if err == nil {
-				handle(n, oobn, from)
+				handle(buf[:n], oob[:oobn], from)
 			}
 		}
 	}
 	_ = rc.Read(func(fd uintptr) bool {
 		// Transmit timestamps first, so an echo's is recorded before its reply completes it.
-		drain(int(fd), unix.MSG_ERRQUEUE, func(n, oobn int, from unix.Sockaddr) {
-			p.errQueued(buf[:n], oob[:oobn], from)
-		})
-		drain(int(fd), 0, func(n, oobn int, from unix.Sockaddr) {
+		drain(int(fd), unix.MSG_ERRQUEUE, buf, oob, p.errQueued)
+		drain(int(fd), 0, buf, oob, func(b, oob []byte, from unix.Sockaddr) {
 			if p.key.txStamps {
 				// A reply can be read in the same pass as its request's transmit stamp
 				// was queued: read the stamp first. Only without TC, where stamps are on.
-				errBuf := errBuf[:]
-				for range 64 {
-					en, eoobn, _, efrom, err := unix.Recvmsg(int(fd), errBuf, errOOB[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
-					if err != nil {
-						break
-					}
-					p.errQueued(errBuf[:en], errOOB[:eoobn], efrom)
-				}
+				drain(int(fd), unix.MSG_ERRQUEUE, errBuf, errOOB, p.errQueued)
 			}
-			p.received(buf[:n], oob[:oobn], addrPortOf(from).Addr())
+			p.received(b, oob, addrPortOf(from).Addr())
 		})
 		return false // wait for more; Close ends the wait
 	})
-}
-
-// rxMeta is what the control messages of a received packet say.
-type rxMeta struct {
-	at  time.Time
-	ttl int
-	ee  *QueuedError
-}
-
-func parseRxOOB(oob []byte) rxMeta {
-	m := rxMeta{ttl: -1}
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return m
-	}
-	for _, c := range msgs {
-		switch {
-		case c.Header.Level == unix.SOL_SOCKET && (c.Header.Type == unix.SCM_TIMESTAMPING || c.Header.Type == unix.SCM_TIMESTAMPNS):
-			m.at = timespecAt(c.Data)
-		case (c.Header.Level == unix.SOL_IP && c.Header.Type == unix.IP_TTL) ||
-			(c.Header.Level == unix.SOL_IPV6 && c.Header.Type == unix.IPV6_HOPLIMIT):
-			if len(c.Data) >= 4 {
-				m.ttl = int(binary.NativeEndian.Uint32(c.Data[:4]))
-			}
-		case (c.Header.Level == unix.SOL_IP && c.Header.Type == unix.IP_RECVERR) ||
-			(c.Header.Level == unix.SOL_IPV6 && c.Header.Type == unix.IPV6_RECVERR):
-			if q, err := ParseExtendedErr(c.Data); err == nil {
-				m.ee = &q
-			}
-		}
-	}
-	return m
-}
-
-// timespecAt reads the first struct timespec of a timestamp control message (the software
-// stamp of SCM_TIMESTAMPING), on the 64-bit targets reachd builds for.
-func timespecAt(b []byte) time.Time {
-	if len(b) < 16 {
-		return time.Time{}
-	}
-	sec := int64(binary.NativeEndian.Uint64(b[0:8]))
-	nsec := int64(binary.NativeEndian.Uint64(b[8:16]))
-	if sec == 0 && nsec == 0 {
-		return time.Time{}
-	}
-	return time.Unix(sec, nsec)
 }
 
 // received handles one message from the receive queue.
@@ -576,14 +522,13 @@ func (p *pinger) received(b, oob []byte, src netip.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err != nil {
-		p.stray.Add(1)
 		return
 	}
 	if !pkt.ChecksumOK {
 		// Damaged on the way: ours if it carries our identifier (the damage may be
 		// anywhere, but an identifier that matches by accident is one in 65536).
-		if pkt.IsEchoReply(v6) && pkt.ID == p.id {
-			p.countCorrupt(src)
+		if w := p.watches[src]; w != nil && pkt.IsEchoReply(v6) && pkt.ID == p.id {
+			w.corrupt.Add(1)
 		}
 		return
 	}
@@ -603,8 +548,6 @@ func (p *pinger) reply(pkt icmpPacket, src netip.Addr, now time.Time, m rxMeta) 
 		// Another program's echo (another id), or another run that drew our id.
 		if w := p.watches[src]; w != nil {
 			w.foreign.Add(1)
-		} else {
-			p.stray.Add(1)
 		}
 		return
 	}
@@ -626,17 +569,7 @@ func (p *pinger) reply(pkt icmpPacket, src netip.Addr, now time.Time, m rxMeta) 
 		} else {
 			e.counters.late.Add(1)
 		}
-		return
 	}
-	p.stray.Add(1)
-}
-
-func (p *pinger) countCorrupt(src netip.Addr) {
-	if w := p.watches[src]; w != nil {
-		w.corrupt.Add(1)
-		return
-	}
-	p.stray.Add(1)
 }
 
 // answer records e's first answer; p.mu is held.
@@ -662,7 +595,7 @@ func (p *pinger) errQueued(b, oob []byte, from unix.Sockaddr) {
 	if m.ee.Origin == eeOriginTimestamping {
 		if id, seq, ok := echoTail(b, echoHeaderLen+echoPayloadLen, v6); ok && id == p.id {
 			if e := p.pending[seq]; e != nil && e.txKernel.IsZero() {
-				e.txKernel = m.at
+				e.txKernel = m.ee.At
 			}
 		}
 		return
@@ -678,7 +611,7 @@ func (p *pinger) errQueued(b, oob []byte, from unix.Sockaddr) {
 	if dst := addrPortOf(from).Addr(); dst.IsValid() && dst.Unmap().WithZone("") != e.dst {
 		return
 	}
-	p.answer(e, now, m.at, -1, &echoError{typ: m.ee.Type, code: m.ee.Code, from: m.ee.Offender})
+	p.answer(e, now, m.ee.At, -1, &echoError{typ: m.ee.Type, code: m.ee.Code, from: m.ee.Offender})
 }
 
 // WarmTimestamps makes the kernel stamp received packets from now on, and returns the

@@ -245,9 +245,7 @@ func (u *udpConn) errQueued(b, oob []byte) {
 	if d == nil || d.answered() {
 		return
 	}
-	q := *m.ee
-	q.At = m.at
-	d.err, d.errUser = &q, time.Now()
+	d.err, d.errUser = m.ee, time.Now()
 }
 
 func (u *udpConn) received(b, oob []byte) {
@@ -318,10 +316,7 @@ func (u *udpConn) timeDgram(i int, evs []wire.Event) udpTiming {
 	}
 	// The answer is the event nearest to when the kernel received the accepted one (a
 	// server may send several datagrams; a reply may not match a built-in payload).
-	anchor := int64(0)
-	if !rxKernel.IsZero() {
-		anchor = d.sentMono + int64(rxKernel.Sub(d.sentWall))
-	}
+	anchor := monoAt(rxKernel, d.sentWall, d.sentMono)
 	var tx, rx uint64
 	for _, ev := range evs {
 		k := wire.EventKind(ev.Kind)
@@ -378,30 +373,22 @@ func (u *udpConn) result(evs []wire.Event, a Attempt, timeout time.Duration) Res
 	switch {
 	case len(replies) > 0:
 		first := replies[0]
-		rs := make([]echoTiming, len(replies))
-		res.TimingSource = verdict.SourceWire
+		rtts, sources := make([]time.Duration, len(replies)), make([]string, len(replies))
 		for i, r := range replies {
-			rs[i] = echoTiming{rtt: r.rtt}
-			if sourceRank(r.source) < sourceRank(res.TimingSource) {
-				res.TimingSource = r.source
-			}
+			rtts[i], sources[i] = r.rtt, r.source
 		}
-		fillStats(st, rs)
+		res.RTT, res.TimingSource = rttStats(st, rtts), worstSource(sources)
 		wt.UDPTx, wt.UDPRx = first.tx, first.rx
 		res.UDP = &verdict.UDP{Sent: len(first.d.req.data), Received: len(first.d.reply), Reply: quoteBytes(first.d.reply, 64)}
 		res.HasRTT = true
-		res.RTT = first.rtt
-		if len(u.dgrams) > 1 {
-			res.RTT = time.Duration(float64(*st.AvgMs) * float64(time.Millisecond))
-		}
-		what := o.describeReply(first.d.reply)
+		what, unmet := o.describeReply(first.d.reply), o.expectation(first.d.reply)
 		switch {
 		case o.ExpectClosed:
 			res.Reason = verdict.ProtocolMismatch
 			res.Detail = fmt.Sprintf("--expect-closed, but the port answered: %s in %s", what, fmtRTT(first.rtt))
-		case o.expectation(first.d.reply) != "":
+		case unmet != "":
 			res.Reason = verdict.BodyMismatch
-			res.Detail = o.expectation(first.d.reply)
+			res.Detail = unmet
 		default:
 			res.Reason = verdict.OK
 			res.Detail = fmt.Sprintf("%s in %s", what, fmtRTT(first.rtt))
