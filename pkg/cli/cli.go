@@ -496,9 +496,10 @@ func (pf *probeFlags) kindOptions(kind string, o *probe.Options) error {
 	return nil
 }
 
-// parseHex accepts hex digits, optionally separated by spaces or colons (0d0a, 0d:0a).
+// parseHex accepts hex digits, optionally after 0x and separated by spaces or colons
+// (0d0a, 0x0d0a, 0d:0a).
 func parseHex(flag, s string) ([]byte, error) {
-	clean := strings.NewReplacer(" ", "", ":", "", "0x", "").Replace(s)
+	clean := strings.NewReplacer(" ", "", ":", "").Replace(strings.TrimPrefix(s, "0x"))
 	b, err := hex.DecodeString(clean)
 	if err != nil {
 		return nil, usagef("%s %q is not hex: %v", flag, s, err)
