@@ -28,9 +28,6 @@ func numOr0(m map[string]any, k string) float64 { f, _ := m[k].(float64); return
 func TestICMPReasons(t *testing.T) {
 	l := requireLab(t)
 	ll := func(s string) string { return s + "%" + ClientIf }
-	// Router errors toward a v4 source are rate-limited per source (ip_error): these come
-	// from a source of their own, not shared with the TCP tests.
-	v4src := []string{"--source", ClientV4Echo.String()}
 	cases := []struct {
 		name, target string
 		args         []string
@@ -42,11 +39,11 @@ func TestICMPReasons(t *testing.T) {
 		{"ok v6", ServerV6.String(), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
 		{"drop v4", EchoDropV4.String(), []string{"--timeout", "1s"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
 		{"drop v6", EchoDropV6.String(), []string{"--timeout", "1s"}, verdict.Timeout, verdict.LayerTransport, netip.Addr{}},
-		{"admin v4", AdminV4.String(), v4src, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
+		{"admin v4", AdminV4.String(), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV4},
 		{"admin v6", AdminV6.String(), nil, verdict.AdminProhibited, verdict.LayerNetwork, RouterClientV6},
-		{"host unreachable v4", GhostV4.String(), v4src, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"host unreachable v4", GhostV4.String(), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV4},
 		{"host unreachable v6", GhostV6.String(), nil, verdict.HostUnreachable, verdict.LayerNetwork, RouterClientV6},
-		{"net unreachable v4", UnroutedV4.String(), v4src, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV4},
+		{"net unreachable v4", UnroutedV4.String(), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV4},
 		{"net unreachable v6", UnroutedV6.String(), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
 		{"no route v4", NoRouteV4.String(), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
 		{"link-local zone", ll(RouterLL.String()), nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
@@ -58,7 +55,7 @@ func TestICMPReasons(t *testing.T) {
 		for _, c := range cases {
 			t.Run(mode+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
-				args := append([]string{"--retries", "0"}, c.args...)
+				args := withErrorSource(t, l, c.from, append([]string{"--retries", "0"}, c.args...))
 				if mode == "no-ebpf" {
 					args = append(args, "--no-ebpf")
 				}

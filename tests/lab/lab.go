@@ -5,8 +5,9 @@
 //	198.51.100.2/26      .1   203.0.113.1/26     .2       AnyIP 203.0.113.128/25
 //	2001:db8:c::2/64    ::1   2001:db8:5::1/64  ::2      AnyIP 2001:db8:a::/64
 //	fe80::2              fe80::1
+//	+ 198.51.100.64/26 as /32s on demand (ErrorSourceV4), routed back by the router
 //
-// Only documentation prefixes are used (KERNEL.md network rule) and the client's routes
+// Only documentation prefixes are used (the network rule for tests) and the client's routes
 // lead only into the lab, so a prober running there cannot reach anything outside.
 package lab
 
@@ -34,14 +35,7 @@ import (
 
 // Addresses of the topology.
 var (
-	ClientV4 = netip.MustParseAddr("198.51.100.2")
-	// ClientV4Alt is a second client source. Routers rate-limit the ICMP errors of
-	// unreachable/prohibit routes per source (ip_error: a burst of 5, then 1/s, host-wide
-	// net.ipv4.route.error_cost, which a test must not change); tests that draw many such
-	// errors spread them over both sources.
-	ClientV4Alt = netip.MustParseAddr("198.51.100.3")
-	// ClientV4Echo is a third client source, for the echo tests' router-generated errors.
-	ClientV4Echo   = netip.MustParseAddr("198.51.100.4")
+	ClientV4       = netip.MustParseAddr("198.51.100.2")
 	RouterClientV4 = netip.MustParseAddr("198.51.100.1")
 	RouterServerV4 = netip.MustParseAddr("203.0.113.1")
 	ServerV4       = netip.MustParseAddr("203.0.113.2")
@@ -61,6 +55,8 @@ var (
 	GhostV6 = netip.MustParseAddr("2001:db8:5::9")
 	// ClientGhostV4 sits on the client's own link with no host behind it.
 	ClientGhostV4 = netip.MustParseAddr("198.51.100.9")
+	// UnassignedClientV4 is on the client's link but no host has it: not a usable source.
+	UnassignedClientV4 = netip.MustParseAddr("198.51.100.50")
 	// UnroutedV4/V6 are routed by the client to the router, which has no route for them.
 	UnroutedV4 = netip.MustParseAddr("203.0.113.70")
 	UnroutedV6 = netip.MustParseAddr("2001:db8:bad::1")
@@ -171,6 +167,7 @@ type Lab struct {
 	nftInit bool
 	// scaleReady: the scale tests' drop rule is in place.
 	scaleReady bool
+	sources    sourcePool
 }
 
 var seq atomic.Int64
@@ -262,6 +259,17 @@ func (l *Lab) build() error {
 				return err
 			}
 		}
+		// Parallel tests draw many ICMP errors toward one client, and the kernel's per-peer
+		// and global ICMP limits would drop some and turn them into timeouts. An empty
+		// ratemask exempts every type from both. (icmp_ratelimit=0 is not the same: it lets
+		// each error through but empties the source's inet_peer tokens, which ip_error
+		// shares, so a rejected packet silenced the next unroutable one for a second.)
+		if err := ns.Sysctl("net.ipv4.icmp_ratemask", "0"); err != nil {
+			return err
+		}
+		if err := ns.Sysctl("net.ipv6.icmp.ratemask", ""); err != nil {
+			return err
+		}
 		lo, err := ns.nl.LinkByName("lo")
 		if err != nil {
 			return err
@@ -281,7 +289,7 @@ func (l *Lab) build() error {
 		dev  string
 		cidr string
 	}{
-		{l.Client, ClientIf, "198.51.100.2/26"}, {l.Client, ClientIf, "198.51.100.3/26"}, {l.Client, ClientIf, "198.51.100.4/26"}, {l.Client, ClientIf, "2001:db8:c::2/64"}, {l.Client, ClientIf, "fe80::2/64"},
+		{l.Client, ClientIf, "198.51.100.2/26"}, {l.Client, ClientIf, "2001:db8:c::2/64"}, {l.Client, ClientIf, "fe80::2/64"},
 		{l.Router, RouterClientIf, "198.51.100.1/26"}, {l.Router, RouterClientIf, "2001:db8:c::1/64"}, {l.Router, RouterClientIf, "fe80::1/64"},
 		{l.Router, RouterServerIf, "203.0.113.1/26"}, {l.Router, RouterServerIf, "2001:db8:5::1/64"},
 		{l.Server, ServerIf, "203.0.113.2/26"}, {l.Server, ServerIf, "2001:db8:5::2/64"},
@@ -293,9 +301,6 @@ func (l *Lab) build() error {
 	}
 	for _, kv := range [][2]string{
 		{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"},
-		// Parallel tests draw many ICMP errors toward one client; the kernel's per-peer
-		// rate limit would drop some and turn them into timeouts.
-		{"net.ipv4.icmp_ratelimit", "0"}, {"net.ipv6.icmp.ratelimit", "0"},
 		{"net.ipv4.neigh." + RouterServerIf + ".retrans_time_ms", "200"},
 		{"net.ipv6.neigh." + RouterServerIf + ".retrans_time_ms", "200"},
 	} {
@@ -313,6 +318,7 @@ func (l *Lab) build() error {
 		// Router: the AnyIP blocks live behind the server; 203.0.113.64/26 and
 		// 2001:db8:bad::/48 are deliberately unrouted.
 		{ns: l.Router, dst: AnyIPV4.String(), via: "203.0.113.2"},
+		{ns: l.Router, dst: ErrorSourcesV4.String(), via: ClientV4.String()},
 		{ns: l.Router, dst: AnyIPV6.String(), via: "2001:db8:5::2"},
 		{ns: l.Server, dst: "198.51.100.0/24", via: "203.0.113.1"},
 		{ns: l.Server, dst: "2001:db8::/32", via: "2001:db8:5::1"},

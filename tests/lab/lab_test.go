@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -138,6 +137,20 @@ func probeKind(t *testing.T, l *Lab, kind string, env []string, args ...string) 
 	return vs, code
 }
 
+// withErrorSource gives a case that expects an IPv4 error made by the router a client source
+// of its own, so that no other case can spend its error budget (sources.go).
+func withErrorSource(t *testing.T, l *Lab, from netip.Addr, args []string) []string {
+	t.Helper()
+	if from != RouterClientV4 {
+		return args
+	}
+	src, err := l.ErrorSourceV4()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(args, "--source", src.String())
+}
+
 func icmpFrom(v map[string]any) string {
 	w, _ := v["wire"].(map[string]any)
 	ic, _ := w["icmp"].(map[string]any)
@@ -179,7 +192,7 @@ func TestTCPReasons(t *testing.T) {
 		{"router no route v6", ap(UnroutedV6, PortOpen), nil, verdict.NetUnreachable, verdict.LayerNetwork, RouterClientV6},
 		{"no client route v4", ap(NoRouteV4, PortOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
 		{"no client route v6", ap(NoRouteV6, PortOpen), nil, verdict.NoRoute, verdict.LayerLocal, netip.Addr{}},
-		{"foreign source", ap(ServerV4, PortOpen), []string{"--source", "198.51.100.50"}, verdict.LocalError, verdict.LayerLocal, netip.Addr{}},
+		{"foreign source", ap(ServerV4, PortOpen), []string{"--source", UnassignedClientV4.String()}, verdict.LocalError, verdict.LayerLocal, netip.Addr{}},
 		{"link-local zone", "[fe80::1%" + ClientIf + "]:8080", nil, verdict.OK, verdict.LayerOK, netip.Addr{}},
 		{"link-local --interface", "[fe80::1]:8080", []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
 		{"--interface v4", ap(ServerV4, PortOpen), []string{"--interface", ClientIf}, verdict.OK, verdict.LayerOK, netip.Addr{}},
@@ -191,12 +204,9 @@ func TestTCPReasons(t *testing.T) {
 		for _, c := range cases {
 			t.Run(mode+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
-				args := append([]string{"--retries", "0"}, c.args...)
+				args := withErrorSource(t, l, c.from, append([]string{"--retries", "0"}, c.args...))
 				if mode == "no-ebpf" {
 					args = append(args, "--no-ebpf")
-					if !slices.Contains(args, "--source") && !strings.HasPrefix(c.target, "[") {
-						args = append(args, "--source", ClientV4Alt.String())
-					}
 				}
 				vs, code := probe(t, l, append(args, c.target)...)
 				if len(vs) != 1 {

@@ -29,7 +29,7 @@ func TestUDPReasons(t *testing.T) {
 		{"--expect-closed but open", ap(ServerV6, PortUDPEcho), []string{"--expect-closed"}, verdict.ProtocolMismatch, netip.Addr{}, "answered"},
 		{"dropped v4", ap(ServerV4, PortUDPDrop), short, verdict.OpenFiltered, netip.Addr{}, "never taken for closed"},
 		{"dropped v6", ap(ServerV6, PortUDPDrop), short, verdict.OpenFiltered, netip.Addr{}, ""},
-		{"router reject v4", ap(AdminV4, PortDNS), []string{"--source", ClientV4Echo.String()}, verdict.AdminProhibited, RouterClientV4, ""},
+		{"router reject v4", ap(AdminV4, PortDNS), nil, verdict.AdminProhibited, RouterClientV4, ""},
 		{"router reject v6", ap(AdminV6, PortDNS), nil, verdict.AdminProhibited, RouterClientV6, ""},
 		{"dns v4", ap(ServerV4, PortDNS), []string{"--payload", "dns"}, verdict.OK, netip.Addr{}, "DNS response NOERROR with 1 answer"},
 		{"dns v6", ap(ServerV6, PortDNS), []string{"--payload", "dns"}, verdict.OK, netip.Addr{}, "DNS response NOERROR"},
@@ -41,7 +41,7 @@ func TestUDPReasons(t *testing.T) {
 		for _, c := range cases {
 			t.Run(mode+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
-				args := append([]string{"--retries", "0"}, c.args...)
+				args := withErrorSource(t, l, c.from, append([]string{"--retries", "0"}, c.args...))
 				if mode == "no-ebpf" {
 					args = append(args, "--no-ebpf")
 				}

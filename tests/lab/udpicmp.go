@@ -39,12 +39,6 @@ var (
 
 // setupUDPICMP starts the UDP servers and the echo faults.
 func (l *Lab) setupUDPICMP() error {
-	for _, kv := range [][2]string{{"net.ipv4.icmp_ratelimit", "0"}, {"net.ipv6.icmp.ratelimit", "0"}} {
-		// The server answers closed UDP ports with ICMP; tests draw many such answers.
-		if err := l.Server.Sysctl(kv[0], kv[1]); err != nil {
-			return err
-		}
-	}
 	for _, a := range []netip.Addr{ServerV4, ServerV6} {
 		if err := l.serveUDPEcho(netip.AddrPortFrom(a, PortUDPEcho)); err != nil {
 			return err

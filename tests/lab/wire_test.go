@@ -49,7 +49,8 @@ func TestWireTiming(t *testing.T) {
 				if c.reason == verdict.Timeout {
 					timeout = "1500ms"
 				}
-				vs, _ := probeEnv(t, l, []string{"REACHD_TC=" + m.tc}, "--retries", "0", "--timeout", timeout, c.target)
+				args := withErrorSource(t, l, c.from, []string{"--retries", "0", "--timeout", timeout})
+				vs, _ := probeEnv(t, l, []string{"REACHD_TC=" + m.tc}, append(args, c.target)...)
 				if len(vs) != 1 {
 					t.Fatalf("want 1 verdict, got %d", len(vs))
 				}
