@@ -103,6 +103,10 @@ func closeWire(stderr io.Writer, obs *wire.Observer) {
 	obs.Close()
 }
 
+// warmTimeout bounds the wait for the kernel to turn receive timestamps on; it is
+// milliseconds on an idle host, longer only when the machine is loaded.
+const warmTimeout = 2 * time.Second
+
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
 
 func newRoot(ctx context.Context, stdout, stderr io.Writer, status *int) *cobra.Command {
@@ -279,7 +283,11 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 		}
 	}
 	if kind == "icmp" || kind == "udp" {
-		defer probe.WarmTimestamps()()
+		release, err := probe.WarmTimestamps(warmTimeout)
+		defer release()
+		if err != nil {
+			slog.New(slog.NewTextHandler(stderr, nil)).Warn("kernel timestamps", "reason", oneLine(err))
+		}
 	}
 	defer netctx.Release()
 	// Checked with --no-ebpf too: a typo must not wait for the day eBPF is turned on.

@@ -616,34 +616,52 @@ func (p *pinger) errQueued(b, oob []byte, from unix.Sockaddr) {
 
 // WarmTimestamps makes the kernel stamp received packets from now on, and returns the
 // function that lets it stop. The first socket that asks for receive timestamps turns them
-// on for the whole host through a deferred work item, so a fresh process's first replies
-// can arrive unstamped (and be timed in userspace). This holds a socket that asks, and
-// waits (up to 50 ms) until a datagram it sends itself over loopback comes back stamped.
-func WarmTimestamps() (release func()) {
+// on for the whole host through a deferred work item (a static key flipped in process
+// context), so a fresh process's first replies can arrive unstamped and be timed in
+// userspace. This holds a socket that asks, and waits until a datagram it sends itself over
+// loopback comes back stamped: at once when stamps are already on, and on a loaded host
+// after however long the work item takes, up to timeout. If they are still off then, the
+// error says so: the caller warns, for early replies may be timed in userspace.
+func WarmTimestamps(timeout time.Duration) (release func(), err error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return func() {}
+		return func() {}, fmt.Errorf("warm receive timestamps: socket: %w", err)
 	}
 	release = func() { unix.Close(fd) }
-	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, unix.SOF_TIMESTAMPING_RX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE) != nil ||
-		unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}) != nil ||
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 5000}) != nil {
-		return release
+	if err := setupStampProbe(fd); err != nil {
+		return release, fmt.Errorf("warm receive timestamps: %w", err)
 	}
 	self, err := unix.Getsockname(fd)
 	if err != nil {
-		return release
+		return release, fmt.Errorf("warm receive timestamps: getsockname: %w", err)
 	}
 	buf, oob := make([]byte, 16), make([]byte, 256)
-	for deadline := time.Now().Add(50 * time.Millisecond); time.Now().Before(deadline); {
-		if unix.Sendto(fd, []byte("reachd"), 0, self) != nil {
-			return release
+	for deadline := time.Now().Add(timeout); ; {
+		if err := unix.Sendto(fd, []byte("reachd"), 0, self); err != nil {
+			return release, fmt.Errorf("warm receive timestamps: send over loopback: %w", err)
 		}
 		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, 0)
 		if err == nil && !parseRxOOB(oob[:oobn]).at.IsZero() {
-			return release
+			return release, nil
+		}
+		if !time.Now().Before(deadline) {
+			return release, fmt.Errorf("the kernel did not turn receive timestamps on within %s: the first replies may be timed in userspace", timeout)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return release
+}
+
+// setupStampProbe asks fd for software receive timestamps and binds it to loopback, with a
+// short receive timeout so that a lost datagram costs a retry, not a hang.
+func setupStampProbe(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, unix.SOF_TIMESTAMPING_RX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE); err != nil {
+		return fmt.Errorf("setsockopt SO_TIMESTAMPING: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return fmt.Errorf("bind 127.0.0.1: %w", err)
+	}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 5000}); err != nil {
+		return fmt.Errorf("setsockopt SO_RCVTIMEO: %w", err)
+	}
+	return nil
 }

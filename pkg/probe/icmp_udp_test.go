@@ -27,7 +27,7 @@ func requireRawICMP(t *testing.T) {
 // family, which closes with the last of them (goleak checks the reader goroutine ends).
 func TestICMPLoopback(t *testing.T) {
 	requireRawICMP(t)
-	defer WarmTimestamps()()
+	warmTimestamps(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	targets := []string{"127.0.0.1", "127.0.0.2", "::1", "127.0.0.1"}
@@ -58,6 +58,16 @@ func TestICMPLoopback(t *testing.T) {
 	}
 }
 
+// warmTimestamps turns kernel receive timestamps on for the test, which asserts kernel timing.
+func warmTimestamps(t *testing.T) {
+	t.Helper()
+	release, err := WarmTimestamps(5 * time.Second)
+	t.Cleanup(release)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // udpServer answers every datagram on 127.0.0.1 with "pong", or stays silent.
 func udpServer(t *testing.T, answer bool) netip.AddrPort {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -83,7 +93,7 @@ func udpServer(t *testing.T, answer bool) netip.AddrPort {
 }
 
 func TestUDPLoopback(t *testing.T) {
-	defer WarmTimestamps()()
+	warmTimestamps(t)
 	echo, silent := udpServer(t, true), udpServer(t, false)
 	// A port that was free a moment ago: the kernel answers port unreachable.
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")

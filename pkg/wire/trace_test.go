@@ -168,7 +168,22 @@ func TestTracepointsOnLoopback(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer filler.Close()
-		time.Sleep(50 * time.Millisecond) // let the filler reach the accept queue
+		// The filler's dial returns before the listener has taken its final ACK (softirq
+		// work that a loaded host defers): until then the queue is not full and the probe's
+		// SYN would be answered with a cookie. A listener's TCP_INFO unacked is its accept
+		// queue's length.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Unacked >= 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the filler connection never reached the accept queue")
+			}
+		}
 		f, _ := connectTraced(t, o, dst)
 		evs := waitKind(f, 2500*time.Millisecond, EvRetransmit, 0)
 		var retx []Event

@@ -75,21 +75,21 @@ func (l *Lab) DelClientRoute(p netip.Prefix) error {
 	return nil
 }
 
-// DropFirstSYN drops the first SYN of every flow to dst:port and lets its retransmission
-// through: the router remembers (source address, source port) in a timed set. It is what a
-// lossy path does to one packet, made deterministic.
+// DropFirstSYN drops the first SYN of every connection to dst:port and lets its
+// retransmission through: the router remembers each SYN it dropped in a timed set, keyed by
+// source address, source port and initial sequence number. The ISN is random per connection,
+// so a later connection that happens to reuse a source port still loses its first SYN. It is
+// what a lossy path does to one packet, made deterministic.
 func (l *Lab) DropFirstSYN(dst netip.Addr, port uint16) error {
-	kw, typ := "ip", "ipv4_addr"
-	if dst.Is6() {
-		kw, typ = "ip6", "ipv6_addr"
-	}
+	kw := ipKw(dst)
 	set := fmt.Sprintf("firstsyn_%s_%d", kw, port)
-	if err := l.routerNft(fmt.Sprintf("add set inet reachd_lab %s { type %s . inet_service; flags dynamic,timeout; timeout 2m; size 65536; }\n", set, typ)); err != nil {
+	key := fmt.Sprintf("%s saddr . tcp sport . tcp sequence", kw)
+	if err := l.routerNft(fmt.Sprintf("add set inet reachd_lab %s { typeof %s; flags dynamic,timeout; timeout 2m; size 65536; }\n", set, key)); err != nil {
 		return err
 	}
 	match := fmt.Sprintf("%s daddr %s tcp dport %d tcp flags & (syn|ack) == syn", kw, dst, port)
-	if err := l.routerRule(fmt.Sprintf("%s %s saddr . tcp sport @%s accept", match, kw, set)); err != nil {
+	if err := l.routerRule(fmt.Sprintf("%s %s @%s accept", match, key, set)); err != nil {
 		return err
 	}
-	return l.routerRule(fmt.Sprintf("%s add @%s { %s saddr . tcp sport } drop", match, set, kw))
+	return l.routerRule(fmt.Sprintf("%s add @%s { %s } drop", match, set, key))
 }

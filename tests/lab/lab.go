@@ -53,8 +53,9 @@ var (
 	// GhostV4/V6 sit on the router–server link but no host answers ARP/NDP for them.
 	GhostV4 = netip.MustParseAddr("203.0.113.9")
 	GhostV6 = netip.MustParseAddr("2001:db8:5::9")
-	// ClientGhostV4 sits on the client's own link with no host behind it.
-	ClientGhostV4 = netip.MustParseAddr("198.51.100.9")
+	// ClientGhostV4 and ClientGhostV4b sit on the client's own link with no host behind them.
+	ClientGhostV4  = netip.MustParseAddr("198.51.100.9")
+	ClientGhostV4b = netip.MustParseAddr("198.51.100.10")
 	// UnassignedClientV4 is on the client's link but no host has it: not a usable source.
 	UnassignedClientV4 = netip.MustParseAddr("198.51.100.50")
 	// UnroutedV4/V6 are routed by the client to the router, which has no route for them.
