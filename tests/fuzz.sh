@@ -26,7 +26,12 @@ for t in "$@"; do
 	before=$(inputs "$corpus")
 	echo "fuzz $name ($budget)"
 	if "$go" test -run '^$' -fuzz "^$name\$" -fuzztime "$budget" "./pkg/$pkg/" >"$log" 2>&1; then
-		grep '^fuzz: elapsed' "$log" | tail -1 || tail -1 "$log"
+		# go test passes when -fuzz matches no target: a renamed target must not pass unseen.
+		if ! grep '^fuzz: elapsed' "$log" | tail -1 | grep .; then
+			cat "$log"
+			echo "fuzz $name: no such fuzz target in ./pkg/$pkg/"
+			exit 1
+		fi
 		continue
 	fi
 	written=$(comm -13 <(echo "$before") <(inputs "$corpus"))

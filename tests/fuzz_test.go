@@ -23,6 +23,8 @@ const (
 		"    Failing input written to testdata/fuzz/FuzzX/0123abcd\nFAIL\n"
 	buildError = "# reachd/pkg/x\npkg/x/x.go:3:1: syntax error\nFAIL\treachd/pkg/x [build failed]\n"
 	passOutput = "fuzz: elapsed: 2s, execs: 20000 (9900/sec), new interesting: 0 (total: 12)\nPASS\nok  \treachd/pkg/x\t2.1s\n"
+	// What go test says when -fuzz names no target: it passes, having fuzzed nothing.
+	noTarget = "testing: warning: no fuzz tests to fuzz\nPASS\nok  \treachd/pkg/x\t0.002s\n"
 )
 
 // runFuzzScript runs tests/fuzz.sh from a scratch tree with a fake `go` that prints output
@@ -49,6 +51,7 @@ func runFuzzScript(t *testing.T, budget, output string) (string, error) {
 		t.Fatal(err)
 	}
 	fake := `#!/bin/sh
+[ "$*" = "test -run ^\$ -fuzz ^FuzzX\$ -fuzztime $BUDGET ./pkg/x/" ] || { echo "fake go: unexpected arguments: $*"; exit 3; }
 cat "$ROOT/output"
 grep -q 'Failing input written' "$ROOT/output" && echo 'go test fuzz v1' > "$ROOT/pkg/x/testdata/fuzz/FuzzX/0123abcd"
 grep -q '^PASS' "$ROOT/output" && exit 0
@@ -59,7 +62,7 @@ exit 1
 		t.Fatal(err)
 	}
 	cmd := exec.Command("bash", filepath.Join(root, "tests/fuzz.sh"), budget, "x:FuzzX")
-	cmd.Env = append(os.Environ(), "GO="+goBin, "ROOT="+root)
+	cmd.Env = append(os.Environ(), "GO="+goBin, "ROOT="+root, "BUDGET="+budget)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -71,6 +74,8 @@ func TestFuzzScriptTellsRaceFromFinding(t *testing.T) {
 		says                 string
 	}{
 		{"pass", "60s", passOutput, false, "execs: 20000"},
+		{"pass under a count budget", "20000x", passOutput, false, "execs: 20000"},
+		{"no such target", "20000x", noTarget, true, "no such fuzz target"},
 		{"race at the end of a duration", "60s", raceOutput, false, "golang/go#75804"},
 		// A count budget has no deadline to race: that message there is something else.
 		{"same message under a count budget", "20000x", raceOutput, true, "context deadline exceeded"},

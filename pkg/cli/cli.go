@@ -283,7 +283,7 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 		}
 	}
 	if kind == "icmp" || kind == "udp" {
-		release, err := probe.WarmTimestamps(warmTimeout)
+		release, err := probe.WarmTimestamps(ctx, warmTimeout)
 		defer release()
 		if err != nil {
 			slog.New(slog.NewTextHandler(stderr, nil)).Warn("kernel timestamps", "reason", oneLine(err))

@@ -61,7 +61,7 @@ func TestICMPLoopback(t *testing.T) {
 // warmTimestamps turns kernel receive timestamps on for the test, which asserts kernel timing.
 func warmTimestamps(t *testing.T) {
 	t.Helper()
-	release, err := WarmTimestamps(5 * time.Second)
+	release, err := WarmTimestamps(context.Background(), 5*time.Second)
 	t.Cleanup(release)
 	if err != nil {
 		t.Fatal(err)

@@ -95,12 +95,28 @@ func TestCancelledDuringBackoff(t *testing.T) {
 		slept = RealSleep(ctx, d)
 		return slept
 	}
-	attempts, delays := DefaultPolicy().Do(ctx, sleep, func(context.Context, int) bool { return true })
-	if attempts != 1 || len(delays) != 0 {
-		t.Fatalf("attempts %d delays %v, want 1 attempt and no completed delay", attempts, delays)
+	// An hour's backoff: a sleep that did not end on cancellation would still be asleep when
+	// the watchdog fires, however loaded the host, and one that ended early for another reason
+	// would not return context.Canceled.
+	p := Policy{Retries: 1, Initial: time.Hour, Multiplier: 1, Max: time.Hour}
+	type result struct {
+		attempts int
+		delays   []time.Duration
 	}
-	// RealSleep returns nil only once its timer fires: the error says cancellation cut the
-	// backoff short, with no wall-clock bound that a loaded host could overrun.
+	done := make(chan result, 1)
+	go func() {
+		attempts, delays := p.Do(ctx, sleep, func(context.Context, int) bool { return true })
+		done <- result{attempts, delays}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the backoff did not end when its context was cancelled")
+	}
+	if r.attempts != 1 || len(r.delays) != 0 {
+		t.Fatalf("attempts %d delays %v, want 1 attempt and no completed delay", r.attempts, r.delays)
+	}
 	if !errors.Is(slept, context.Canceled) {
 		t.Fatalf("RealSleep returned %v, want context.Canceled", slept)
 	}

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,11 +139,23 @@ func (ns *NS) Nft(script string) error {
 	return nil
 }
 
-// Sysctl writes a /proc/sys/net value inside the namespace (its own copy, never the host's).
+// Sysctl writes a /proc/sys/net value inside the namespace (its own copy, never the host's)
+// and reads it back: the kernel ignores some writes without an error (an empty one, for
+// one), and a lab that silently kept a default would test something else.
 func (ns *NS) Sysctl(key, value string) error {
 	return ns.Do(func() error {
 		p := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
-		return os.WriteFile(p, []byte(value), 0o644)
+		if err := os.WriteFile(p, []byte(value+"\n"), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w", key, ns.Name, err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w", key, ns.Name, err)
+		}
+		if g, w := strings.Fields(string(got)), strings.Fields(value); !slices.Equal(g, w) {
+			return fmt.Errorf("sysctl %s in %s: wrote %q, reads %q", key, ns.Name, value, bytes.TrimSpace(got))
+		}
+		return nil
 	})
 }
 

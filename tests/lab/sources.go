@@ -16,40 +16,42 @@ import (
 // namespaces (icmp_ratemask, see build).
 var ErrorSourcesV4 = netip.MustParsePrefix("198.51.100.64/26")
 
-// errorBudgetRefill is how long ip_error takes to refill a source's whole budget.
-const errorBudgetRefill = 5 * time.Second
+// sourceReuseAfter is when a source handed out may go to another case: its case draws its
+// errors within its probe's timeout (seconds), and ip_error refills a whole budget 5 s after
+// the last draw.
+const sourceReuseAfter = 15 * time.Second
 
 type sourcePool struct {
-	next  netip.Addr
-	added map[netip.Addr]time.Time // when each source was last handed out
+	next   netip.Addr
+	usable map[netip.Addr]time.Time // per source handed out: when its budget is whole again
 }
 
-// ErrorSourceV4 hands out the next client source from ErrorSourcesV4, adding it to the
-// client's interface on first use. Each case may draw up to the router's burst (5 errors,
-// more than a probe's 3 SYNs) from it. After the block runs out addresses are handed out
-// again in turn, each only once its budget has refilled, waiting if it must; so a budget
-// cannot run dry however many cases run, nor in what order.
+// ErrorSourceV4 hands out the next client source from ErrorSourcesV4 (.65 to .126), adding it
+// to the client's interface on first use. Each case may draw up to the router's burst (5
+// errors, more than a probe's SYNs within its timeout) from it. A run of the lab tests takes
+// about 20; past the block's end (go test -count) they are handed out again in turn, each
+// once its budget is whole again, waiting if need be. So no budget can run dry, whatever
+// the number and order of cases.
 func (l *Lab) ErrorSourceV4() (netip.Addr, error) {
 	l.mu.Lock()
-	// Neither the block's first address nor its last (.64, .127) is handed out.
+	defer l.mu.Unlock()
 	if n := l.sources.next; !n.IsValid() || !ErrorSourcesV4.Contains(n.Next()) {
 		l.sources.next = ErrorSourcesV4.Addr().Next()
 	}
 	src := l.sources.next
 	l.sources.next = src.Next()
-	if l.sources.added == nil {
-		l.sources.added = map[netip.Addr]time.Time{}
+	if l.sources.usable == nil {
+		l.sources.usable = map[netip.Addr]time.Time{}
 	}
-	last, used := l.sources.added[src]
-	wait := time.Until(last.Add(errorBudgetRefill))
-	l.sources.added[src] = time.Now().Add(max(wait, 0))
-	l.mu.Unlock()
-	if used {
-		time.Sleep(wait) // no-op when the budget has long refilled
-		return src, nil
+	usable, seen := l.sources.usable[src]
+	if !seen {
+		if err := addAddr(l.Client, ClientIf, src.String()+"/32"); err != nil {
+			return netip.Addr{}, fmt.Errorf("error source: %w", err)
+		}
 	}
-	if err := addAddr(l.Client, ClientIf, src.String()+"/32"); err != nil {
-		return netip.Addr{}, fmt.Errorf("error source: %w", err)
-	}
+	// Waiting under the lock also holds back later callers, whose sources were handed
+	// out after this one and are whole no sooner.
+	time.Sleep(time.Until(usable))
+	l.sources.usable[src] = time.Now().Add(sourceReuseAfter)
 	return src, nil
 }
