@@ -24,7 +24,10 @@ func WarmTimestamps(ctx context.Context, timeout time.Duration) (release func(),
 		return func() {}, nil
 	}
 	release = func() { unix.Close(fd) }
-	if setupStampProbe(fd) != nil {
+	// A short receive timeout: a lost datagram costs a retry, not a hang.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, unix.SOF_TIMESTAMPING_RX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE) != nil ||
+		unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}) != nil ||
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 5000}) != nil {
 		return release, nil
 	}
 	self, err := unix.Getsockname(fd)
@@ -59,18 +62,3 @@ func WarmTimestamps(ctx context.Context, timeout time.Duration) (release func(),
 // warmSilentTries is how many of WarmTimestamps' datagrams (5 ms each) may go unanswered
 // before it concludes that loopback drops them.
 const warmSilentTries = 20
-
-// setupStampProbe asks fd for software receive timestamps and binds it to loopback, with a
-// short receive timeout so that a lost datagram costs a retry, not a hang.
-func setupStampProbe(fd int) error {
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, unix.SOF_TIMESTAMPING_RX_SOFTWARE|unix.SOF_TIMESTAMPING_SOFTWARE); err != nil {
-		return fmt.Errorf("setsockopt SO_TIMESTAMPING: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		return fmt.Errorf("bind 127.0.0.1: %w", err)
-	}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 5000}); err != nil {
-		return fmt.Errorf("setsockopt SO_RCVTIMEO: %w", err)
-	}
-	return nil
-}
