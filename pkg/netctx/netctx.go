@@ -65,9 +65,10 @@ func withHandle(fn func(h *netlink.Handle)) {
 	fn(h)
 }
 
-// RouteTo asks the kernel for the route to dst, leaving through oif when oif > 0.
-func RouteTo(dst netip.Addr, oif int) (Route, error) {
-	r, err := RouteLookup(dst, oif)
+// RouteTo asks the kernel for the route to dst from src (when valid: source-based policy
+// routing picks the table by it), leaving through oif when oif > 0.
+func RouteTo(dst, src netip.Addr, oif int) (Route, error) {
+	r, err := RouteLookup(dst, src, oif)
 	if err == nil && r.LinkIndex > 0 {
 		// One link by index, not net.InterfaceByIndex's dump of every interface.
 		withHandle(func(h *netlink.Handle) {
@@ -81,9 +82,12 @@ func RouteTo(dst netip.Addr, oif int) (Route, error) {
 
 // RouteLookup is RouteTo without the interface's name (Dev), which costs a second request:
 // probes ask it for every attempt, to know where to watch and from which address.
-func RouteLookup(dst netip.Addr, oif int) (Route, error) {
+func RouteLookup(dst, src netip.Addr, oif int) (Route, error) {
 	var r Route
 	opts := &netlink.RouteGetOptions{OifIndex: oif}
+	if src.IsValid() {
+		opts.SrcAddr = net.IP(src.WithZone("").AsSlice())
+	}
 	var routes []netlink.Route
 	var err error
 	withHandle(func(h *netlink.Handle) { routes, err = h.RouteGetWithOptions(net.IP(dst.AsSlice()), opts) })

@@ -264,7 +264,7 @@ func runFamily(ctx context.Context, fn Func, kind string, t target.Target, fam F
 		v.Local = last.Local.String()
 	}
 	if !v.OK && addr.IsValid() && last.sent {
-		v.Route = routeEvidence(addr, o.Interface)
+		v.Route = routeEvidence(addr, o.Source, o.Interface)
 	}
 	if ctx.Err() != nil && !v.OK && attempts < o.Policy.Retries+1 && schedule.Retryable(last.Reason) {
 		v.Detail += " (probe cancelled before its retries)"
@@ -352,14 +352,8 @@ func classifyResolveError(ctx context.Context, err error, name string) Result {
 }
 
 // routeEvidence records the route a failed probe took, so a verdict says which way it went.
-func routeEvidence(dst netip.Addr, ifname string) *verdict.Route {
-	oif := 0
-	if ifname != "" {
-		if ifc, err := net.InterfaceByName(ifname); err == nil {
-			oif = ifc.Index
-		}
-	}
-	r, err := netctx.RouteTo(dst.WithZone(""), oif)
+func routeEvidence(dst, src netip.Addr, ifname string) *verdict.Route {
+	r, err := netctx.RouteTo(dst.WithZone(""), src, routeOif(dst, ifname))
 	if err != nil {
 		return nil
 	}

@@ -23,7 +23,11 @@ import (
 // count comes from TCP_INFO; the prober's own lateness is told apart from the target's
 // (self_overload); and closing never leaves TIME_WAIT behind (SO_LINGER 0).
 func TCP(ctx context.Context, a Attempt) Result {
-	deadline, _ := ctx.Deadline()
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		// A context without a deadline bounds the handshake by the attempt's timeout.
+		deadline = time.Now().Add(a.Timeout)
+	}
 	dst := a.Addr.Addr()
 	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if !ok {
@@ -49,7 +53,7 @@ func TCP(ctx context.Context, a Attempt) Result {
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) && !errors.Is(err, unix.EINTR) {
 		return connectError(err, a)
 	}
-	res = tcpOutcome(f, fd, deadline, start, a)
+	res = tcpOutcome(ctx, f, fd, deadline, start, a)
 	if flow != nil {
 		res = applyWire(res, flow, start, startMono)
 	}
@@ -57,10 +61,10 @@ func TCP(ctx context.Context, a Attempt) Result {
 }
 
 // tcpOutcome waits for the handshake to end and classifies how it ended.
-func tcpOutcome(f *os.File, fd int, deadline, start time.Time, a Attempt) Result {
+func tcpOutcome(ctx context.Context, f *os.File, fd int, deadline, start time.Time, a Attempt) Result {
 	dst := a.Addr.Addr()
 	res := Result{sent: true}
-	soErr, waitErr := waitConnect(f, deadline)
+	soErr, waitErr := waitConnect(ctx, f, deadline)
 	elapsed := time.Since(start)
 	info, _ := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if info != nil {
@@ -71,6 +75,9 @@ func tcpOutcome(f *os.File, fd int, deadline, start time.Time, a Attempt) Result
 		res.Local = addrPortOf(sn)
 	}
 	switch {
+	case waitErr != nil && errors.Is(waitErr, os.ErrDeadlineExceeded) && errors.Is(ctx.Err(), context.Canceled):
+		return Result{Reason: verdict.LocalError, sent: true,
+			Detail: fmt.Sprintf("probe cancelled %s into the handshake", elapsed.Round(time.Millisecond))}
 	case waitErr != nil && errors.Is(waitErr, os.ErrDeadlineExceeded):
 		// A late ICMP error may sit in the queue without having ended the handshake yet.
 		if q, ok := lastICMP(drainErrQueue(fd)); ok {
@@ -171,12 +178,15 @@ func bindSource(fd int, a Attempt) error {
 	return nil
 }
 
-// waitConnect waits until the non-blocking connect completes or the deadline passes, and
-// returns the socket's error (0 when connected).
-func waitConnect(f *os.File, deadline time.Time) (int, error) {
+// waitConnect waits until the non-blocking connect completes, the deadline passes or ctx
+// is cancelled (then it returns os.ErrDeadlineExceeded too), and returns the socket's
+// error (0 when connected).
+func waitConnect(ctx context.Context, f *os.File, deadline time.Time) (int, error) {
 	if err := f.SetWriteDeadline(deadline); err != nil {
 		return 0, err
 	}
+	stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(time.Now()) })
+	defer stop()
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -185,7 +195,10 @@ func waitConnect(f *os.File, deadline time.Time) (int, error) {
 	werr := rc.Write(func(fd uintptr) bool {
 		e, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
 		if err != nil {
-			soErr = int(err.(unix.Errno))
+			soErr = int(unix.EBADF)
+			if errno, ok := err.(unix.Errno); ok {
+				soErr = int(errno)
+			}
 			return true
 		}
 		switch unix.Errno(e) {
@@ -241,17 +254,24 @@ func unresolvedNeighbor(a Attempt) (string, bool) {
 	return fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s)", hop, rt.Dev, state), true
 }
 
-// attemptRoute looks up the route the attempt's packets take: out of the target's zone or
-// the --interface when one is given.
+// attemptRoute looks up the route the attempt's packets take: from --source (policy
+// routing may choose the table by it), out of the target's zone or the --interface when
+// one is given.
 func attemptRoute(a Attempt) (netctx.Route, error) {
 	dst := a.Addr.Addr()
+	return netctx.RouteLookup(dst.WithZone(""), a.Source, routeOif(dst, a.Interface))
+}
+
+// routeOif is the interface a route lookup is bound to: the target's zone, else
+// --interface, else none (0).
+func routeOif(dst netip.Addr, iface string) int {
 	oif := 0
 	if z := dst.Zone(); z != "" {
 		oif, _ = scopeID(z)
-	} else if a.Interface != "" {
-		oif, _ = scopeID(a.Interface)
+	} else if iface != "" {
+		oif, _ = scopeID(iface)
 	}
-	return netctx.RouteLookup(dst.WithZone(""), oif)
+	return oif
 }
 
 // silenceDetail words a timeout; how says where the SYN count comes from.

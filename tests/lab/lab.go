@@ -182,6 +182,7 @@ type Lab struct {
 	// scaleReady: the scale tests' drop rule is in place.
 	scaleReady bool
 	sources    sourcePool
+	uplink     bool // SecondUplink is in place
 }
 
 var seq atomic.Int64
