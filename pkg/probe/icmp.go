@@ -330,13 +330,7 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, v6 bool, waited tim
 			res.TimingSource = lastErr.source
 		}
 		wt.ICMP = lastErr.rx
-		if reason == verdict.HostUnreachable && isLocalAddr(ee.from) {
-			// This host itself gave up resolving the next hop (ARP/NDP) and said so.
-			if n, ok := unresolvedNeighbor(a); ok {
-				res.Layer = verdict.LayerLink
-				res.Detail = fmt.Sprintf("%s: %s", n, res.Detail)
-			}
-		}
+		res = fromThisHost(res, a, ee.from, fmt.Sprintf("%d echo request(s)", len(echoes)))
 	case len(echoes) > 0:
 		res.Reason = verdict.Timeout
 		res.waited = waited

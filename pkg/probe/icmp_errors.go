@@ -3,6 +3,8 @@ package probe
 import (
 	"fmt"
 	"net/netip"
+	"strings"
+	"time"
 
 	"reachd/pkg/verdict"
 )
@@ -109,4 +111,35 @@ func icmpAnswer(v6 bool, typ, code uint8, from netip.Addr) (verdict.Reason, *ver
 		ic.From = from.String()
 	}
 	return reason, ic, icmpDetail(ic, v6)
+}
+
+// fromThisHost applies the rule for an ICMP error whose sender is this host (sender is one
+// of its addresses, or unknown when only an errno said it). Such an error is no router's
+// answer. When this host gave up resolving the next hop (ARP/NDP), the kernel reports it as
+// a host unreachable "from" its own address, after about 3 s; the verdict then says what
+// the same failure says before the kernel gives up — the neighbor that never answered,
+// layer link, no wire.icmp — so that every kind agrees at every timeout. Any other error
+// this host made (a local firewall's reject) is layer local, its sender named as this host.
+// sent words what was sent ("2 SYN(s)"). A target on this host answers from this host:
+// the rule is not for it.
+func fromThisHost(res Result, a Attempt, sender netip.Addr, sent string) Result {
+	if sender.IsValid() && !isLocalAddr(sender) || isLocalAddr(a.Addr.Addr()) {
+		return res
+	}
+	if res.Reason == verdict.HostUnreachable || res.Reason == verdict.NetUnreachable {
+		if n, ok := unresolvedNeighbor(a); ok {
+			res.Reason, res.Layer, res.ICMP, res.neighbor = verdict.HostUnreachable, verdict.LayerLink, nil, n
+			res.Detail = fmt.Sprintf("%s; %s never left the link", n, sent)
+			if res.WireTimes != nil {
+				res.WireTimes.ICMP = time.Time{}
+			}
+			return res
+		}
+	}
+	if sender.IsValid() && res.ICMP != nil {
+		res.Layer = verdict.LayerLocal
+		res.ICMP.From = ""
+		res.Detail = strings.Replace(res.Detail, "from "+sender.String(), "made by this host ("+sender.String()+"), not by a router", 1)
+	}
+	return res
 }

@@ -87,6 +87,7 @@ type Result struct {
 	sent           bool          // a packet left (not a local error before sending)
 	waited         time.Duration // how long a timeout waited
 	icmpAt         time.Time     // when the kernel received the ICMP error (socket timestamp)
+	neighbor       string        // the next hop that never resolved, when that is the verdict
 	Connect        time.Duration // connect() (or the first SYN) until the answer; 0: use RTT
 	Stats          *verdict.Stats
 	EchoID         *int

@@ -62,7 +62,6 @@ func TCP(ctx context.Context, a Attempt) Result {
 
 // tcpOutcome waits for the handshake to end and classifies how it ended.
 func tcpOutcome(ctx context.Context, f *os.File, fd int, deadline, start time.Time, a Attempt) Result {
-	dst := a.Addr.Addr()
 	res := Result{sent: true}
 	soErr, waitErr := waitConnect(ctx, f, deadline)
 	elapsed := time.Since(start)
@@ -81,7 +80,7 @@ func tcpOutcome(ctx context.Context, f *os.File, fd int, deadline, start time.Ti
 	case waitErr != nil && errors.Is(waitErr, os.ErrDeadlineExceeded):
 		// A late ICMP error may sit in the queue without having ended the handshake yet.
 		if q, ok := lastICMP(drainErrQueue(fd)); ok {
-			return icmpResult(res, q, dst.Is6())
+			return icmpResult(res, q, a)
 		}
 		return timeoutResult(res, a, elapsed)
 	case waitErr != nil:
@@ -97,9 +96,13 @@ func tcpOutcome(ctx context.Context, f *os.File, fd int, deadline, start time.Ti
 		return res
 	}
 	if q, ok := lastICMP(drainErrQueue(fd)); ok {
-		return icmpResult(res, q, dst.Is6())
+		return icmpResult(res, q, a)
 	}
-	return asyncErrnoResult(res, soErr, elapsed)
+	res = asyncErrnoResult(res, soErr, elapsed)
+	if res.Reason == verdict.HostUnreachable || res.Reason == verdict.NetUnreachable {
+		res = fromThisHost(res, a, netip.Addr{}, synsSent(res))
+	}
+	return res
 }
 
 // probeSocket opens a non-blocking socket of the attempt's family and the address to
@@ -230,9 +233,19 @@ func timeoutResult(res Result, a Attempt, waited time.Duration) Result {
 	if n, ok := unresolvedNeighbor(a); ok {
 		res.Reason = verdict.HostUnreachable
 		res.Layer = verdict.LayerLink
-		res.Detail = fmt.Sprintf("%s; %d SYN(s) never left the link", n, sent)
+		res.neighbor = n
+		res.Detail = fmt.Sprintf("%s; %s never left the link", n, synsSent(res))
 	}
 	return res
+}
+
+// synsSent words how many SYNs a handshake sent, as TCP_INFO counts them.
+func synsSent(res Result) string {
+	sent := 1
+	if res.SYNRetransmits != nil {
+		sent += *res.SYNRetransmits
+	}
+	return fmt.Sprintf("%d SYN(s)", sent)
 }
 
 // unresolvedNeighbor says, when the next hop toward the attempt's target has a neighbor
@@ -279,10 +292,10 @@ func silenceDetail(waited time.Duration, sent int, how string) string {
 	return fmt.Sprintf("no SYN-ACK, RST or ICMP error within %s after %d SYN transmission(s)%s", waited.Round(time.Millisecond), sent, how)
 }
 
-func icmpResult(res Result, q QueuedError, v6 bool) Result {
-	res.Reason, res.ICMP, res.Detail = icmpAnswer(v6, q.Type, q.Code, q.Offender)
+func icmpResult(res Result, q QueuedError, a Attempt) Result {
+	res.Reason, res.ICMP, res.Detail = icmpAnswer(a.Addr.Addr().Is6(), q.Type, q.Code, q.Offender)
 	res.icmpAt = q.At
-	return res
+	return fromThisHost(res, a, q.Offender, synsSent(res))
 }
 
 // asyncErrnoResult classifies a handshake that failed without an ICMP error queued.

@@ -144,12 +144,15 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 	res.WireTimes = wt
 	if w.tc == 0 { // silence: the SYN count is the evidence
 		res.TimingSource = source
-		if res.Reason == verdict.Timeout {
+		switch {
+		case res.Reason == verdict.Timeout:
 			where := " seen leaving on the wire"
 			if source == verdict.SourceKernel {
 				where = " sent by the kernel"
 			}
 			res.Detail = silenceDetail(res.waited, len(tl.syns), where)
+		case res.neighbor != "":
+			res.Detail = fmt.Sprintf("%s; %d SYN(s) never left the link", res.neighbor, len(tl.syns))
 		}
 		return res
 	}

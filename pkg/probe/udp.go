@@ -408,6 +408,7 @@ func (u *udpConn) result(evs []wire.Event, a Attempt, timeout time.Duration) Res
 			res.TimingSource = lastErr.source
 		}
 		wt.ICMP = lastErr.rx
+		res = fromThisHost(res, a, q.Offender, fmt.Sprintf("%d datagram(s)", len(u.dgrams)))
 		if reason == verdict.PortUnreachable && o.ExpectClosed {
 			res.Reason = verdict.OK
 			res.Detail = "port closed, as --expect-closed wants: " + res.Detail
