@@ -175,6 +175,7 @@ type probeFlags struct {
 	interval time.Duration
 	// udp
 	payloadHex, payload, expect, expectHex string
+	payloadSet                             bool // --payload-hex given, maybe empty
 	expectClosed                           bool
 }
 
@@ -231,6 +232,7 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 			"  reachd probe udp --payload-hex 0d0a --expect '^OK' 198.51.100.7:7000\n" +
 			"  reachd probe udp --expect-closed 198.51.100.10:161",
 		RunE: func(c *cobra.Command, args []string) error {
+			pf.payloadSet = c.Flags().Changed("payload-hex")
 			return runProbe(c.Context(), "udp", args, &pf, stdout, c.ErrOrStderr(), status)
 		},
 	}
@@ -239,8 +241,9 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 		c.Flags().DurationVar(&pf.interval, "interval", time.Second, "between the packets of an attempt")
 	}
 	uf := udp.Flags()
-	uf.StringVar(&pf.payloadHex, "payload-hex", "", "datagram payload, in hex (default: empty datagram)")
-	uf.StringVar(&pf.payload, "payload", "", "built-in payload: dns (a query for . NS) or ntp (a client request); the answer must match it")
+	uf.StringVar(&pf.payloadHex, "payload-hex", "", "datagram payload, in hex (\"\" for an empty datagram)")
+	uf.StringVar(&pf.payload, "payload", "", "built-in request, whose answer must match it: "+strings.Join(probe.Payloads(), ", ")+
+		"\n(default: the request of the protocol the port is known for, else the text \"reachd\\n\")")
 	uf.StringVar(&pf.expect, "expect", "", "regular expression the reply must match")
 	uf.StringVar(&pf.expectHex, "expect-hex", "", "bytes (hex) the reply must contain")
 	uf.BoolVar(&pf.expectClosed, "expect-closed", false, "the port must be closed: ok on ICMP port unreachable")
@@ -473,15 +476,14 @@ func (pf *probeFlags) kindOptions(kind string, o *probe.Options) error {
 		return nil
 	}
 	u := &o.UDP
-	switch pf.payload {
-	case "", probe.PayloadDNS, probe.PayloadNTP:
-		u.Builtin = pf.payload
-	default:
-		return usagef("--payload %q: want dns or ntp (or --payload-hex for your own bytes)", pf.payload)
+	if pf.payload != "" && !probe.IsPayload(pf.payload) {
+		return usagef("--payload %q: want one of %s (or --payload-hex for your own bytes)", pf.payload, strings.Join(probe.Payloads(), ", "))
 	}
-	if pf.payload != "" && pf.payloadHex != "" {
+	u.Builtin = pf.payload
+	if pf.payload != "" && pf.payloadSet {
 		return usagef("--payload and --payload-hex exclude each other")
 	}
+	u.PayloadSet = pf.payloadSet
 	var err error
 	if u.Payload, err = parseHex("--payload-hex", pf.payloadHex); err != nil {
 		return err

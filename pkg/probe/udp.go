@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,26 +55,27 @@ func UDP(ctx context.Context, a Attempt) Result {
 	var sendErr error
 	start := time.Now()
 	for i := range count {
-		if i > 0 && sleepUntil(ctx, start.Add(time.Duration(i)*a.Interval)) != nil {
+		// Between sends, answers to the datagrams already sent are read as they come: a
+		// reply may come after the next datagram left (an RTT longer than the interval).
+		if i > 0 && u.wait(ctx, start.Add(time.Duration(i)*a.Interval), false) != nil {
 			break
 		}
 		if i == 0 && !time.Now().Before(deadline) {
 			return Result{Reason: verdict.SelfOverload,
 				Detail: "the attempt's deadline passed before the datagram was sent: the prober is overloaded"}
 		}
-		req, err := o.newRequest()
+		req, err := o.newRequest(a.Addr)
 		if err != nil {
 			return Result{Reason: verdict.LocalError, Detail: err.Error()}
 		}
-		if err := u.send(req); err != nil {
+		if err := u.send(req, timeout, deadline); err != nil {
 			sendErr = err
 			break
 		}
-		until := earlier(u.cur.sentWall.Add(timeout), deadline)
-		if i < count-1 {
-			until = earlier(until, start.Add(time.Duration(i+1)*a.Interval))
-		}
-		u.wait(ctx, until)
+	}
+	// Each datagram waits the timeout for its answer; the last one's wait ends last.
+	if n := len(u.dgrams); n > 0 {
+		_ = u.wait(ctx, u.dgrams[n-1].until, true)
 	}
 	if len(u.dgrams) == 0 && sendErr != nil {
 		return sendError("send datagram", sendErr, a)
@@ -132,6 +134,7 @@ type dgram struct {
 	req      request
 	sentWall time.Time
 	sentMono int64
+	until    time.Time // the end of its wait for an answer
 	txKernel time.Time
 	reply    []byte // the first reply that answers it
 	replied  bool   // (a reply may be empty)
@@ -144,19 +147,25 @@ type dgram struct {
 
 func (d *dgram) answered() bool { return d.replied || d.err != nil }
 
+// open says whether d still waits for its answer at now.
+func (d *dgram) open(now time.Time) bool { return !d.answered() && !now.After(d.until) }
+
+// udpConn is one attempt's socket and its datagrams. Answers are matched to datagrams, not
+// to the one sent last: a built-in request's answer by its identifier, other replies and
+// ICMP errors to the oldest datagram still waiting (a server answers in order; an ICMP
+// error's quote, when it has the payload, picks among datagrams that differ).
 type udpConn struct {
 	f      *os.File
 	fd     int
 	opts   *UDPOptions
 	dgrams []*dgram
-	cur    *dgram
 	extra  int // replies beyond the first to a datagram
-	late   int // replies that came after their datagram's turn
+	late   int // replies that came after their datagram's wait
 	buf    [65536]byte
 	oob    [512]byte
 }
 
-func (u *udpConn) send(req request) error {
+func (u *udpConn) send(req request, timeout time.Duration, deadline time.Time) error {
 	d := &dgram{req: req}
 	d.sentMono, d.sentWall = wire.Monotonic(), time.Now()
 	_, err := unix.Write(u.fd, req.data)
@@ -170,8 +179,8 @@ func (u *udpConn) send(req request) error {
 	if err != nil {
 		return err
 	}
+	d.until = earlier(d.sentWall.Add(timeout), deadline)
 	u.dgrams = append(u.dgrams, d)
-	u.cur = d
 	return nil
 }
 
@@ -181,25 +190,27 @@ func isAsyncICMPErrno(err error) bool {
 		errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENONET)
 }
 
-// wait reads until the current datagram is answered or until.
-func (u *udpConn) wait(ctx context.Context, until time.Time) {
-	if u.drain() || !time.Now().Before(until) {
-		return
+// wait reads answers until until, or, with all, until every datagram sent is answered. It
+// returns ctx's error when ctx ended the wait.
+func (u *udpConn) wait(ctx context.Context, until time.Time, all bool) error {
+	if u.drain() && all || !time.Now().Before(until) {
+		return ctx.Err()
 	}
 	if u.f.SetReadDeadline(until) != nil {
-		return
+		return ctx.Err()
 	}
 	rc, err := u.f.SyscallConn()
 	if err != nil {
-		return
+		return ctx.Err()
 	}
 	stop := context.AfterFunc(ctx, func() { _ = u.f.SetReadDeadline(time.Now()) })
 	defer stop()
-	_ = rc.Read(func(uintptr) bool { return u.drain() })
+	_ = rc.Read(func(uintptr) bool { return u.drain() && all })
+	return ctx.Err()
 }
 
-// drain reads both queues to empty (the poller is edge-triggered) and reports whether the
-// current datagram has been answered.
+// drain reads both queues to empty (the poller is edge-triggered) and reports whether
+// every datagram sent has been answered.
 func (u *udpConn) drain() bool {
 	for range 1 << 12 {
 		n, oobn, _, _, err := unix.Recvmsg(u.fd, u.buf[:], u.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
@@ -217,16 +228,34 @@ func (u *udpConn) drain() bool {
 			// A pending socket error (an ICMP error) that this read cleared; its details
 			// were in the error queue. Without them (no IP_RECVERR support), the errno
 			// alone still says what happened.
-			if d := u.cur; d != nil && !d.answered() && isAsyncICMPErrno(err) {
+			if d := u.oldestOpen(time.Now(), nil); d != nil && isAsyncICMPErrno(err) {
 				d.err, d.errUser = errnoAsICMP(err), time.Now()
 			}
 			continue
 		}
 		u.received(u.buf[:n], u.oob[:oobn])
 	}
-	return u.cur != nil && u.cur.answered()
+	for _, d := range u.dgrams {
+		if !d.answered() {
+			return false
+		}
+	}
+	return len(u.dgrams) > 0
 }
 
+// oldestOpen is the earliest datagram still waiting at now for which fits holds (nil:
+// any).
+func (u *udpConn) oldestOpen(now time.Time, fits func(*dgram) bool) *dgram {
+	for _, d := range u.dgrams {
+		if d.open(now) && (fits == nil || fits(d)) {
+			return d
+		}
+	}
+	return nil
+}
+
+// errQueued handles one error-queue message: a transmit timestamp, or an ICMP error, whose
+// data is the start of the datagram it answers.
 func (u *udpConn) errQueued(b, oob []byte) {
 	m := parseRxOOB(oob)
 	if m.ee == nil {
@@ -241,38 +270,49 @@ func (u *udpConn) errQueued(b, oob []byte) {
 	if !m.ee.IsICMP() {
 		return
 	}
-	d := u.cur
-	if d == nil || d.answered() {
-		return
+	now := time.Now()
+	d := u.oldestOpen(now, func(d *dgram) bool { return bytes.HasPrefix(d.req.data, b) })
+	if d == nil {
+		d = u.oldestOpen(now, nil)
 	}
-	d.err, d.errUser = m.ee, time.Now()
+	if d != nil {
+		d.err, d.errUser = m.ee, now
+	}
 }
 
+// received matches one reply to the datagram it answers.
 func (u *udpConn) received(b, oob []byte) {
 	now := time.Now()
-	m := parseRxOOB(oob)
-	d := u.cur
-	if d == nil {
+	if len(u.dgrams) == 0 {
 		return
 	}
-	if d.answered() {
-		u.extra++
-		return
-	}
-	if d.req.check != nil {
-		if why := d.req.check(b); why != "" {
-			for _, old := range u.dgrams[:len(u.dgrams)-1] {
-				if old.req.check(b) == "" {
-					u.late++
-					return
-				}
+	var d *dgram
+	if u.dgrams[0].req.check != nil {
+		// A built-in request's answer names its request (DNS id, NTP origin, ...).
+		for _, c := range u.dgrams {
+			if c.req.check(b) == "" {
+				d = c
+				break
 			}
-			d.mismatch = why
+		}
+		if d == nil {
+			if o := u.oldestOpen(now, nil); o != nil {
+				o.mismatch = o.req.check(b)
+			}
 			return
 		}
+	} else if d = u.oldestOpen(now, nil); d == nil {
+		d = u.dgrams[len(u.dgrams)-1] // no datagram waits: a duplicate, or a late reply
 	}
-	d.reply, d.replied = append([]byte{}, b...), true
-	d.rxUser, d.rxKernel = now, m.at
+	switch {
+	case d.replied:
+		u.extra++
+	case !d.open(now):
+		u.late++
+	default:
+		d.reply, d.replied = append([]byte{}, b...), true
+		d.rxUser, d.rxKernel = now, parseRxOOB(oob).at
+	}
 }
 
 // errnoAsICMP stands in for an error-queue message when only the errno is known.
@@ -370,6 +410,10 @@ func (u *udpConn) result(evs []wire.Event, a Attempt, timeout time.Duration) Res
 		wt.UDPTx = u.dgrams[0].sentWall
 	}
 	res.WireTimes = wt
+	if len(u.dgrams) > 0 {
+		// What went, also when nothing answered: a silent port may want another payload.
+		res.UDP = &verdict.UDP{Payload: u.dgrams[0].req.name, Sent: len(u.dgrams[0].req.data)}
+	}
 	switch {
 	case len(replies) > 0:
 		first := replies[0]
@@ -379,9 +423,9 @@ func (u *udpConn) result(evs []wire.Event, a Attempt, timeout time.Duration) Res
 		}
 		res.RTT, res.TimingSource = rttStats(st, rtts), worstSource(sources)
 		wt.UDPTx, wt.UDPRx = first.tx, first.rx
-		res.UDP = &verdict.UDP{Sent: len(first.d.req.data), Received: len(first.d.reply), Reply: quoteBytes(first.d.reply, 64)}
+		res.UDP = &verdict.UDP{Payload: first.d.req.name, Sent: len(first.d.req.data), Received: len(first.d.reply), Reply: quoteBytes(first.d.reply, 64)}
 		res.HasRTT = true
-		what, unmet := o.describeReply(first.d.reply), o.expectation(first.d.reply)
+		what, unmet := first.d.req.describeReply(first.d.reply), o.expectation(first.d.reply)
 		switch {
 		case o.ExpectClosed:
 			res.Reason = verdict.ProtocolMismatch

@@ -2,117 +2,72 @@ package probe
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
-
-	"github.com/miekg/dns"
 )
 
-// UDPOptions are the udp kind's flags (CONTRACT.md).
+// UDPOptions are the udp kind's flags.
 type UDPOptions struct {
 	Payload      []byte         // --payload-hex
-	Builtin      string         // --payload dns|ntp: a valid request, checked against its answer
+	PayloadSet   bool           // --payload-hex was given (it may be empty: an empty datagram)
+	Builtin      string         // --payload NAME: a built-in request, checked against its answer
 	Expect       *regexp.Regexp // --expect: matched against the reply's bytes
 	ExpectHex    []byte         // --expect-hex: the reply must contain these bytes
 	ExpectClosed bool           // --expect-closed: ok on port unreachable
 }
 
-// Builtin payloads.
-const (
-	PayloadDNS = "dns"
-	PayloadNTP = "ntp"
-)
-
 // request is one datagram's payload and how to recognise the answer to it.
 type request struct {
+	name string // the verdict's udp.payload
 	data []byte
-	// check says whether reply answers this request; "" means it does, else why not.
+	// check says whether reply answers this request; "" means it does, else why not. Nil
+	// for bytes reachd does not know the protocol of: any reply answers.
 	check func(reply []byte) string
+	// describe words a reply for the verdict's detail ("" for the plain byte count).
+	describe func(reply []byte) string
 }
 
-// newRequest builds the payload of one datagram. Built-in requests carry a fresh
-// identifier (DNS id, NTP transmit timestamp) so that an answer to an earlier datagram,
+// payloadName is what the attempt sends to dst: --payload-hex's bytes, --payload's
+// request, else the request of the protocol dst's port is known for.
+func (o *UDPOptions) payloadName(dst netip.AddrPort) string {
+	switch {
+	case o.PayloadSet || len(o.Payload) > 0:
+		return PayloadHex
+	case o.Builtin != "":
+		return o.Builtin
+	}
+	return PayloadForPort(dst.Port())
+}
+
+// newRequest builds the payload of one datagram to dst. Built-in requests carry a fresh
+// identifier (DNS id, NTP transmit timestamp, ...) so that an answer to an earlier datagram,
 // or to someone else, is not taken for this one's.
-func (o *UDPOptions) newRequest() (request, error) {
-	var r request
-	switch o.Builtin {
-	case PayloadDNS:
-		m := new(dns.Msg)
-		m.SetQuestion(".", dns.TypeNS) // every DNS server can answer it, if only with REFUSED
-		m.RecursionDesired = false
-		m.Id = dns.Id()
-		b, err := m.Pack()
-		if err != nil {
-			return r, fmt.Errorf("build DNS query: %w", err)
-		}
-		r.data = b
-		r.check = func(reply []byte) string { return checkDNSReply(reply, m.Id) }
-	case PayloadNTP:
-		b := make([]byte, 48)
-		b[0] = 0x23 // LI 0, version 4, mode 3 (client)
-		// A random transmit timestamp, as modern clients send: the server echoes it as
-		// the origin timestamp, which ties its answer to this request.
-		if _, err := rand.Read(b[40:48]); err != nil {
-			return r, err
-		}
-		xmt := binary.BigEndian.Uint64(b[40:48])
-		r.data = b
-		r.check = func(reply []byte) string { return checkNTPReply(reply, xmt) }
-	default:
-		r.data = o.Payload
+func (o *UDPOptions) newRequest(dst netip.AddrPort) (request, error) {
+	name := o.payloadName(dst)
+	switch name {
+	case PayloadHex:
+		return request{name: name, data: o.Payload}, nil
+	case PayloadText:
+		return request{name: name, data: payloadText}, nil
 	}
-	return r, nil
+	p, ok := protocols[name]
+	if !ok {
+		return request{}, fmt.Errorf("unknown payload %q", name)
+	}
+	r, err := p.build(dst)
+	r.name = name
+	return r, err
 }
 
-// checkDNSReply says why reply is not the answer to query id, or "" when it is.
-func checkDNSReply(reply []byte, id uint16) string {
-	var m dns.Msg
-	if err := m.Unpack(reply); err != nil {
-		return fmt.Sprintf("the reply is not a DNS message (%v)", err)
-	}
-	if !m.Response {
-		return "the reply is a DNS query, not a response"
-	}
-	if m.Id != id {
-		return fmt.Sprintf("the DNS response has id %d, not the query's %d", m.Id, id)
-	}
-	return ""
-}
-
-// checkNTPReply says why reply is not a server's answer to the request whose transmit
-// timestamp was xmt, or "" when it is.
-func checkNTPReply(reply []byte, xmt uint64) string {
-	if len(reply) < 48 {
-		return fmt.Sprintf("the reply has %d bytes, an NTP packet at least 48", len(reply))
-	}
-	if mode := reply[0] & 7; mode != 4 {
-		return fmt.Sprintf("the reply is NTP mode %d, not 4 (server)", mode)
-	}
-	if org := binary.BigEndian.Uint64(reply[24:32]); org != xmt {
-		return "the NTP reply's origin timestamp is not the request's transmit timestamp"
-	}
-	return ""
-}
-
-// describeReply says what a reply was in the verdict's detail: the DNS rcode or NTP
-// stratum for built-in payloads.
-func (o *UDPOptions) describeReply(reply []byte) string {
-	switch o.Builtin {
-	case PayloadDNS:
-		var m dns.Msg
-		if m.Unpack(reply) == nil {
-			return fmt.Sprintf("DNS response %s with %d answer(s)", dns.RcodeToString[m.Rcode], len(m.Answer))
-		}
-	case PayloadNTP:
-		if len(reply) >= 48 {
-			if reply[1] == 0 {
-				return "NTP response, stratum 0 (kiss-o'-death " + strconv.Quote(string(reply[12:16])) + ")"
-			}
-			return fmt.Sprintf("NTP response, stratum %d", reply[1])
+// describeReply says what a reply was in the verdict's detail: the DNS rcode, the NTP
+// stratum, ... for built-in payloads, else its size.
+func (r *request) describeReply(reply []byte) string {
+	if r.describe != nil {
+		if d := r.describe(reply); d != "" {
+			return d
 		}
 	}
 	return fmt.Sprintf("%d-byte reply", len(reply))

@@ -91,6 +91,7 @@ type Stats struct {
 
 // UDP is what a UDP probe sent and got back.
 type UDP struct {
+	Payload  string `json:"payload,omitempty"` // which request went: a built-in's name, "text" or "hex"
 	Sent     int    `json:"sent_bytes"`
 	Received int    `json:"received_bytes"`
 	Reply    string `json:"reply,omitempty"` // the first reply's first bytes, printable or hex

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -183,6 +184,7 @@ type Lab struct {
 	scaleReady bool
 	sources    sourcePool
 	uplink     bool // SecondUplink is in place
+	delayLate  map[netip.AddrPort]time.Duration
 }
 
 var seq atomic.Int64

@@ -47,6 +47,9 @@ func (l *Lab) setupUDPICMP() error {
 		if err := l.serveDNS(netip.AddrPortFrom(a, PortDNS)); err != nil {
 			return err
 		}
+		if err := l.serveUDPDelayed(netip.AddrPortFrom(a, PortUDPDelay)); err != nil {
+			return err
+		}
 		kw := ipKw(a)
 		if err := l.routerRule(fmt.Sprintf("%s daddr %s udp dport %d drop", kw, a, PortUDPDrop)); err != nil {
 			return err
