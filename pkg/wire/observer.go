@@ -307,7 +307,9 @@ func (o *Observer) attachTCX(ifindex int) (func() error, error) {
 		typ  ebpf.AttachType
 		name string
 	}{{o.tc.ReachdTcIngress, ebpf.AttachTCXIngress, "ingress"}, {o.tc.ReachdTcEgress, ebpf.AttachTCXEgress, "egress"}} {
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.typ})
+		// First in the chain: a program before ours that ends it (TCX_PASS, TCX_DROP)
+		// would hide every probe packet from us, and ours always lets the chain go on.
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.typ, Anchor: link.Head()})
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("attach tcx %s on ifindex %d: %w", a.name, ifindex, err)
