@@ -152,9 +152,10 @@ static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u6
 }
 
 /* The quoted header of an ICMP error: the original packet, sent by the prober, so it is
- * keyed as egress. Only TCP/UDP ports and ICMP echo identifiers are needed (the first 8
- * bytes of L4 that every ICMP error must quote). */
-static __always_inline int key_from_quote(struct cursor *c, struct flow_key *k, int v6)
+ * keyed as egress. Only TCP/UDP ports, ICMP echo identifiers and what tells one packet of a
+ * flow from another (the echo sequence, the TCP sequence) are needed: the first 8 bytes of
+ * L4, which every ICMP error must quote. */
+static __always_inline int key_from_quote(struct cursor *c, struct flow_key *k, int v6, __u32 *seq)
 {
 	__u8 proto = 0;
 	int err = v6 ? parse_ipv6(c, k, 1, &proto) : parse_ipv4(c, k, 1, &proto);
@@ -167,6 +168,11 @@ static __always_inline int key_from_quote(struct cursor *c, struct flow_key *k, 
 			return -1;
 		k->lport = ports[0];
 		k->rport = ports[1];
+		if (proto == PROTO_TCP) {
+			__be32 *tseq = (void *)(ports + 2);
+			if ((void *)(tseq + 1) <= c->end)
+				*seq = bpf_ntohl(*tseq);
+		}
 		return 0;
 	}
 	if ((proto == PROTO_ICMP && !v6) || (proto == PROTO_ICMPV6 && v6)) {
@@ -177,6 +183,7 @@ static __always_inline int key_from_quote(struct cursor *c, struct flow_key *k, 
 			return -1;
 		k->lport = *(__be16 *)(ih + 4);
 		k->rport = 0;
+		*seq = bpf_ntohs(*(__be16 *)(ih + 6));
 		return 0;
 	}
 	return -1;
@@ -207,11 +214,12 @@ __attribute__((noinline)) int quoted_flow(struct __sk_buff *skb, __u32 quote_off
 		return 0;
 	struct flow_key q = {};
 	struct cursor inner = {data + quote_off, end};
-	if (key_from_quote(&inner, &q, v6))
+	__u32 seq = 0;
+	if (key_from_quote(&inner, &q, v6, &seq))
 		return 0;
 	__u64 *tok = bpf_map_lookup_elem(&flows, &q);
 	if (tok)
-		emit(skb, &q, *tok, EV_ICMP_ERROR, 0, 0, 0, type, code, src, v6 ? 16 : 4);
+		emit(skb, &q, *tok, EV_ICMP_ERROR, 0, seq, 0, type, code, src, v6 ? 16 : 4);
 	return 0;
 }
 

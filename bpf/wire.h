@@ -55,7 +55,8 @@ struct wire_event {
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u32 ifindex;
-	__u32 seq;    /* TCP sequence, or ICMP echo sequence (host order) */
+	__u32 seq;    /* TCP sequence, or ICMP echo sequence (host order); of the quoted
+		       * packet for an ICMP error */
 	__u32 ack;    /* TCP acknowledgment (host order) */
 	__u8 from[16];/* sender of an ICMP error: the outer source address */
 	__u8 state_old; /* TCP states (TCP_SYN_SENT = 2, ...) for tracepoint events */

@@ -100,6 +100,9 @@ func closeWire(stderr io.Writer, obs *wire.Observer) {
 	if n, err := obs.Lost(); err == nil && n > 0 {
 		slog.New(slog.NewTextHandler(stderr, nil)).Warn("eBPF events lost to a full ring buffer: some verdicts are not wire-timed", "lost_events", n)
 	}
+	if n := obs.Dropped(); n > 0 {
+		slog.New(slog.NewTextHandler(stderr, nil)).Warn("eBPF events dropped: a peer sent far more than a probe asked for; some verdicts are not wire-timed", "dropped_events", n)
+	}
 	obs.Close()
 }
 

@@ -43,7 +43,9 @@ func ICMP(ctx context.Context, a Attempt) Result {
 	count := max(a.Count, 1)
 	flow := w.flow
 	if flow != nil {
-		flow.Reserve(2*count + 16)
+		// Room for this attempt's events on top of those of the other attempts that
+		// share the flow: a request and an answer per echo.
+		defer flow.Reserve(2 * count)()
 	}
 	var c echoCounters
 	foreign0, corrupt0 := w.foreign.Load(), w.corrupt.Load()
@@ -144,9 +146,11 @@ func echoEvents(f *wire.Flow, echoes []*echo) []wire.Event {
 	for _, e := range echoes {
 		seqs[uint32(e.seq)] = true
 	}
+	// An ICMP error event carries the sequence of the echo it quotes: concurrent attempts to
+	// one destination each take their own.
 	ours := func(ev wire.Event) bool {
 		k := wire.EventKind(ev.Kind)
-		return k == wire.EvICMPError || ((k == wire.EvEchoRequest || k == wire.EvEchoReply) && seqs[ev.Seq])
+		return (k == wire.EvICMPError || k == wire.EvEchoRequest || k == wire.EvEchoReply) && seqs[ev.Seq]
 	}
 	// Complete: every request seen, and for every answered echo an answer event no earlier
 	// than the kernel's receive stamp of the accepted packet (TC ingress runs after that
@@ -161,7 +165,7 @@ func echoEvents(f *wire.Flow, echoes []*echo) []wire.Event {
 				case k == wire.EvEchoRequest && ev.Seq == uint32(e.seq):
 					req = true
 				case e.answered && int64(ev.TsNs) >= anchor &&
-					((e.err == nil && k == wire.EvEchoReply && ev.Seq == uint32(e.seq)) || (e.err != nil && k == wire.EvICMPError)):
+					ev.Seq == uint32(e.seq) && (e.err == nil && k == wire.EvEchoReply || e.err != nil && k == wire.EvICMPError):
 					ans = true
 				}
 			}
@@ -198,7 +202,7 @@ func timeEcho(e *echo, evs []wire.Event) echoTiming {
 	var req, ans uint64
 	for _, ev := range evs {
 		k := wire.EventKind(ev.Kind)
-		isAns := (e.err == nil && k == wire.EvEchoReply && ev.Seq == uint32(e.seq)) || (e.err != nil && k == wire.EvICMPError)
+		isAns := ev.Seq == uint32(e.seq) && (e.err == nil && k == wire.EvEchoReply || e.err != nil && k == wire.EvICMPError)
 		switch {
 		case req == 0 && k == wire.EvEchoRequest && ev.Seq == uint32(e.seq):
 			req = ev.TsNs

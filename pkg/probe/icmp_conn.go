@@ -56,7 +56,27 @@ type pinger struct {
 	ring    [recentSeqs]uint16 // recent's seqs, oldest overwritten first
 	ringLen int
 	ringPos int
-	watches map[netip.Addr]*watch
+	watches map[dstKey]*watch
+}
+
+// dstKey is a destination on its link: fe80::1%a and fe80::1%b are two hosts.
+type dstKey struct {
+	addr    netip.Addr // without zone
+	ifindex int        // the zone's interface index; 0 without a zone
+}
+
+func keyOf(a netip.Addr) dstKey {
+	id, _ := scopeID(a.Zone())
+	return dstKey{a.WithZone(""), id}
+}
+
+// fromKey is the key of a packet's sender as the socket gave it.
+func fromKey(sa unix.Sockaddr) dstKey {
+	k := dstKey{addr: addrPortOf(sa).Addr().Unmap()}
+	if s6, ok := sa.(*unix.SockaddrInet6); ok && k.addr.IsLinkLocalUnicast() {
+		k.ifindex = int(s6.ZoneId)
+	}
+	return k
 }
 
 // echo is one echo request in flight and what answered it.
@@ -210,7 +230,7 @@ func openPinger(k pingerKey) (p *pinger, err error) {
 		}
 	}()
 	p = &pinger{key: k, fd: fd, raw: raw, done: make(chan struct{}),
-		pending: map[uint16]*echo{}, recent: map[uint16]*echo{}, watches: map[netip.Addr]*watch{}}
+		pending: map[uint16]*echo{}, recent: map[uint16]*echo{}, watches: map[dstKey]*watch{}}
 	if _, err := rand.Read(p.nonce[:]); err != nil {
 		return nil, err
 	}
@@ -329,7 +349,7 @@ func bindError(a netip.Addr, err error) error {
 // watchDst registers dst's flow with the observer (once for concurrent attempts to it) so
 // that TC reports its echoes; the returned function undoes it.
 func (p *pinger) watchDst(a Attempt) (*watch, func()) {
-	dst := a.Addr.Addr().WithZone("")
+	dst := keyOf(a.Addr.Addr())
 	p.mu.Lock()
 	w := p.watches[dst]
 	first := w == nil
@@ -503,14 +523,14 @@ func (p *pinger) read() {
 				// was queued: read the stamp first. Only without TC, where stamps are on.
 				drain(int(fd), unix.MSG_ERRQUEUE, errBuf, errOOB, p.errQueued)
 			}
-			p.received(b, oob, addrPortOf(from).Addr())
+			p.received(b, oob, fromKey(from))
 		})
 		return false // wait for more; Close ends the wait
 	})
 }
 
 // received handles one message from the receive queue.
-func (p *pinger) received(b, oob []byte, src netip.Addr) {
+func (p *pinger) received(b, oob []byte, from dstKey) {
 	now := time.Now()
 	m := parseRxOOB(oob)
 	v6 := p.key.v6
@@ -518,7 +538,7 @@ func (p *pinger) received(b, oob []byte, src netip.Addr) {
 	if m.ttl < 0 {
 		m.ttl = pkt.TTL
 	}
-	src = src.Unmap().WithZone("")
+	src := from.addr
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err != nil {
@@ -527,14 +547,14 @@ func (p *pinger) received(b, oob []byte, src netip.Addr) {
 	if !pkt.ChecksumOK {
 		// Damaged on the way: ours if it carries our identifier (the damage may be
 		// anywhere, but an identifier that matches by accident is one in 65536).
-		if w := p.watches[src]; w != nil && pkt.IsEchoReply(v6) && pkt.ID == p.id {
+		if w := p.watches[from]; w != nil && pkt.IsEchoReply(v6) && pkt.ID == p.id {
 			w.corrupt.Add(1)
 		}
 		return
 	}
 	switch {
 	case pkt.IsEchoReply(v6):
-		p.reply(pkt, src, now, m)
+		p.reply(pkt, from, now, m)
 	case pkt.IsError(v6) && pkt.Quote != nil && pkt.Quote.ID == p.id:
 		if e := p.pending[pkt.Quote.Seq]; e != nil && e.dst == pkt.Quote.Dst.WithZone("") {
 			p.answer(e, now, m.at, -1, &echoError{typ: pkt.Type, code: pkt.Code, from: src})
@@ -543,10 +563,11 @@ func (p *pinger) received(b, oob []byte, src netip.Addr) {
 }
 
 // reply matches an echo reply to its request; p.mu is held.
-func (p *pinger) reply(pkt icmpPacket, src netip.Addr, now time.Time, m rxMeta) {
+func (p *pinger) reply(pkt icmpPacket, from dstKey, now time.Time, m rxMeta) {
+	src := from.addr
 	if pkt.ID != p.id || len(pkt.Payload) < 8 || !bytes.Equal(pkt.Payload[:8], p.nonce[:]) {
 		// Another program's echo (another id), or another run that drew our id.
-		if w := p.watches[src]; w != nil {
+		if w := p.watches[from]; w != nil {
 			w.foreign.Add(1)
 		}
 		return

@@ -45,7 +45,7 @@ func UDP(ctx context.Context, a Attempt) Result {
 	if tc {
 		if flow = registerFlow(fd, a, wire.ProtoUDP); flow != nil {
 			defer flow.Close()
-			flow.Reserve(2*count + 16)
+			defer flow.Reserve(2 * count)()
 		}
 	}
 	if err := unix.Connect(fd, sa); err != nil {

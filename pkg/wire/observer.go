@@ -73,13 +73,17 @@ type Observer struct {
 	log    *slog.Logger
 	status Status
 
-	mu       sync.Mutex
-	tcMode   string
-	links    map[int]attachment // by ifindex
-	failed   map[int]error      // by ifindex: why attaching failed (not retried per probe)
-	flows    map[uint64]*Flow   // by token
-	closed   bool
-	token    atomic.Uint64
+	mu      sync.Mutex
+	tcMode  string
+	links   map[int]attachment // by ifindex
+	failed  map[int]error      // by ifindex: why attaching failed (not retried per probe)
+	flows   map[uint64]*Flow   // by token
+	closed  bool
+	token   atomic.Uint64
+	dropped atomic.Uint64
+	// keyMu orders the writes of the flows map: a closing flow's lookup and delete are
+	// one step against a new flow's put of the same key.
+	keyMu    sync.Mutex
 	readDone chan struct{}
 
 	// Each time the reader has handed out every record that was in the ring when a Flush
@@ -392,7 +396,8 @@ type Flow struct {
 	token  uint64
 	mu     sync.Mutex
 	events []Event
-	limit  int // events kept; 0 means maxFlowEvents
+	// reserved: events kept beyond maxFlowEvents, for the multi-packet attempts using it.
+	reserved int
 }
 
 // Register makes the TC programs report proto packets between local and remote. Call it
@@ -419,7 +424,10 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 	if !f.hasKey {
 		return f, nil
 	}
-	if err := o.maps.Flows.Put(f.key, f.token); err != nil {
+	o.keyMu.Lock()
+	err := o.maps.Flows.Put(f.key, f.token)
+	o.keyMu.Unlock()
+	if err != nil {
 		o.mu.Lock()
 		delete(o.flows, f.token)
 		o.mu.Unlock()
@@ -452,9 +460,11 @@ func (f *Flow) Close() {
 	}
 	// Only ours: a later flow with the same key has another token and its own entry.
 	var tok uint64
+	o.keyMu.Lock()
 	if f.hasKey && o.maps.Flows.Lookup(f.key, &tok) == nil && tok == f.token {
 		_ = o.maps.Flows.Delete(f.key)
 	}
+	o.keyMu.Unlock()
 	if f.cookie != 0 {
 		_ = o.maps.Socks.Delete(f.cookie)
 	}
@@ -463,23 +473,35 @@ func (f *Flow) Close() {
 func (f *Flow) add(e Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	limit := f.limit
-	if limit == 0 {
-		limit = maxFlowEvents
-	}
-	if len(f.events) >= limit {
+	if len(f.events) >= maxFlowEvents+f.reserved {
+		// Counted, and reported at close: the attempts whose events these were fall
+		// back to kernel or userspace timing.
+		f.o.dropped.Add(1)
 		return
 	}
 	f.events = append(f.events, e)
 }
 
-// Reserve makes the flow keep at least n events (a multi-packet probe expects two per
-// packet); events beyond the limit are dropped.
-func (f *Flow) Reserve(n int) {
+// Reserve makes the flow keep n more events than it would (a multi-packet attempt expects
+// two per packet) until the returned function gives them back. Attempts that share a flow
+// (echoes to one destination) each reserve their own.
+func (f *Flow) Reserve(n int) (release func()) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.limit = max(f.limit, n, maxFlowEvents)
+	f.reserved += n
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			f.reserved -= n
+			f.mu.Unlock()
+		})
+	}
 }
+
+// Dropped returns how many events were dropped because their flow kept as many as it
+// could (a peer answering far more than asked).
+func (o *Observer) Dropped() uint64 { return o.dropped.Load() }
 
 // Take removes the events that satisfy match and returns them, so that a flow shared by
 // consecutive users (echoes to one destination) does not fill up with spent events.

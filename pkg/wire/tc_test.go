@@ -173,12 +173,12 @@ func TestICMPErrorsMatchQuotedHeader(t *testing.T) {
 		{"v4 frag needed", append(eth(0x0800), ipv4(rtr4, cli4, 1, icmpMsg(3, 4, nil, syn4), nil, 0)...), 21, 3, 4, rtr4},
 		{"v4 time exceeded", append(eth(0x0800), ipv4(rtr4, cli4, 1, icmpMsg(11, 0, nil, syn4), nil, 0)...), 21, 11, 0, rtr4},
 		{"v4 port unreachable (UDP)", append(eth(0x0800), ipv4(srv4, cli4, 1, icmpMsg(3, 3, nil, ipv4(cli4, srv4, 17, udp(40003, 53, nil), nil, 0)), nil, 0)...), 22, 3, 3, srv4},
-		{"v4 unreachable quoting an echo", append(eth(0x0800), ipv4(rtr4, cli4, 1, icmpMsg(3, 0, nil, ipv4(cli4, srv4, 1, echo(8, 4242, 1), nil, 0)[:28]), nil, 0)...), 23, 3, 0, rtr4},
+		{"v4 unreachable quoting an echo", append(eth(0x0800), ipv4(rtr4, cli4, 1, icmpMsg(3, 0, nil, ipv4(cli4, srv4, 1, echo(8, 4242, 77), nil, 0)[:28]), nil, 0)...), 23, 3, 0, rtr4},
 		{"v6 admin prohibited", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(1, 1, nil, ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0))))...), 24, 1, 1, rtr6},
 		{"v6 address unreachable", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(1, 3, nil, ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0))))...), 24, 1, 3, rtr6},
 		{"v6 packet too big", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(2, 0, []byte{0, 0, 5, 0}, ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0))))...), 24, 2, 0, rtr6},
 		{"v6 hop limit exceeded", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(3, 0, nil, ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0))))...), 24, 3, 0, rtr6},
-		{"v6 error quoting an echo", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(1, 0, nil, ipv6(cli6, srv6, 58, echo(128, 4243, 1))))...), 25, 1, 0, rtr6},
+		{"v6 error quoting an echo", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(1, 0, nil, ipv6(cli6, srv6, 58, echo(128, 4243, 78))))...), 25, 1, 0, rtr6},
 		{"v6 quote with ext header", append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(1, 1, nil, ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0), extHdr(60, 0))))...), 24, 1, 1, rtr6},
 	}
 	for _, c := range cases {
@@ -186,6 +186,12 @@ func TestICMPErrorsMatchQuotedHeader(t *testing.T) {
 			e := one(t, run(t, in, rd, c.pkt), EvICMPError, c.token)
 			if e.IcmpType != c.typ || e.IcmpCode != c.code || e.FromAddr() != c.from {
 				t.Errorf("type %d code %d from %s, want %d %d %s", e.IcmpType, e.IcmpCode, e.FromAddr(), c.typ, c.code, c.from)
+			}
+			// The quoted packet's sequence tells apart the errors of concurrent attempts
+			// that share a flow (echoes to one destination).
+			wantSeq := map[uint64]uint32{21: 1, 22: 0, 23: 77, 24: 1, 25: 78}[c.token]
+			if e.Seq != wantSeq {
+				t.Errorf("seq %d, want the quoted packet's %d", e.Seq, wantSeq)
 			}
 		})
 	}
