@@ -64,10 +64,12 @@ struct wire_event {
 	__u8 pad2[6];
 };
 
-/* Sized for a bounded number of attempts in flight; LRU so a crashed prober's entries age
- * out instead of filling the map. */
+/* Registered flows. A plain hash, not LRU: an LRU map would evict a live flow silently when
+ * full, and its attempt would lose its events without a word. Userspace sizes it from its
+ * concurrency at load (this is the default) and reports a full map; the maps die with the
+ * process, so a crashed prober leaves nothing behind. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct flow_key);
 	__type(value, __u64);
@@ -79,9 +81,9 @@ struct {
 } events SEC(".maps");
 
 /* Sockets registered by cookie (SO_COOKIE) for the TCP tracepoints, with the same token as
- * their flow; LRU for the same reason as flows. */
+ * their flow; sized and reported as flows. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, __u64);

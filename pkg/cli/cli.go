@@ -302,7 +302,7 @@ func runProbe(ctx context.Context, kind string, args []string, pf *probeFlags, s
 		return usagef("REACHD_TC: %v", err)
 	}
 	if !pf.noEBPF {
-		if obs := openWire(stderr, wire.Options{TC: tcMode, NoTracepoints: kind != "tcp"}); obs != nil {
+		if obs := openWire(stderr, wire.Options{TC: tcMode, NoTracepoints: kind != "tcp", MaxFlows: wire.FlowsFor(pf.concurrency)}); obs != nil {
 			defer closeWire(stderr, obs)
 			opts.Wire = obs
 		}

@@ -98,6 +98,9 @@ func ICMP(ctx context.Context, a Attempt) Result {
 	if sendErr != nil {
 		res.Detail += fmt.Sprintf("; sending stopped after %d of %d echo requests: %v", len(echoes), count, sendErr)
 	}
+	if w.note != "" {
+		res.Detail += "; " + w.note
+	}
 	return res
 }
 

@@ -47,6 +47,9 @@ type pinger struct {
 	id    uint16 // echo identifier: random (raw) or the kernel's (ping sockets rewrite it)
 	nonce [8]byte
 	done  chan struct{} // closed when the reader has returned
+	// txStamps: the kernel's transmit timestamps are on (see pingerKey.txStamps and
+	// wantTxStamps); the reader then reads each echo's stamp before its reply.
+	txStamps atomic.Bool
 
 	mu      sync.Mutex
 	refs    int
@@ -114,6 +117,7 @@ type watch struct {
 	refs    int
 	ready   chan struct{} // closed once flow is set (or known to stay nil)
 	flow    *wire.Flow
+	note    string // why the flow is not watched, when the verdict must say so
 	foreign atomic.Int64
 	corrupt atomic.Int64
 }
@@ -264,6 +268,7 @@ func (p *pinger) setup() error {
 	flags := unix.SOF_TIMESTAMPING_RX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE
 	if k.txStamps {
 		flags |= unix.SOF_TIMESTAMPING_TX_SOFTWARE
+		p.txStamps.Store(true)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, flags); err != nil {
 		return fmt.Errorf("setsockopt SO_TIMESTAMPING: %w", err)
@@ -364,7 +369,11 @@ func (p *pinger) watchDst(a Attempt) (*watch, func()) {
 	// echo TC is not yet watching.
 	if first {
 		if a.Wire != nil && a.Wire.HasTC() {
-			w.flow = registerEcho(a, p.id, p.key.v6)
+			w.flow, w.note = registerEcho(a, p.id, p.key.v6)
+		}
+		if w.flow == nil {
+			// TC will not see these echoes: the kernel's transmit stamps time them.
+			p.wantTxStamps()
 		}
 		close(w.ready)
 	} else {
@@ -387,27 +396,44 @@ func (p *pinger) watchDst(a Attempt) (*watch, func()) {
 
 // registerEcho registers the flow (local address, dst, identifier) with the TC programs
 // and attaches them to the interface the route leaves by.
-func registerEcho(a Attempt, id uint16, v6 bool) *wire.Flow {
+func registerEcho(a Attempt, id uint16, v6 bool) (*wire.Flow, string) {
 	rt, err := attemptRoute(a)
 	if err != nil || rt.LinkIndex == 0 {
-		return nil
+		return nil, ""
 	}
 	src := a.Source
 	if !src.IsValid() {
 		src = rt.Src
 	}
 	if !src.IsValid() || a.Wire.Attach(rt.LinkIndex) != nil {
-		return nil
+		return nil, ""
 	}
 	proto := uint8(wire.ProtoICMP)
 	if v6 {
 		proto = wire.ProtoICMPv6
 	}
 	f, err := a.Wire.Register(proto, netip.AddrPortFrom(src.WithZone(""), id), netip.AddrPortFrom(a.Addr.Addr().WithZone(""), 0))
-	if err != nil {
-		return nil
+	if errors.Is(err, wire.ErrFlowTableFull) {
+		return nil, tableFullNote(err)
 	}
-	return f
+	if err != nil {
+		return nil, ""
+	}
+	return f, ""
+}
+
+// wantTxStamps turns the kernel's transmit timestamps on for the socket, once: an echo TC
+// does not watch is timed by them, never in userspace.
+func (p *pinger) wantTxStamps() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.txStamps.Load() {
+		return
+	}
+	flags := unix.SOF_TIMESTAMPING_RX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE | unix.SOF_TIMESTAMPING_TX_SOFTWARE
+	if unix.SetsockoptInt(p.fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, flags) == nil {
+		p.txStamps.Store(true)
+	}
 }
 
 // send transmits one echo request to dst and returns it pending.
@@ -518,7 +544,7 @@ func (p *pinger) read() {
 		// Transmit timestamps first, so an echo's is recorded before its reply completes it.
 		drain(int(fd), unix.MSG_ERRQUEUE, buf, oob, p.errQueued)
 		drain(int(fd), 0, buf, oob, func(b, oob []byte, from unix.Sockaddr) {
-			if p.key.txStamps {
+			if p.txStamps.Load() {
 				// A reply can be read in the same pass as its request's transmit stamp
 				// was queued: read the stamp first. Only without TC, where stamps are on.
 				drain(int(fd), unix.MSG_ERRQUEUE, errBuf, errOOB, p.errQueued)

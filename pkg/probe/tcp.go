@@ -39,8 +39,9 @@ func TCP(ctx context.Context, a Attempt) Result {
 		return res
 	}
 	var flow *wire.Flow
+	var note string
 	if a.Wire != nil {
-		if flow = registerTCP(fd, a); flow != nil {
+		if flow, note = registerTCP(fd, a); flow != nil {
 			defer flow.Close()
 		}
 	}
@@ -56,6 +57,9 @@ func TCP(ctx context.Context, a Attempt) Result {
 	res = tcpOutcome(ctx, f, fd, deadline, start, a)
 	if flow != nil {
 		res = applyWire(res, flow, start, startMono)
+	}
+	if note != "" {
+		res.Detail += "; " + note
 	}
 	return res
 }

@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -21,22 +22,29 @@ const catchUp = 5 * time.Second
 // TC programs it binds the socket to the source the route would choose (unless --source
 // did), so that the 5-tuple is known, and attaches to the route's interface; for the
 // tracepoints it registers the socket's cookie. Whatever fails only lowers the timing
-// source (wire → kernel → userspace); it returns nil when nothing can be observed.
-func registerTCP(fd int, a Attempt) *wire.Flow {
-	f := registerFlow(fd, a, wire.ProtoTCP)
+// source (wire → kernel → userspace); it returns nil when nothing can be observed, and a
+// note for the verdict when the reason is one the operator must hear of.
+func registerTCP(fd int, a Attempt) (*wire.Flow, string) {
+	f, note := registerFlow(fd, a, wire.ProtoTCP)
 	if f == nil {
-		return nil
+		// The tracepoints can still time the handshake, by the socket's cookie.
+		f, _ = a.Wire.Register(wire.ProtoTCP, netip.AddrPort{}, a.Addr)
+	}
+	if f == nil {
+		return nil, note
 	}
 	if cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err == nil {
-		_ = f.AddSocket(cookie)
+		if err := f.AddSocket(cookie); errors.Is(err, wire.ErrFlowTableFull) {
+			note = tableFullNote(err)
+		}
 	}
-	return f
+	return f, note
 }
 
 // registerFlow binds fd for a known 5-tuple and registers it with the TC programs (a
 // flow without TC is still returned, for the tracepoints); nil when nothing can be
-// observed.
-func registerFlow(fd int, a Attempt, proto uint8) *wire.Flow {
+// observed. The note says why a full flow table kept the attempt from the wire.
+func registerFlow(fd int, a Attempt, proto uint8) (*wire.Flow, string) {
 	dst := a.Addr.Addr()
 	remote := netip.AddrPortFrom(dst.WithZone(""), a.Addr.Port())
 	var local netip.AddrPort
@@ -45,9 +53,17 @@ func registerFlow(fd int, a Attempt, proto uint8) *wire.Flow {
 	}
 	f, err := a.Wire.Register(proto, local, remote)
 	if err != nil {
-		return nil
+		if errors.Is(err, wire.ErrFlowTableFull) {
+			return nil, tableFullNote(err)
+		}
+		return nil, ""
 	}
-	return f
+	return f, ""
+}
+
+// tableFullNote is what a verdict says when a full flow table kept it from the wire.
+func tableFullNote(error) string {
+	return fmt.Sprintf("not wire-timed: %v (timed by the kernel)", wire.ErrFlowTableFull)
 }
 
 // bindForWire binds fd for a known 5-tuple and attaches TC on the way out; it returns the

@@ -36,14 +36,14 @@ func UDP(ctx context.Context, a Attempt) Result {
 		return res
 	}
 	defer f.Close()
-	tc := a.Wire != nil && a.Wire.HasTC()
-	if res, ok := setupUDPSocket(fd, dst.Is6(), a, !tc); !ok {
+	if res, ok := setupUDPSocket(fd, dst.Is6(), a); !ok {
 		return res
 	}
 	count := max(a.Count, 1)
 	var flow *wire.Flow
-	if tc {
-		if flow = registerFlow(fd, a, wire.ProtoUDP); flow != nil {
+	var note string
+	if a.Wire != nil && a.Wire.HasTC() {
+		if flow, note = registerFlow(fd, a, wire.ProtoUDP); flow != nil {
 			defer flow.Close()
 			defer flow.Reserve(2 * count)()
 		}
@@ -92,12 +92,17 @@ func UDP(ctx context.Context, a Attempt) Result {
 	if sendErr != nil {
 		res.Detail += fmt.Sprintf("; sending stopped after %d of %d datagrams: %v", len(u.dgrams), count, sendErr)
 	}
+	if note != "" {
+		res.Detail += "; " + note
+	}
 	return res
 }
 
-// setupUDPSocket sets the error queue, timestamps (transmit ones only when no TC program
-// watches), the interface and the source address.
-func setupUDPSocket(fd int, v6 bool, a Attempt, txStamps bool) (Result, bool) {
+// setupUDPSocket sets the error queue, timestamps, the interface and the source address.
+// Transmit timestamps are always asked for: whenever TC does not see a datagram (an
+// interface it cannot watch, a full flow table), the kernel's stamps time it, never
+// userspace; they cost one error-queue read per datagram.
+func setupUDPSocket(fd int, v6 bool, a Attempt) (Result, bool) {
 	level, opt := unix.SOL_IP, unix.IP_RECVERR
 	if v6 {
 		level, opt = unix.SOL_IPV6, unix.IPV6_RECVERR
@@ -105,11 +110,9 @@ func setupUDPSocket(fd int, v6 bool, a Attempt, txStamps bool) (Result, bool) {
 	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
 		return socketError("setsockopt IP_RECVERR", err), false
 	}
-	flags := unix.SOF_TIMESTAMPING_RX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE
-	if txStamps {
-		// OPT_ID numbers the stamps 0, 1, ... in send order; TSONLY returns no packet data.
-		flags |= unix.SOF_TIMESTAMPING_TX_SOFTWARE | unix.SOF_TIMESTAMPING_OPT_ID | unix.SOF_TIMESTAMPING_OPT_TSONLY
-	}
+	// OPT_ID numbers the transmit stamps 0, 1, ... in send order; TSONLY returns no data.
+	flags := unix.SOF_TIMESTAMPING_RX_SOFTWARE | unix.SOF_TIMESTAMPING_SOFTWARE |
+		unix.SOF_TIMESTAMPING_TX_SOFTWARE | unix.SOF_TIMESTAMPING_OPT_ID | unix.SOF_TIMESTAMPING_OPT_TSONLY
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, flags); err != nil {
 		return socketError("setsockopt SO_TIMESTAMPING", err), false
 	}

@@ -1,6 +1,12 @@
 package wire
 
-import "testing"
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"testing"
+)
 
 // TestFlowReserveSums: attempts sharing a flow each reserve room for their own events; what
 // no reservation covers is dropped and counted, never silently.
@@ -24,4 +30,43 @@ func TestFlowReserveSums(t *testing.T) {
 		t.Fatalf("kept %d, dropped %d after one release; want %d and 40", n, o.Dropped(), maxFlowEvents+40)
 	}
 	r2()
+}
+
+// TestFlowTableFullFailsVisibly: a registration past the table's size fails, with
+// ErrFlowTableFull, and is counted; the flows already registered stay (an LRU table
+// silently evicted the oldest live flow instead).
+func TestFlowTableFullFailsVisibly(t *testing.T) {
+	requireBPF(t)
+	o, err := Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), Options{TC: TCOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	local, remote := netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.2")
+	var flows []*Flow
+	defer func() {
+		for _, f := range flows {
+			f.Close()
+		}
+	}()
+	size := int(o.maps.Flows.MaxEntries())
+	for i := range size {
+		f, err := o.Register(ProtoUDP, ap(local, uint16(1024+i%60000)), ap(remote, uint16(1+i/60000)))
+		if err != nil {
+			t.Fatalf("flow %d of %d: %v", i+1, size, err)
+		}
+		flows = append(flows, f)
+	}
+	f, err := o.Register(ProtoUDP, ap(local, 9), ap(remote, 9))
+	if err == nil {
+		f.Close()
+		t.Fatalf("the flow table accepted flow %d with room for %d", size+1, size)
+	}
+	if !errors.Is(err, ErrFlowTableFull) || o.Refused() != 1 {
+		t.Errorf("err %v, refused %d: want ErrFlowTableFull, counted once", err, o.Refused())
+	}
+	var tok uint64
+	if err := o.maps.Flows.Lookup(flows[0].key, &tok); err != nil || tok != flows[0].token {
+		t.Errorf("the first flow is gone from the table: %v", err)
+	}
 }

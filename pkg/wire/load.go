@@ -67,6 +67,12 @@ func loadTracer(m *maps) (*tracer, error) {
 		return nil, fmt.Errorf("read embedded eBPF objects: %w", err)
 	}
 	t := &tracer{}
+	// The shared maps replace this object's own, which must then declare their size.
+	for name, mp := range m.replacements() {
+		if ms, ok := spec.Maps[name]; ok {
+			ms.MaxEntries = mp.MaxEntries()
+		}
+	}
 	if err := spec.LoadAndAssign(&t.progs, &ebpf.CollectionOptions{MapReplacements: m.replacements()}); err != nil {
 		return nil, fmt.Errorf("load TCP tracepoint programs: %w", err)
 	}

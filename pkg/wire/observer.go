@@ -43,7 +43,21 @@ type Options struct {
 	// NoTracepoints skips the TCP tracepoints, for runs that probe no TCP (their load
 	// costs tens of milliseconds of CPU).
 	NoTracepoints bool
+	// MaxFlows sizes the flow and socket tables: the attempts (and echo destinations) in
+	// flight at once. 0 means DefaultMaxFlows.
+	MaxFlows int
 }
+
+// DefaultMaxFlows is the flow tables' size when Options.MaxFlows is 0.
+const DefaultMaxFlows = 16384
+
+// ErrFlowTableFull says a flow could not be registered because the flow table holds as many
+// as it was sized for: the attempt is not wire-timed.
+var ErrFlowTableFull = errors.New("reachd's eBPF flow table is full")
+
+// FlowsFor sizes the flow tables for a front-end that runs concurrency attempts at once,
+// each maybe for two families: room for twice that, and never less than a small floor.
+func FlowsFor(concurrency int) int { return max(4*concurrency, 1024) }
 
 // CheckTCMode says whether mode is one of the TC attachment modes.
 func CheckTCMode(mode string) error {
@@ -81,6 +95,7 @@ type Observer struct {
 	closed  bool
 	token   atomic.Uint64
 	dropped atomic.Uint64
+	full    atomic.Uint64 // registrations refused by a full flow table
 	// keyMu orders the writes of the flows map: a closing flow's lookup and delete are
 	// one step against a new flow's put of the same key.
 	keyMu    sync.Mutex
@@ -110,6 +125,13 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	spec, err := loadTcWire()
 	if err != nil {
 		return nil, fmt.Errorf("read embedded eBPF objects: %w", err)
+	}
+	maxFlows := opt.MaxFlows
+	if maxFlows <= 0 {
+		maxFlows = DefaultMaxFlows
+	}
+	for _, name := range []string{"flows", "socks"} {
+		spec.Maps[name].MaxEntries = uint32(maxFlows)
 	}
 	m, err := loadMaps(spec)
 	if err != nil {
@@ -431,7 +453,7 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 		o.mu.Lock()
 		delete(o.flows, f.token)
 		o.mu.Unlock()
-		return nil, fmt.Errorf("register flow %s → %s: %w", local, remote, err)
+		return nil, fmt.Errorf("register flow %s → %s: %w", local, remote, o.tableErr(o.maps.Flows, err))
 	}
 	return f, nil
 }
@@ -442,7 +464,7 @@ func (f *Flow) AddSocket(cookie uint64) error {
 		return errors.New("TCP tracepoints not loaded")
 	}
 	if err := f.o.maps.Socks.Put(cookie, f.token); err != nil {
-		return fmt.Errorf("register socket cookie %d: %w", cookie, err)
+		return fmt.Errorf("register socket cookie %d: %w", cookie, f.o.tableErr(f.o.maps.Socks, err))
 	}
 	f.cookie = cookie
 	return nil
@@ -498,6 +520,18 @@ func (f *Flow) Reserve(n int) (release func()) {
 		})
 	}
 }
+
+// tableErr turns a full table's E2BIG into ErrFlowTableFull, counted.
+func (o *Observer) tableErr(m *ebpf.Map, err error) error {
+	if !errors.Is(err, unix.E2BIG) {
+		return err
+	}
+	o.full.Add(1)
+	return fmt.Errorf("%w (%d entries)", ErrFlowTableFull, m.MaxEntries())
+}
+
+// Refused returns how many registrations a full flow table refused.
+func (o *Observer) Refused() uint64 { return o.full.Load() }
 
 // Dropped returns how many events were dropped because their flow kept as many as it
 // could (a peer answering far more than asked).
