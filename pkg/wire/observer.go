@@ -310,12 +310,12 @@ func (o *Observer) attach(ifindex int) error {
 		o.log.Info("kernel has no TCX: attaching as legacy clsact/cls_bpf filters", "err", err)
 		o.tcMode, o.status.TC = TCLegacy, TCLegacy
 	}
-	if err := legacyAttach(ifindex, o.tc.ReachdTcIngress, o.tc.ReachdTcEgress); err != nil {
+	detach, err := legacyAttach(ifindex, o.tc.ReachdTcIngress, o.tc.ReachdTcEgress)
+	if err != nil {
 		return err
 	}
-	name := legacyName()
 	// A deleted device took its filters with it: nothing to release then.
-	o.links[ifindex] = attachment{detach: func() error { return legacyDetach(ifindex, name) }, gone: func() error { return nil }}
+	o.links[ifindex] = attachment{detach: detach, gone: func() error { return nil }}
 	return nil
 }
 

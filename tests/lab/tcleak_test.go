@@ -12,7 +12,7 @@ import (
 )
 
 // reachdTC counts reachd's TC programs on a client interface: TCX programs and legacy
-// cls_bpf filters (named "reachd:PID").
+// cls_bpf filters (named "reachd:PIDNS:PID:START").
 func reachdTC(t *testing.T, l *Lab, ifname string) (tcx, legacy int) {
 	t.Helper()
 	err := l.Client.Do(func() error {
