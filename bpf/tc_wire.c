@@ -46,8 +46,9 @@ static __always_inline __be16 parse_eth(struct cursor *c)
 	return proto;
 }
 
-/* IPv4 header with options. Fragments other than unfragmented packets carry no usable L4
- * header for us (a probe's SYN or echo is never fragmented): they return -1. */
+/* IPv4 header with options. A first fragment carries the L4 header (a large UDP datagram
+ * or its reply is one): it is parsed like a whole packet, and times the datagram by its
+ * first fragment. Later fragments carry no L4 header: they return -1. */
 static __always_inline int parse_ipv4(struct cursor *c, struct flow_key *k, int egress, __u8 *proto)
 {
 	struct iphdr *ip = c->pos;
@@ -56,7 +57,7 @@ static __always_inline int parse_ipv4(struct cursor *c, struct flow_key *k, int 
 	__u32 hlen = ip->ihl * 4;
 	if (hlen < sizeof(*ip) || c->pos + hlen > c->end)
 		return -1;
-	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset */
+	if (ip->frag_off & bpf_htons(0x1fff)) /* a fragment offset: not the first */
 		return -1;
 	k->family = 4;
 	if (egress) {
@@ -76,7 +77,8 @@ struct opt_hdr {
 	__u8 len;
 };
 
-/* IPv6 header and up to MAX_EXTHDR extension headers. Non-first fragments return -1. */
+/* IPv6 header and up to MAX_EXTHDR extension headers. Non-first fragments return -1; a
+ * first fragment goes on to the header after the fragment header. */
 static __always_inline int parse_ipv6(struct cursor *c, struct flow_key *k, int egress, __u8 *proto)
 {
 	struct ipv6hdr *ip6 = c->pos;
@@ -110,7 +112,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct flow_key *k, int 
 			__be16 *fo = (void *)o + 2;
 			if ((void *)(fo + 1) > c->end)
 				return -1;
-			if (*fo & bpf_htons(0xfff9))
+			if (*fo & bpf_htons(0xfff8)) /* an offset: not the first fragment */
 				return -1;
 			c->pos += 8;
 			break;
@@ -144,12 +146,36 @@ static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u6
 	e->seq = seq;
 	e->ack = ack;
 	__builtin_memset(e->from, 0, sizeof(e->from));
+	/* Reserved ring memory is not zeroed: every byte Go reads is set here. */
+	e->state_old = 0;
+	e->state_new = 0;
+	__builtin_memset(e->pad2, 0, sizeof(e->pad2));
 	if (from_len == 4)
 		__builtin_memcpy(e->from, from, 4);
 	else if (from_len == 16)
 		__builtin_memcpy(e->from, from, 16);
 	submit_event(e);
 }
+
+/* Make the first want bytes of the packet (or all of it, if shorter) readable. Headers are
+ * normally in the linear part and this costs one comparison; some drivers (and GRO's
+ * napi_gro_frags path) leave them in page fragments, out of direct reach. Pulling may copy
+ * the packet, so it happens only then. Packet pointers are stale after it. */
+static __always_inline void linearize(struct __sk_buff *skb, __u32 want)
+{
+	__u32 len = skb->len;
+	if (want > len)
+		want = len;
+	if (want > 2048)
+		return;
+	asm volatile("" : "+r"(skb)); /* see handle() */
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + want > end)
+		bpf_skb_pull_data(skb, want);
+}
+
+#define HEADERS_LEN 128 /* L2 + IPv6 + extension headers + L4: what handle() reads */
 
 /* The quoted header of an ICMP error: the original packet, sent by the prober, so it is
  * keyed as egress. Only TCP/UDP ports, ICMP echo identifiers and what tells one packet of a
@@ -199,11 +225,14 @@ __attribute__((noinline)) int quoted_flow(struct __sk_buff *skb, __u32 quote_off
 					  __u32 icmp)
 {
 	__u8 type = icmp >> 8, code = icmp & 0xff;
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
 	/* Bounds the verifier can follow; real headers are far shorter. */
 	if (quote_off > 1024 || src_off > 1024)
 		return 0;
+	/* The quote may lie beyond the linear part even when the outer headers do not. */
+	linearize(skb, quote_off + HEADERS_LEN);
+	asm volatile("" : "+r"(skb)); /* see handle() */
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 	/* Mask the registers that are added to the packet pointer: clang tests a copy, and the
 	 * verifier does not carry that bound over to the register it adds. In asm, so the mask
 	 * is not folded away as redundant. */
@@ -225,6 +254,10 @@ __attribute__((noinline)) int quoted_flow(struct __sk_buff *skb, __u32 quote_off
 
 static __always_inline int handle(struct __sk_buff *skb, int egress)
 {
+	linearize(skb, HEADERS_LEN);
+	/* Hide skb from clang's reuse of &skb->data: the verifier only allows loads of ctx
+	 * fields at constant offsets from the ctx pointer itself. */
+	asm volatile("" : "+r"(skb));
 	struct cursor c = {(void *)(long)skb->data, (void *)(long)skb->data_end};
 	struct flow_key k = {};
 	__u8 proto = 0;

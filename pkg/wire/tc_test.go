@@ -209,10 +209,10 @@ func TestMalformedPacketsEmitNothing(t *testing.T) {
 	longIHL := append([]byte{}, syn4...)
 	longIHL[14] = 0x4f // claims 60 bytes of header
 	cases := map[string][]byte{
-		"v4 MF fragment":          append(eth(0x0800), ipv4(cli4, srv4, 6, tcp(40000, 80, flagSYN, 1, 0), nil, 0x2000)...),
 		"v4 later fragment":       append(eth(0x0800), ipv4(cli4, srv4, 6, tcp(40000, 80, flagSYN, 1, 0), nil, 0x0010)...),
+		"v4 last fragment":        append(eth(0x0800), ipv4(cli4, srv4, 6, tcp(40000, 80, flagSYN, 1, 0), nil, 0x2010)...),
 		"v6 later fragment":       append(eth(0x86dd), ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0), fragHdr(8, false))...),
-		"v6 first fragment":       append(eth(0x86dd), ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0), fragHdr(0, true))...),
+		"v6 middle fragment":      append(eth(0x86dd), ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0), fragHdr(8, true))...),
 		"v4 IHL < 5":              badIHL,
 		"v4 IHL past the end":     longIHL[:14+24],
 		"v6 too many ext headers": append(eth(0x86dd), ipv6(cli6, srv6, 6, tcp(40001, 443, flagSYN, 1, 0), extHdr(0, 0), extHdr(60, 0), extHdr(60, 0), extHdr(60, 0), extHdr(60, 0), extHdr(60, 0), extHdr(60, 0))...),
@@ -237,6 +237,26 @@ func TestMalformedPacketsEmitNothing(t *testing.T) {
 	// The untouched packets do produce events: the cases above fail for their defect only.
 	one(t, run(t, out, rd, syn4), EvSYN, 31)
 	one(t, run(t, out, rd, syn6), EvSYN, 32)
+}
+
+// TestFirstFragmentsEmit: a first fragment carries the ports, so a large datagram (or its
+// reply) is seen by its first fragment; an ICMP error may quote a first fragment too.
+func TestFirstFragmentsEmit(t *testing.T) {
+	objs, rd := requireBPF(t)
+	in, out := objs.ReachdTcIngress, objs.ReachdTcEgress
+	register(t, objs, ProtoUDP, ap(cli4, 40003), ap(srv4, 53), 41)
+	register(t, objs, ProtoUDP, ap(cli6, 40004), ap(srv6, 53), 42)
+	big := make([]byte, 1200)
+	first4 := ipv4(cli4, srv4, 17, udp(40003, 53, big), nil, 0x2000) // MF, offset 0
+	one(t, run(t, out, rd, append(eth(0x0800), first4...)), EvUDPTx, 41)
+	one(t, run(t, in, rd, append(eth(0x0800), ipv4(srv4, cli4, 17, udp(53, 40003, big), nil, 0x2000)...)), EvUDPRx, 41)
+	one(t, run(t, out, rd, append(eth(0x86dd), ipv6(cli6, srv6, 17, udp(40004, 53, big), fragHdr(0, true))...)), EvUDPTx, 42)
+	one(t, run(t, in, rd, append(eth(0x86dd), ipv6(srv6, cli6, 17, udp(53, 40004, big), fragHdr(0, true))...)), EvUDPRx, 42)
+	// An error quoting the first fragment (IP header and 8 bytes of it, as RFC 792 asks).
+	e := one(t, run(t, in, rd, append(eth(0x0800), ipv4(rtr4, cli4, 1, icmpMsg(3, 4, []byte{0, 0, 5, 0}, first4[:28]), nil, 0)...)), EvICMPError, 41)
+	if e.IcmpType != 3 || e.IcmpCode != 4 {
+		t.Errorf("type %d code %d, want frag needed", e.IcmpType, e.IcmpCode)
+	}
 }
 
 // TestLostEventsCounted fills the ring buffer with nobody reading it: every event that did
