@@ -252,7 +252,10 @@ __attribute__((noinline)) int quoted_flow(struct __sk_buff *skb, __u32 quote_off
 	return 0;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, int egress)
+/* l2: the device puts an Ethernet header in front (Ethernet, veth, bridges, loopback);
+ * else it is an L3 device (tun, ipip, gre, sit, wireguard, ppp) whose packets start with
+ * the IP header, their version given by skb->protocol. */
+static __always_inline int handle(struct __sk_buff *skb, int egress, int l2)
 {
 	linearize(skb, HEADERS_LEN);
 	/* Hide skb from clang's reuse of &skb->data: the verifier only allows loads of ctx
@@ -261,7 +264,7 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
 	struct cursor c = {(void *)(long)skb->data, (void *)(long)skb->data_end};
 	struct flow_key k = {};
 	__u8 proto = 0;
-	__be16 eth = parse_eth(&c);
+	__be16 eth = l2 ? parse_eth(&c) : (__be16)skb->protocol;
 	const __u8 *outer_src;
 	int v6;
 
@@ -346,11 +349,24 @@ static __always_inline int handle(struct __sk_buff *skb, int egress)
 SEC("tc")
 int reachd_tc_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, 0);
+	return handle(skb, 0, 1);
 }
 
 SEC("tc")
 int reachd_tc_egress(struct __sk_buff *skb)
 {
-	return handle(skb, 1);
+	return handle(skb, 1, 1);
+}
+
+/* The same for L3 devices; userspace loads these only when it attaches to one. */
+SEC("tc")
+int reachd_tc_ingress_l3(struct __sk_buff *skb)
+{
+	return handle(skb, 0, 0);
+}
+
+SEC("tc")
+int reachd_tc_egress_l3(struct __sk_buff *skb)
+{
+	return handle(skb, 1, 0);
 }

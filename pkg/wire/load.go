@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 )
 
 // LoadObjects loads the maps and the TC programs into the kernel, through the verifier. A
@@ -44,13 +45,59 @@ func (m *maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{"events": m.Events, "flows": m.Flows, "lost_events": m.LostEvents, "socks": m.Socks}
 }
 
-// loadTC loads the TC programs against the shared maps.
-func loadTC(spec *ebpf.CollectionSpec, m *maps) (*tcWirePrograms, error) {
-	var p tcWirePrograms
-	if err := spec.LoadAndAssign(&p, &ebpf.CollectionOptions{MapReplacements: m.replacements()}); err != nil {
+// tcPair is the ingress and egress programs for one kind of device.
+type tcPair struct {
+	Ingress, Egress *ebpf.Program
+}
+
+func (p *tcPair) Close() {
+	if p != nil {
+		p.Ingress.Close()
+		p.Egress.Close()
+	}
+}
+
+// loadTC loads the TC programs for devices with an Ethernet header, or with l3 for those
+// without, against the shared maps. Only the pair asked for is loaded (and verified): a
+// run that never meets an L3 device does not pay for its programs.
+func loadTC(spec *ebpf.CollectionSpec, m *maps, l3 bool) (*tcPair, error) {
+	opts := &ebpf.CollectionOptions{MapReplacements: m.replacements()}
+	if l3 {
+		var p struct {
+			Ingress *ebpf.Program `ebpf:"reachd_tc_ingress_l3"`
+			Egress  *ebpf.Program `ebpf:"reachd_tc_egress_l3"`
+		}
+		if err := spec.LoadAndAssign(&p, opts); err != nil {
+			return nil, fmt.Errorf("load TC programs for L3 devices: %w", err)
+		}
+		return &tcPair{p.Ingress, p.Egress}, nil
+	}
+	var p struct {
+		Ingress *ebpf.Program `ebpf:"reachd_tc_ingress"`
+		Egress  *ebpf.Program `ebpf:"reachd_tc_egress"`
+	}
+	if err := spec.LoadAndAssign(&p, opts); err != nil {
 		return nil, fmt.Errorf("load TC programs: %w", err)
 	}
-	return &p, nil
+	return &tcPair{p.Ingress, p.Egress}, nil
+}
+
+// linkLayer says whether packets on ifindex start with an Ethernet header (l3 false) or with
+// the IP header (l3 true), from the device's hardware type; other link layers (InfiniBand,
+// ...) cannot be parsed.
+func linkLayer(ifindex int) (l3 bool, err error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false, fmt.Errorf("link %d: %w", ifindex, err)
+	}
+	switch t := l.Attrs().EncapType; t {
+	case "ether", "loopback":
+		return false, nil
+	case "none", "ipip", "tunnel6", "sit", "gre", "ip6gre", "ppp", "rawip":
+		return true, nil
+	default:
+		return false, fmt.Errorf("%s: link type %q has neither an Ethernet header nor none", l.Attrs().Name, t)
+	}
 }
 
 // tracer is the loaded and attached tp_btf programs.

@@ -81,8 +81,10 @@ type Status struct {
 // the TCP tracepoints (socket state) load independently: either one alone still serves.
 type Observer struct {
 	maps   *maps
-	tc     *tcWirePrograms // nil when the TC programs did not load
-	tracer *tracer         // nil when the tracepoints did not load
+	spec   *ebpf.CollectionSpec
+	tc     *tcPair // nil when the TC programs did not load
+	tcL3   *tcPair // for L3 devices: loaded on the first attach to one
+	tracer *tracer // nil when the tracepoints did not load
 	rd     *ringbuf.Reader
 	log    *slog.Logger
 	status Status
@@ -137,7 +139,7 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Observer{maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
+	o := &Observer{spec: spec, maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
 	if n, err := ReapStale(); err != nil {
 		log.Warn("delete stale reachd TC filters", "err", err)
 	} else if n > 0 {
@@ -145,7 +147,7 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	}
 	if opt.TC == TCOff {
 		o.status.TCErr = errors.New("TC programs turned off (REACHD_TC=off)")
-	} else if o.tc, err = loadTC(spec, m); err != nil {
+	} else if o.tc, err = loadTC(spec, m, false); err != nil {
 		o.status.TCErr = err
 	} else {
 		o.status.TC = opt.TC
@@ -234,9 +236,8 @@ func (o *Observer) closeProgs() {
 	if o.tracer != nil {
 		o.tracer.close()
 	}
-	if o.tc != nil {
-		o.tc.Close()
-	}
+	o.tc.Close()
+	o.tcL3.Close()
 	o.maps.Close()
 }
 
@@ -297,8 +298,21 @@ func (o *Observer) Attach(ifindex int) error {
 }
 
 func (o *Observer) attach(ifindex int) error {
+	l3, err := linkLayer(ifindex)
+	if err != nil {
+		return err
+	}
+	progs := o.tc
+	if l3 {
+		if o.tcL3 == nil {
+			if o.tcL3, err = loadTC(o.spec, o.maps, true); err != nil {
+				return err
+			}
+		}
+		progs = o.tcL3
+	}
 	if o.tcMode != TCLegacy {
-		detach, err := o.attachTCX(ifindex)
+		detach, err := o.attachTCX(ifindex, progs)
 		if err == nil {
 			// The links' fds must still be closed when the device is gone.
 			o.links[ifindex] = attachment{detach: detach, gone: detach}
@@ -310,7 +324,7 @@ func (o *Observer) attach(ifindex int) error {
 		o.log.Info("kernel has no TCX: attaching as legacy clsact/cls_bpf filters", "err", err)
 		o.tcMode, o.status.TC = TCLegacy, TCLegacy
 	}
-	detach, err := legacyAttach(ifindex, o.tc.ReachdTcIngress, o.tc.ReachdTcEgress)
+	detach, err := legacyAttach(ifindex, progs.Ingress, progs.Egress)
 	if err != nil {
 		return err
 	}
@@ -319,7 +333,7 @@ func (o *Observer) attach(ifindex int) error {
 	return nil
 }
 
-func (o *Observer) attachTCX(ifindex int) (func() error, error) {
+func (o *Observer) attachTCX(ifindex int, progs *tcPair) (func() error, error) {
 	var ls []link.Link
 	closeAll := func() error {
 		var errs []error
@@ -332,7 +346,7 @@ func (o *Observer) attachTCX(ifindex int) (func() error, error) {
 		prog *ebpf.Program
 		typ  ebpf.AttachType
 		name string
-	}{{o.tc.ReachdTcIngress, ebpf.AttachTCXIngress, "ingress"}, {o.tc.ReachdTcEgress, ebpf.AttachTCXEgress, "egress"}} {
+	}{{progs.Ingress, ebpf.AttachTCXIngress, "ingress"}, {progs.Egress, ebpf.AttachTCXEgress, "egress"}} {
 		// First in the chain: a program before ours that ends it (TCX_PASS, TCX_DROP)
 		// would hide every probe packet from us, and ours always lets the chain go on.
 		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.typ, Anchor: link.Head()})
@@ -643,7 +657,7 @@ func (o *Observer) TCStats() (ingress, egress TCStats, err error) {
 	for _, p := range []struct {
 		prog *ebpf.Program
 		out  *TCStats
-	}{{o.tc.ReachdTcIngress, &ingress}, {o.tc.ReachdTcEgress, &egress}} {
+	}{{o.tc.Ingress, &ingress}, {o.tc.Egress, &egress}} {
 		st, err := p.prog.Stats()
 		if err != nil {
 			return ingress, egress, fmt.Errorf("read program stats: %w", err)

@@ -62,14 +62,16 @@ type tcWireWireEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcWireMapEvents           = "events"
-	tcWireMapFlows            = "flows"
-	tcWireMapLostEvents       = "lost_events"
-	tcWireMapSocks            = "socks"
-	tcWireProgReachdTcEgress  = "reachd_tc_egress"
-	tcWireProgReachdTcIngress = "reachd_tc_ingress"
-	tcWireVarUnusedEventKind  = "unused_event_kind"
-	tcWireVarUnusedWireEvent  = "unused_wire_event"
+	tcWireMapEvents             = "events"
+	tcWireMapFlows              = "flows"
+	tcWireMapLostEvents         = "lost_events"
+	tcWireMapSocks              = "socks"
+	tcWireProgReachdTcEgress    = "reachd_tc_egress"
+	tcWireProgReachdTcEgressL3  = "reachd_tc_egress_l3"
+	tcWireProgReachdTcIngress   = "reachd_tc_ingress"
+	tcWireProgReachdTcIngressL3 = "reachd_tc_ingress_l3"
+	tcWireVarUnusedEventKind    = "unused_event_kind"
+	tcWireVarUnusedWireEvent    = "unused_wire_event"
 )
 
 // loadTcWire returns the embedded CollectionSpec for tcWire.
@@ -114,8 +116,10 @@ type tcWireSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcWireProgramSpecs struct {
-	ReachdTcEgress  *ebpf.ProgramSpec `ebpf:"reachd_tc_egress"`
-	ReachdTcIngress *ebpf.ProgramSpec `ebpf:"reachd_tc_ingress"`
+	ReachdTcEgress    *ebpf.ProgramSpec `ebpf:"reachd_tc_egress"`
+	ReachdTcEgressL3  *ebpf.ProgramSpec `ebpf:"reachd_tc_egress_l3"`
+	ReachdTcIngress   *ebpf.ProgramSpec `ebpf:"reachd_tc_ingress"`
+	ReachdTcIngressL3 *ebpf.ProgramSpec `ebpf:"reachd_tc_ingress_l3"`
 }
 
 // tcWireMapSpecs contains maps before they are loaded into the kernel.
@@ -183,14 +187,18 @@ type tcWireVariables struct {
 //
 // It can be passed to loadTcWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcWirePrograms struct {
-	ReachdTcEgress  *ebpf.Program `ebpf:"reachd_tc_egress"`
-	ReachdTcIngress *ebpf.Program `ebpf:"reachd_tc_ingress"`
+	ReachdTcEgress    *ebpf.Program `ebpf:"reachd_tc_egress"`
+	ReachdTcEgressL3  *ebpf.Program `ebpf:"reachd_tc_egress_l3"`
+	ReachdTcIngress   *ebpf.Program `ebpf:"reachd_tc_ingress"`
+	ReachdTcIngressL3 *ebpf.Program `ebpf:"reachd_tc_ingress_l3"`
 }
 
 func (p *tcWirePrograms) Close() error {
 	return _TcWireClose(
 		p.ReachdTcEgress,
+		p.ReachdTcEgressL3,
 		p.ReachdTcIngress,
+		p.ReachdTcIngressL3,
 	)
 }
 

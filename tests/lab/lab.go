@@ -185,6 +185,7 @@ type Lab struct {
 	sources    sourcePool
 	uplink     bool // SecondUplink is in place
 	delayLate  map[netip.AddrPort]time.Duration
+	relays     map[string]bool // RelayLink: by client device
 }
 
 var seq atomic.Int64
