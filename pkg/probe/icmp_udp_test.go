@@ -35,7 +35,7 @@ func TestICMPLoopback(t *testing.T) {
 	done := make(chan int)
 	for i, a := range targets {
 		go func() {
-			res[i] = ICMP(ctx, Attempt{Addr: netip.AddrPortFrom(netip.MustParseAddr(a), 0), Timeout: time.Second, Count: 3, Interval: 10 * time.Millisecond})
+			res[i] = runICMP(ctx, Attempt{Addr: netip.AddrPortFrom(netip.MustParseAddr(a), 0), Timeout: time.Second, Opts: &ICMPOptions{Packets{Count: 3, Interval: 10 * time.Millisecond}}})
 			done <- i
 		}()
 	}
@@ -43,8 +43,9 @@ func TestICMPLoopback(t *testing.T) {
 		<-done
 	}
 	for i, r := range res {
-		if r.Reason != verdict.OK || r.Stats.Received != 3 || r.Stats.Count != 3 || r.Stats.Duplicates+r.Stats.Corrupt != 0 {
-			t.Errorf("%s: %s %s %+v", targets[i], r.Reason, r.Detail, r.Stats)
+		st := r.Kind.(*echoEvidence).stats
+		if r.Reason != verdict.OK || st.Received != 3 || st.Count != 3 || st.Duplicates+st.Corrupt != 0 {
+			t.Errorf("%s: %s %s %+v", targets[i], r.Reason, r.Detail, st)
 		}
 		if r.TimingSource != verdict.SourceKernel {
 			t.Errorf("%s: timing %q, want kernel timestamps without eBPF", targets[i], r.TimingSource)
@@ -105,11 +106,13 @@ func TestUDPLoopback(t *testing.T) {
 	run := func(dst netip.AddrPort, o UDPOptions, count int) Result {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		return UDP(ctx, Attempt{Addr: dst, Timeout: 300 * time.Millisecond, Count: count, Interval: 10 * time.Millisecond, UDP: &o})
+		o.Packets = Packets{Count: count, Interval: 10 * time.Millisecond}
+		return runUDP(ctx, Attempt{Addr: dst, Timeout: 300 * time.Millisecond, Opts: &o})
 	}
 	r := run(echo, UDPOptions{Payload: []byte("ping")}, 3)
-	if r.Reason != verdict.OK || r.Stats.Received != 3 || r.UDP == nil || r.UDP.Reply != `"pong"` || r.TimingSource != verdict.SourceKernel {
-		t.Errorf("echo: %s %s %+v %+v %s", r.Reason, r.Detail, r.Stats, r.UDP, r.TimingSource)
+	ev := r.Kind.(*udpEvidence)
+	if r.Reason != verdict.OK || ev.stats.Received != 3 || ev.udp == nil || ev.udp.Reply != `"pong"` || r.TimingSource != verdict.SourceKernel {
+		t.Errorf("echo: %s %s %+v %+v %s", r.Reason, r.Detail, ev.stats, ev.udp, r.TimingSource)
 	}
 	if r = run(closed, UDPOptions{}, 1); r.Reason != verdict.PortUnreachable || r.ICMP == nil || r.ICMP.From != "127.0.0.1" {
 		t.Errorf("closed: %s %s %+v", r.Reason, r.Detail, r.ICMP)

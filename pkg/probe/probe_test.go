@@ -140,9 +140,9 @@ func (f fakeResolver) LookupNetIP(ctx context.Context, network, host string) ([]
 	return out, nil
 }
 
-func withKind(t *testing.T, fn Func) {
-	registry["fake"] = fn
-	t.Cleanup(func() { delete(registry, "fake") })
+// withKind is a kind whose attempts fn runs.
+func withKind(_ *testing.T, fn func(ctx context.Context, a Attempt) Result) *Kind {
+	return &Kind{Name: "fake", run: fn}
 }
 
 func fastOpts() *Options {
@@ -159,7 +159,7 @@ func fastOpts() *Options {
 
 func TestRunnerRetriesAndRecordsTries(t *testing.T) {
 	calls := 0
-	withKind(t, func(ctx context.Context, a Attempt) Result {
+	fake := withKind(t, func(ctx context.Context, a Attempt) Result {
 		calls++
 		if calls < 3 {
 			return Result{Reason: verdict.Timeout, Detail: "silence"}
@@ -167,7 +167,7 @@ func TestRunnerRetriesAndRecordsTries(t *testing.T) {
 		return Result{Reason: verdict.OK, Detail: "fine", RTT: 2 * time.Millisecond, HasRTT: true}
 	})
 	tg, _ := target.ParseHostPort("198.51.100.7:80")
-	vs := Run(context.Background(), "fake", tg, fastOpts())
+	vs := Run(context.Background(), fake, tg, fastOpts())
 	v := vs[0]
 	if !v.OK || v.Attempts != 3 || len(v.Tries) != 3 || v.Tries[0].Reason != verdict.Timeout {
 		t.Fatalf("verdict %+v", v)
@@ -182,9 +182,9 @@ func TestRunnerRetriesAndRecordsTries(t *testing.T) {
 
 func TestRunnerDoesNotRetryDefiniteAnswers(t *testing.T) {
 	calls := 0
-	withKind(t, func(ctx context.Context, a Attempt) Result { calls++; return Result{Reason: verdict.Refused} })
+	fake := withKind(t, func(ctx context.Context, a Attempt) Result { calls++; return Result{Reason: verdict.Refused} })
 	tg, _ := target.ParseHostPort("198.51.100.7:80")
-	v := Run(context.Background(), "fake", tg, fastOpts())[0]
+	v := Run(context.Background(), fake, tg, fastOpts())[0]
 	if calls != 1 || v.Attempts != 1 || v.Reason != verdict.Refused || v.Layer != verdict.LayerTransport {
 		t.Fatalf("calls %d verdict %+v", calls, v)
 	}
@@ -192,7 +192,7 @@ func TestRunnerDoesNotRetryDefiniteAnswers(t *testing.T) {
 
 func TestRunnerResolution(t *testing.T) {
 	var probed []netip.AddrPort
-	withKind(t, func(ctx context.Context, a Attempt) Result {
+	fake := withKind(t, func(ctx context.Context, a Attempt) Result {
 		probed = append(probed, a.Addr)
 		return Result{Reason: verdict.OK}
 	})
@@ -201,28 +201,28 @@ func TestRunnerResolution(t *testing.T) {
 
 	o.Family = FamilyBoth
 	tg, _ := target.ParseHostPort("dual.example:443")
-	vs := Run(context.Background(), "fake", tg, o)
+	vs := Run(context.Background(), fake, tg, o)
 	if len(vs) != 2 || vs[0].Family != "ipv4" || vs[1].Family != "ipv6" || vs[1].Addr != "2001:db8::7" {
 		t.Fatalf("both: %+v %+v", vs[0], vs[1])
 	}
 
 	o.Family = FamilyV4
 	tg, _ = target.ParseHostPort("v6.example:443")
-	v := Run(context.Background(), "fake", tg, o)[0]
+	v := Run(context.Background(), fake, tg, o)[0]
 	if v.Reason != verdict.DNSNoAnswer || v.Layer != verdict.LayerResolve || v.Addr != "" {
 		t.Fatalf("v4 of v6-only name: %+v", v)
 	}
 
 	o.Family = FamilyAny
 	tg, _ = target.ParseHostPort("nxdomain.example:443")
-	v = Run(context.Background(), "fake", tg, o)[0]
+	v = Run(context.Background(), fake, tg, o)[0]
 	if v.Reason != verdict.DNSNXDomain || v.RTTMs != nil || v.Route != nil {
 		t.Fatalf("nxdomain: %+v", v)
 	}
 
 	o.Timeout = 20 * time.Millisecond
 	tg, _ = target.ParseHostPort("slow.example:443")
-	v = Run(context.Background(), "fake", tg, o)[0]
+	v = Run(context.Background(), fake, tg, o)[0]
 	if v.Reason != verdict.DNSTimeout {
 		t.Fatalf("slow resolver: %+v", v)
 	}
@@ -236,20 +236,20 @@ func TestTCPLoopback(t *testing.T) {
 	open := loopback.Open(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	r := TCP(ctx, Attempt{Addr: open})
+	r := runTCP(ctx, Attempt{Addr: open})
 	if r.Reason != verdict.OK || !r.HasRTT || r.RTT <= 0 || !r.Local.IsValid() {
 		t.Fatalf("open port: %+v", r)
 	}
 	closed := loopback.Closed(t)
-	r = TCP(ctx, Attempt{Addr: closed})
+	r = runTCP(ctx, Attempt{Addr: closed})
 	if r.Reason != verdict.Refused {
 		t.Fatalf("closed port: %+v", r)
 	}
-	r = TCP(ctx, Attempt{Addr: open, Source: netip.MustParseAddr("198.51.100.250")})
+	r = runTCP(ctx, Attempt{Addr: open, Source: netip.MustParseAddr("198.51.100.250")})
 	if r.Reason != verdict.LocalError || !contains(r.Detail, "not configured") {
 		t.Fatalf("foreign source: %+v", r)
 	}
-	r = TCP(ctx, Attempt{Addr: open, Interface: "reachd-nonexistent0"})
+	r = runTCP(ctx, Attempt{Addr: open, Interface: "reachd-nonexistent0"})
 	if r.Reason != verdict.LocalError && r.Reason != verdict.Permission {
 		t.Fatalf("missing interface: %+v", r)
 	}
@@ -258,7 +258,7 @@ func TestTCPLoopback(t *testing.T) {
 func TestTCPSelfOverload(t *testing.T) {
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Millisecond))
 	defer cancel()
-	r := TCP(ctx, Attempt{Addr: loopback.Closed(t)})
+	r := runTCP(ctx, Attempt{Addr: loopback.Closed(t)})
 	if r.Reason != verdict.SelfOverload || r.sent {
 		t.Fatalf("late attempt: %+v", r)
 	}

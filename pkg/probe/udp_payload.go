@@ -4,20 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 )
-
-// UDPOptions are the udp kind's flags.
-type UDPOptions struct {
-	Payload      []byte         // --payload-hex
-	PayloadSet   bool           // --payload-hex was given (it may be empty: an empty datagram)
-	Builtin      string         // --payload NAME: a built-in request, checked against its answer
-	Expect       *regexp.Regexp // --expect: matched against the reply's bytes
-	ExpectHex    []byte         // --expect-hex: the reply must contain these bytes
-	ExpectClosed bool           // --expect-closed: ok on port unreachable
-}
 
 // request is one datagram's payload and how to recognise the answer to it.
 type request struct {

@@ -78,11 +78,11 @@ func TestFullFlowTableFallsBack(t *testing.T) {
 		udpDst := udpServer(t, true)
 		for _, c := range []struct {
 			kind string
-			fn   Func
+			fn   func(context.Context, Attempt) Result
 			dst  netip.AddrPort
-		}{{"tcp", TCP, tcpDst}, {"udp", UDP, udpDst}, {"icmp", ICMP, netip.AddrPortFrom(lo, 0)}} {
+		}{{"tcp", runTCP, tcpDst}, {"udp", runUDP, udpDst}, {"icmp", runICMP, netip.AddrPortFrom(lo, 0)}} {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			r := c.fn(ctx, Attempt{Addr: c.dst, Wire: obs, Timeout: time.Second, Count: 1, UDP: &UDPOptions{}})
+			r := c.fn(ctx, Attempt{Addr: c.dst, Wire: obs, Timeout: time.Second})
 			cancel()
 			t.Logf("%s: %s [%s] %s", c.kind, r.Reason, r.TimingSource, r.Detail)
 			if r.Reason != verdict.OK || r.TimingSource != verdict.SourceKernel {

@@ -1,12 +1,17 @@
 package probe
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"reachd/pkg/verdict"
+
+	"golang.org/x/sys/unix"
 )
 
 // ICMP error types (RFC 792, RFC 4443) that reachd maps to reasons.
@@ -130,9 +135,7 @@ func fromThisHost(res Result, a Attempt, sender netip.Addr, sent string) Result 
 		if n, ok := unresolvedNeighbor(a); ok {
 			res.Reason, res.Layer, res.ICMP, res.neighbor = verdict.HostUnreachable, verdict.LayerLink, nil, n
 			res.Detail = fmt.Sprintf("%s; %s never left the link", n, sent)
-			if res.WireTimes != nil {
-				res.WireTimes.ICMP = time.Time{}
-			}
+			res.ICMPAt = time.Time{}
 			return res
 		}
 	}
@@ -142,4 +145,133 @@ func fromThisHost(res Result, a Attempt, sender netip.Addr, sent string) Result 
 		res.Detail = strings.Replace(res.Detail, "from "+sender.String(), "made by this host ("+sender.String()+"), not by a router", 1)
 	}
 	return res
+}
+
+func icmpResult(res Result, q QueuedError, a Attempt) Result {
+	res.Reason, res.ICMP, res.Detail = icmpAnswer(a.Addr.Addr().Is6(), q.Type, q.Code, q.Offender)
+	res.icmpAt = q.At
+	return fromThisHost(res, a, q.Offender, synsSent(res))
+}
+
+// asyncErrnoResult classifies a handshake that failed without an ICMP error queued.
+func asyncErrnoResult(res Result, e int, elapsed time.Duration) Result {
+	switch unix.Errno(e) {
+	case unix.ECONNREFUSED:
+		res.Reason, res.Detail = verdict.Refused, "RST in answer to SYN: nothing listens on the port, or a firewall resets"
+		res.RTT, res.HasRTT = elapsed, true
+	case unix.ETIMEDOUT:
+		res.Reason, res.Detail = verdict.Timeout, "the kernel gave up retransmitting the SYN"
+	case unix.ECONNRESET:
+		res.Reason, res.Detail = verdict.Reset, "connection reset during the handshake"
+	case unix.ENETUNREACH:
+		res.Reason, res.Detail = verdict.NetUnreachable, "network unreachable (no ICMP detail queued)"
+	case unix.EHOSTUNREACH:
+		res.Reason, res.Detail = verdict.HostUnreachable, "host unreachable (no ICMP detail queued)"
+	case unix.EACCES, unix.EPERM:
+		res.Reason, res.Detail = verdict.AdminProhibited, fmt.Sprintf("handshake refused by policy: %v", unix.Errno(e))
+	default:
+		res.Reason, res.Detail = verdict.LocalError, fmt.Sprintf("handshake failed: %v", unix.Errno(e))
+	}
+	return res
+}
+
+// connectError classifies connect() failing synchronously: nothing left the host, so the
+// cause is local (routing table, policy, resources).
+func connectError(err error, a Attempt) Result { return sendError("connect", err, a) }
+
+// sendError classifies a send (connect, sendto) that failed synchronously: nothing left
+// the host, so the cause is local (routing table, policy, resources).
+func sendError(op string, err error, a Attempt) Result {
+	dst := a.Addr.Addr()
+	var r Result
+	switch {
+	case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH):
+		r = Result{Reason: verdict.NoRoute, Detail: fmt.Sprintf("no route to %s in the local routing table", dst)}
+		if errors.Is(err, unix.EHOSTUNREACH) {
+			r.Detail = fmt.Sprintf("the local routing table marks %s unreachable", dst)
+		}
+		if a.Interface != "" {
+			if ifc, ierr := net.InterfaceByName(a.Interface); ierr == nil && ifc.Flags&net.FlagUp == 0 {
+				r = Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("interface %s is down", a.Interface)}
+			}
+		}
+	case errors.Is(err, unix.EACCES):
+		r = Result{Reason: verdict.AdminProhibited, Layer: verdict.LayerLocal,
+			Detail: fmt.Sprintf("the local routing table prohibits %s (prohibit route)", dst)}
+	case errors.Is(err, unix.EPERM):
+		r = Result{Reason: verdict.AdminProhibited, Layer: verdict.LayerLocal,
+			Detail: fmt.Sprintf("%s to %s blocked on this host (firewall or cgroup policy)", op, dst)}
+	case errors.Is(err, unix.EINVAL):
+		r = Result{Reason: verdict.NoRoute, Detail: fmt.Sprintf("%s to %s: %v (blackhole route?)", op, dst, err)}
+	case errors.Is(err, unix.EADDRNOTAVAIL):
+		r = Result{Reason: verdict.LocalError, Detail: "no free local port or source address (EADDRNOTAVAIL)"}
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.EAGAIN):
+		r = Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s to %s: the socket's send buffer is full (ENOBUFS/EAGAIN)", op, dst)}
+	default:
+		r = socketError(op, err)
+	}
+	return r
+}
+
+// socketError classifies failures to create or set up a socket.
+func socketError(op string, err error) Result {
+	switch {
+	case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
+		return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s: out of file descriptors (raise LimitNOFILE / ulimit -n)", op)}
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+		return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s: kernel out of memory for sockets", op)}
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return Result{Reason: verdict.Permission, Detail: fmt.Sprintf("%s: %v (binding to an interface needs CAP_NET_RAW on older kernels)", op, err)}
+	}
+	return Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("%s: %v", op, err)}
+}
+
+func isAsyncICMPErrno(err error) bool {
+	return errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.ENETUNREACH) ||
+		errors.Is(err, unix.EHOSTDOWN) || errors.Is(err, unix.EPROTO) || errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOPROTOOPT) ||
+		errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENONET)
+}
+
+// errnoAsICMP stands in for an error-queue message when only the errno is known.
+func errnoAsICMP(err error) *QueuedError {
+	q := &QueuedError{Origin: eeOriginICMP, Type: icmp4DestUnreach}
+	switch {
+	case errors.Is(err, unix.ECONNREFUSED):
+		q.Code = 3
+	case errors.Is(err, unix.EHOSTUNREACH):
+		q.Code = 1
+	case errors.Is(err, unix.ENETUNREACH):
+		q.Code = 0
+	default:
+		q.Code = 255
+	}
+	return q
+}
+
+// isLocalAddr reports whether a is one of this host's addresses (in the current netns).
+func isLocalAddr(a netip.Addr) bool {
+	if !a.IsValid() {
+		return false
+	}
+	addrs, err := localAddrs()
+	if err != nil {
+		return false
+	}
+	return slices.Contains(addrs, a.WithZone(""))
+}
+
+func localAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(as))
+	for _, a := range as {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
 }

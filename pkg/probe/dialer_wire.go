@@ -13,11 +13,6 @@ import (
 	"reachd/pkg/wire"
 )
 
-// catchUp bounds how long a verdict waits for the ring-buffer reader to deliver events the
-// kernel has already written (the SYN-ACK is in the ring before connect() returns). The
-// wait ends as soon as the reader has caught up; the bound only matters if it is stuck.
-const catchUp = 5 * time.Second
-
 // registerTCP prepares an attempt's socket for observation before its SYN leaves. For the
 // TC programs it binds the socket to the source the route would choose (unless --source
 // did), so that the 5-tuple is known, and attaches to the route's interface; for the
@@ -39,65 +34,6 @@ func registerTCP(fd int, a Attempt) (*wire.Flow, string) {
 		}
 	}
 	return f, note
-}
-
-// registerFlow binds fd for a known 5-tuple and registers it with the TC programs (a
-// flow without TC is still returned, for the tracepoints); nil when nothing can be
-// observed. The note says why a full flow table kept the attempt from the wire.
-func registerFlow(fd int, a Attempt, proto uint8) (*wire.Flow, string) {
-	dst := a.Addr.Addr()
-	remote := netip.AddrPortFrom(dst.WithZone(""), a.Addr.Port())
-	var local netip.AddrPort
-	if a.Wire.HasTC() {
-		local = bindForWire(fd, a)
-	}
-	f, err := a.Wire.Register(proto, local, remote)
-	if err != nil {
-		if errors.Is(err, wire.ErrFlowTableFull) {
-			return nil, tableFullNote(err)
-		}
-		return nil, ""
-	}
-	return f, ""
-}
-
-// tableFullNote is what a verdict says when a full flow table kept it from the wire.
-func tableFullNote(error) string {
-	return fmt.Sprintf("not wire-timed: %v (timed by the kernel)", wire.ErrFlowTableFull)
-}
-
-// bindForWire binds fd for a known 5-tuple and attaches TC on the way out; it returns the
-// local address, or an invalid one when the packets cannot be watched.
-func bindForWire(fd int, a Attempt) netip.AddrPort {
-	rt, err := attemptRoute(a)
-	if err != nil || rt.LinkIndex == 0 {
-		return netip.AddrPort{}
-	}
-	if a.Wire.Attach(rt.LinkIndex) != nil {
-		return netip.AddrPort{}
-	}
-	if !a.Source.IsValid() {
-		src := rt.Src
-		if !src.IsValid() {
-			return netip.AddrPort{}
-		}
-		if src.Is6() && src.IsLinkLocalUnicast() {
-			src = src.WithZone(fmt.Sprint(rt.LinkIndex))
-		}
-		sa, err := sockaddrOf(netip.AddrPortFrom(src, 0))
-		if err != nil || unix.Bind(fd, sa) != nil {
-			return netip.AddrPort{}
-		}
-	}
-	sn, err := unix.Getsockname(fd)
-	if err != nil {
-		return netip.AddrPort{}
-	}
-	local := addrPortOf(sn)
-	if local.Port() == 0 {
-		return netip.AddrPort{}
-	}
-	return local
 }
 
 // tcpTimeline is one attempt's handshake as an observer saw it: every SYN sent (first
@@ -151,13 +87,13 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 		return res // nothing observed: keep userspace timing
 	}
 	wall := func(ns uint64) time.Time { return startWall.Add(time.Duration(int64(ns) - startMono)) }
-	wt := &WireTimes{}
+	tr := tcpOf(&res)
+	tr.syns = nil
 	for _, s := range tl.syns {
-		wt.SYNs = append(wt.SYNs, wall(s))
+		tr.syns = append(tr.syns, wall(s))
 	}
 	n := len(tl.syns) - 1
-	res.SYNRetransmits = &n
-	res.WireTimes = wt
+	tr.synRetransmits = &n
 	if w.tc == 0 { // silence: the SYN count is the evidence
 		res.TimingSource = source
 		switch {
@@ -186,15 +122,15 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 	}
 	switch w.tc {
 	case wire.EvSYNACK:
-		wt.SYNACK = wall(tl.answer)
+		tr.synack = wall(tl.answer)
 		if n > 0 {
 			res.Detail = fmt.Sprintf("handshake completed after %d SYN retransmission(s): the SYN-ACK answered the last SYN in %s; the earlier SYN(s) got no answer",
 				n, rtt.Round(time.Microsecond))
 		}
 	case wire.EvRST:
-		wt.RST = wall(tl.answer)
+		tr.rst = wall(tl.answer)
 	case wire.EvICMPError:
-		wt.ICMP = wall(tl.answer)
+		res.ICMPAt = wall(tl.answer)
 		if res.ICMP != nil && res.ICMP.From == "" && tl.from.IsValid() {
 			res.ICMP.From = tl.from.String()
 		}

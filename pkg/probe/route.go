@@ -1,0 +1,81 @@
+package probe
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"reachd/pkg/netctx"
+	"reachd/pkg/verdict"
+)
+
+// routeEvidence records the route a failed probe took, so a verdict says which way it went.
+func routeEvidence(dst, src netip.Addr, ifname string) *verdict.Route {
+	r, err := netctx.RouteTo(dst.WithZone(""), src, routeOif(dst, ifname))
+	if err != nil {
+		return nil
+	}
+	out := &verdict.Route{Dev: r.Dev, Table: r.Table, Type: r.Type}
+	if r.Gateway.IsValid() {
+		out.Gateway = r.Gateway.String()
+	}
+	if r.Src.IsValid() {
+		out.Src = r.Src.String()
+	}
+	return out
+}
+
+// scopeID turns a zone (interface name or index) into an interface index.
+func scopeID(zone string) (int, error) {
+	if zone == "" {
+		return 0, nil
+	}
+	if n, err := strconv.Atoi(zone); err == nil {
+		return n, nil
+	}
+	ifc, err := net.InterfaceByName(zone)
+	if err != nil {
+		return 0, fmt.Errorf("interface %s does not exist", zone)
+	}
+	return ifc.Index, nil
+}
+
+// unresolvedNeighbor says, when the next hop toward the attempt's target has a neighbor
+// entry that never resolved (ARP/NDP got no answer), which hop, where and in what state.
+func unresolvedNeighbor(a Attempt) (string, bool) {
+	dst := a.Addr.Addr()
+	rt, err := attemptRoute(a)
+	if err != nil || rt.LinkIndex == 0 {
+		return "", false
+	}
+	hop := rt.NextHop(dst.WithZone(""))
+	state, err := netctx.NeighborState(hop, rt.LinkIndex)
+	if err != nil || !netctx.Unresolved(state) {
+		return "", false
+	}
+	if ifc, err := net.InterfaceByIndex(rt.LinkIndex); err == nil {
+		rt.Dev = ifc.Name
+	}
+	return fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s)", hop, rt.Dev, state), true
+}
+
+// attemptRoute looks up the route the attempt's packets take: from --source (policy
+// routing may choose the table by it), out of the target's zone or the --interface when
+// one is given.
+func attemptRoute(a Attempt) (netctx.Route, error) {
+	dst := a.Addr.Addr()
+	return netctx.RouteLookup(dst.WithZone(""), a.Source, routeOif(dst, a.Interface))
+}
+
+// routeOif is the interface a route lookup is bound to: the target's zone, else
+// --interface, else none (0).
+func routeOif(dst netip.Addr, iface string) int {
+	oif := 0
+	if z := dst.Zone(); z != "" {
+		oif, _ = scopeID(z)
+	} else if iface != "" {
+		oif, _ = scopeID(iface)
+	}
+	return oif
+}

@@ -1,0 +1,166 @@
+package probe
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"reachd/pkg/schedule"
+	"reachd/pkg/target"
+	"reachd/pkg/verdict"
+)
+
+// Run probes t with kind k and returns one verdict per probed family (two with --family
+// both, else one).
+func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.Verdict {
+	fams := []Family{o.Family}
+	if o.Family == FamilyBoth {
+		fams = []Family{FamilyV4, FamilyV6}
+		if t.IsLiteral() { // a literal has one family only
+			fams = []Family{familyOf(t.Addr)}
+		}
+	}
+	out := make([]*verdict.Verdict, len(fams))
+	var wg sync.WaitGroup
+	for i, f := range fams {
+		wg.Go(func() { out[i] = runFamily(ctx, k, t, f, o) })
+	}
+	wg.Wait()
+	return out
+}
+
+func newVerdict(kind string, t target.Target, o *Options) *verdict.Verdict {
+	return &verdict.Verdict{
+		Time:         verdict.Time(time.Now()),
+		Probe:        o.Probe,
+		Kind:         kind,
+		Target:       t.Raw,
+		TimingSource: verdict.SourceUserspace,
+	}
+}
+
+// outcome is what a family's attempts came to: the last attempt's result, and what the
+// runner measured around it.
+type outcome struct {
+	last     Result
+	addr     netip.Addr
+	resolve  time.Duration
+	total    time.Duration
+	attempts int
+}
+
+func runFamily(ctx context.Context, k *Kind, t target.Target, fam Family, o *Options) *verdict.Verdict {
+	v := newVerdict(k.Name, t, o)
+	if fam == FamilyV4 || fam == FamilyV6 {
+		v.Family = string(fam)
+	}
+	out := attempts(ctx, k, t, fam, o, v)
+	describe(v, out, o)
+	if ctx.Err() != nil && !v.OK && out.attempts < o.Policy.Retries+1 && schedule.Retryable(out.last.Reason) {
+		v.Detail += " (probe cancelled before its retries)"
+	}
+	return v
+}
+
+// attempts runs the attempts of one family with retries, recording each try in v.
+func attempts(ctx context.Context, k *Kind, t target.Target, fam Family, o *Options, v *verdict.Verdict) outcome {
+	sleep := o.Sleep
+	if sleep == nil {
+		sleep = schedule.RealSleep
+	}
+	kopts := k.options(o.Kind)
+	var out outcome
+	n, delays := o.Policy.Do(ctx, sleep, func(ctx context.Context, n int) bool {
+		start := time.Now()
+		// One deadline bounds resolution and the handshake together (seed 2.1): a slow
+		// resolver eats into the attempt's budget rather than extending it. A multi-packet
+		// attempt spends its intervals too, and waits the timeout for its last packet.
+		actx, cancel := context.WithDeadline(ctx, start.Add(attemptBudget(o.Timeout, kopts)))
+		defer cancel()
+		var res Result
+		out.addr, res = resolveAddr(actx, t, fam, o)
+		out.resolve = time.Since(start)
+		if res.Reason == "" {
+			res = k.run(actx, Attempt{
+				Addr:      netip.AddrPortFrom(out.addr, t.Port),
+				Interface: o.Interface,
+				Source:    o.Source,
+				Wire:      o.Wire,
+				Timeout:   o.Timeout,
+				Opts:      kopts,
+				Log:       o.Log,
+			})
+		}
+		out.total = time.Since(start)
+		out.last = res
+		v.Tries = append(v.Tries, verdict.Try{N: n, Reason: res.Reason, Detail: res.Detail, RTTMs: rttPtr(res)})
+		return schedule.Retryable(res.Reason)
+	})
+	for i, d := range delays {
+		v.Tries[i].BackoffMs = verdict.MsPtr(d)
+	}
+	out.attempts = n
+	return out
+}
+
+// describe writes the final attempt's result into v.
+func describe(v *verdict.Verdict, out outcome, o *Options) {
+	last := out.last
+	v.Attempts = out.attempts
+	if out.addr.IsValid() {
+		v.Addr = out.addr.String()
+		v.Family = string(familyOf(out.addr))
+	}
+	v.SetReason(last.Reason, last.Detail)
+	if last.Layer != "" {
+		v.Layer = last.Layer
+	}
+	v.RTTMs = rttPtr(last)
+	v.Timings = &verdict.Timings{Resolve: verdict.MsPtr(out.resolve), Total: verdict.MsPtr(out.total)}
+	if last.Connect > 0 { // echoes and datagrams have no connect phase
+		v.Timings.Connect = verdict.MsPtr(last.Connect)
+	}
+	since := func(t time.Time) *verdict.Millis {
+		if t.IsZero() {
+			return nil
+		}
+		return verdict.MsPtr(t.Sub(time.Time(v.Time)))
+	}
+	if last.ICMP != nil {
+		wireOf(v).ICMP = last.ICMP
+	}
+	if !last.ICMPAt.IsZero() {
+		wireOf(v).ICMPAt = since(last.ICMPAt)
+	}
+	if last.Kind != nil {
+		last.Kind.fill(v, since)
+	}
+	if last.TimingSource != "" {
+		v.TimingSource = last.TimingSource
+	}
+	if last.Local.IsValid() {
+		v.Local = last.Local.String()
+	}
+	if !v.OK && out.addr.IsValid() && last.sent {
+		v.Route = routeEvidence(out.addr, o.Source, o.Interface)
+	}
+}
+
+// attemptBudget is how long one attempt may take: the timeout, and for several packets
+// the intervals between them too.
+func attemptBudget(timeout time.Duration, o KindOptions) time.Duration {
+	if po, ok := o.(packetOptions); ok {
+		if p := po.packets(); p.Count > 1 {
+			return timeout + time.Duration(p.Count-1)*p.Interval
+		}
+	}
+	return timeout
+}
+
+func rttPtr(r Result) *verdict.Millis {
+	if !r.HasRTT {
+		return nil
+	}
+	return verdict.MsPtr(r.RTT)
+}
