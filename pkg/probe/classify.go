@@ -14,83 +14,61 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ICMP error types (RFC 792, RFC 4443) that reachd maps to reasons.
-const (
-	icmp4DestUnreach  = 3
-	icmp4SourceQuench = 4
-	icmp4TimeExceeded = 11
-	icmp4ParamProblem = 12
-
-	icmp6DestUnreach  = 1
-	icmp6PacketTooBig = 2
-	icmp6TimeExceeded = 3
-	icmp6ParamProblem = 4
-)
-
 type icmpMeaning struct {
 	reason verdict.Reason
 	name   string
 }
 
-var icmp4Unreach = [...]icmpMeaning{
-	0:  {verdict.NetUnreachable, "net unreachable"},
-	1:  {verdict.HostUnreachable, "host unreachable"},
-	2:  {verdict.ProtocolUnreachable, "protocol unreachable"},
-	3:  {verdict.PortUnreachable, "port unreachable"},
-	4:  {verdict.FragNeeded, "fragmentation needed"},
-	5:  {verdict.NetUnreachable, "source route failed"},
-	6:  {verdict.NetUnreachable, "destination network unknown"},
-	7:  {verdict.HostUnreachable, "destination host unknown"},
-	8:  {verdict.HostUnreachable, "source host isolated"},
-	9:  {verdict.AdminProhibited, "network administratively prohibited"},
-	10: {verdict.AdminProhibited, "host administratively prohibited"},
-	11: {verdict.NetUnreachable, "network unreachable for TOS"},
-	12: {verdict.HostUnreachable, "host unreachable for TOS"},
-	13: {verdict.AdminProhibited, "communication administratively prohibited"},
-	14: {verdict.AdminProhibited, "host precedence violation"},
-	15: {verdict.AdminProhibited, "precedence cutoff in effect"},
-}
-
-var icmp6Unreach = [...]icmpMeaning{
-	0: {verdict.NetUnreachable, "no route to destination"},
-	1: {verdict.AdminProhibited, "communication administratively prohibited"},
-	2: {verdict.NetUnreachable, "beyond scope of source address"},
-	3: {verdict.HostUnreachable, "address unreachable"},
-	4: {verdict.PortUnreachable, "port unreachable"},
-	5: {verdict.AdminProhibited, "source address failed ingress/egress policy"},
-	6: {verdict.AdminProhibited, "reject route to destination"},
+// unreachCodes names the destination unreachable codes of ICMP (v6 false) and ICMPv6.
+var unreachCodes = map[struct {
+	v6   bool
+	code uint8
+}]icmpMeaning{
+	{false, 0}: {verdict.NetUnreachable, "net unreachable"}, {false, 1}: {verdict.HostUnreachable, "host unreachable"},
+	{false, 2}: {verdict.ProtocolUnreachable, "protocol unreachable"}, {false, 3}: {verdict.PortUnreachable, "port unreachable"},
+	{false, 4}: {verdict.FragNeeded, "fragmentation needed"}, {false, 5}: {verdict.NetUnreachable, "source route failed"},
+	{false, 6}: {verdict.NetUnreachable, "destination network unknown"}, {false, 7}: {verdict.HostUnreachable, "destination host unknown"},
+	{false, 8}: {verdict.HostUnreachable, "source host isolated"}, {false, 9}: {verdict.AdminProhibited, "network administratively prohibited"},
+	{false, 10}: {verdict.AdminProhibited, "host administratively prohibited"}, {false, 11}: {verdict.NetUnreachable, "network unreachable for TOS"},
+	{false, 12}: {verdict.HostUnreachable, "host unreachable for TOS"}, {false, 13}: {verdict.AdminProhibited, "communication administratively prohibited"},
+	{false, 14}: {verdict.AdminProhibited, "host precedence violation"}, {false, 15}: {verdict.AdminProhibited, "precedence cutoff in effect"},
+	{true, 0}: {verdict.NetUnreachable, "no route to destination"}, {true, 1}: {verdict.AdminProhibited, "communication administratively prohibited"},
+	{true, 2}: {verdict.NetUnreachable, "beyond scope of source address"}, {true, 3}: {verdict.HostUnreachable, "address unreachable"},
+	{true, 4}: {verdict.PortUnreachable, "port unreachable"}, {true, 5}: {verdict.AdminProhibited, "source address failed ingress/egress policy"},
+	{true, 6}: {verdict.AdminProhibited, "reject route to destination"},
 }
 
 // ClassifyICMP maps an ICMP (v6=false) or ICMPv6 error to a reason and a name for humans.
 // Errors without a more specific reason (parameter problem, unknown codes) are icmp_error.
 func ClassifyICMP(v6 bool, typ, code uint8) (verdict.Reason, string) {
+	unreach := icmp4DestUnreach
+	if v6 {
+		unreach = icmp6DestUnreach
+	}
+	if typ == unreach {
+		if m, ok := unreachCodes[struct {
+			v6   bool
+			code uint8
+		}{v6, code}]; ok {
+			return m.reason, m.name
+		}
+		return verdict.ICMPError, fmt.Sprintf("destination unreachable code %d", code)
+	}
 	var m icmpMeaning
 	switch {
-	case !v6 && typ == icmp4DestUnreach && int(code) < len(icmp4Unreach):
-		m = icmp4Unreach[code]
-	case !v6 && typ == icmp4DestUnreach:
-		m = icmpMeaning{verdict.ICMPError, fmt.Sprintf("destination unreachable code %d", code)}
-	case !v6 && typ == icmp4TimeExceeded && code == 1:
+	case !v6 && typ == icmp4TimeExceeded && code == 1, v6 && typ == icmp6TimeExceeded && code == 1:
 		m = icmpMeaning{verdict.TTLExceeded, "fragment reassembly time exceeded"}
 	case !v6 && typ == icmp4TimeExceeded:
 		m = icmpMeaning{verdict.TTLExceeded, "TTL exceeded in transit"}
-	case !v6 && typ == icmp4ParamProblem:
-		m = icmpMeaning{verdict.ICMPError, "parameter problem"}
-	case !v6 && typ == icmp4SourceQuench:
-		m = icmpMeaning{verdict.ICMPError, "source quench"}
-	case v6 && typ == icmp6DestUnreach && int(code) < len(icmp6Unreach):
-		m = icmp6Unreach[code]
-	case v6 && typ == icmp6DestUnreach:
-		m = icmpMeaning{verdict.ICMPError, fmt.Sprintf("destination unreachable code %d", code)}
-	case v6 && typ == icmp6PacketTooBig:
-		m = icmpMeaning{verdict.FragNeeded, "packet too big"}
-	case v6 && typ == icmp6TimeExceeded && code == 1:
-		m = icmpMeaning{verdict.TTLExceeded, "fragment reassembly time exceeded"}
 	case v6 && typ == icmp6TimeExceeded:
 		m = icmpMeaning{verdict.TTLExceeded, "hop limit exceeded in transit"}
+	case !v6 && typ == icmp4SourceQuench:
+		m = icmpMeaning{verdict.ICMPError, "source quench"}
+	case v6 && typ == icmp6PacketTooBig:
+		m = icmpMeaning{verdict.FragNeeded, "packet too big"}
 	case v6 && typ == icmp6ParamProblem && code == 1:
 		m = icmpMeaning{verdict.ProtocolUnreachable, "unrecognized next header"}
-	case v6 && typ == icmp6ParamProblem:
+	case !v6 && typ == icmp4ParamProblem, v6 && typ == icmp6ParamProblem:
 		m = icmpMeaning{verdict.ICMPError, "parameter problem"}
 	default:
 		m = icmpMeaning{verdict.ICMPError, fmt.Sprintf("type %d code %d", typ, code)}

@@ -44,22 +44,26 @@ type tcpTimeline struct {
 	from   netip.Addr
 }
 
-// applyWire replaces the userspace view of an attempt with what was observed in the
-// kernel: from TC (timing_source wire) when it saw the SYNs, else from the TCP tracepoints
-// (timing_source kernel). The round trip is the answer minus the last SYN before it.
-func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) Result {
-	type want struct{ tc, trace wire.EventKind }
-	var w want
+// wantEvents are the events that answer a handshake as its socket ended it: at TC, and at
+// the tracepoints. Zero: silence, nothing answered.
+type wantEvents struct{ tc, trace wire.EventKind }
+
+func wantFor(res Result) wantEvents {
 	switch {
 	case res.Reason == verdict.OK:
-		w = want{wire.EvSYNACK, wire.EvState}
+		return wantEvents{wire.EvSYNACK, wire.EvState}
 	case res.Reason == verdict.Refused:
-		w = want{wire.EvRST, wire.EvResetRx}
+		return wantEvents{wire.EvRST, wire.EvResetRx}
 	case res.ICMP != nil:
-		w = want{wire.EvICMPError, wire.EvState}
+		return wantEvents{wire.EvICMPError, wire.EvState}
 	}
-	// The tracepoints fire in the kernel before the socket wakes us, TC before that: both
-	// are in the ring already, but the reader may not have delivered them yet.
+	return wantEvents{}
+}
+
+// handshakeEvents returns the flow's events, in time order. The tracepoints fire in the
+// kernel before the socket wakes us, TC before that: both are in the ring already, but the
+// reader may not have delivered them yet.
+func handshakeEvents(f *wire.Flow, w wantEvents) []wire.Event {
 	var evs []wire.Event
 	if w.tc == 0 {
 		evs = f.Sync(time.Now().Add(catchUp)) // silence: count every SYN the kernel saw
@@ -70,19 +74,31 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 		})
 	}
 	slices.SortFunc(evs, func(x, y wire.Event) int { return int(int64(x.TsNs) - int64(y.TsNs)) })
+	return evs
+}
 
-	source := verdict.SourceWire
-	tl := tcTimeline(evs, w.tc)
-	if len(tl.syns) == 0 {
-		source = verdict.SourceKernel
-		tl = traceTimeline(evs, w.tc)
-		if tl.answer == 0 && w.tc == wire.EvICMPError && !res.icmpAt.IsZero() {
-			// An ICMP error that arrives while connect() still holds the socket lock (a
-			// fast path) does not close the socket, so no state change marks it; the error
-			// queue's kernel timestamp does.
-			tl.answer = uint64(startMono + int64(res.icmpAt.Sub(startWall)))
-		}
+// observedTimeline is the handshake as TC saw it (timing_source wire), else as the
+// tracepoints did (kernel).
+func observedTimeline(evs []wire.Event, w wantEvents, res Result, startWall time.Time, startMono int64) (tcpTimeline, string) {
+	if tl := tcTimeline(evs, w.tc); len(tl.syns) > 0 {
+		return tl, verdict.SourceWire
 	}
+	tl := traceTimeline(evs, w.tc)
+	if tl.answer == 0 && w.tc == wire.EvICMPError && !res.icmpAt.IsZero() {
+		// An ICMP error that arrives while connect() still holds the socket lock (a fast
+		// path) does not close the socket, so no state change marks it; the error queue's
+		// kernel timestamp does.
+		tl.answer = uint64(startMono + int64(res.icmpAt.Sub(startWall)))
+	}
+	return tl, verdict.SourceKernel
+}
+
+// applyWire replaces the userspace view of an attempt with what was observed in the
+// kernel: from TC (timing_source wire) when it saw the SYNs, else from the TCP tracepoints
+// (timing_source kernel). The round trip is the answer minus the last SYN before it.
+func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) Result {
+	w := wantFor(res)
+	tl, source := observedTimeline(handshakeEvents(f, w), w, res, startWall, startMono)
 	if len(tl.syns) == 0 {
 		return res // nothing observed: keep userspace timing
 	}

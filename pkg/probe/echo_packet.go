@@ -4,33 +4,50 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
-// ICMP message types of echo probes (RFC 792, RFC 4443).
+// Echo messages are built and parsed with golang.org/x/net/icmp. Own code remains only
+// where the library does not serve: the IPv4 checksum check of a received message (the
+// library does not verify checksums), the walk over the extension headers of an IPv6
+// packet quoted in an error (ipv6.ParseHeader reads the fixed header only), and finding our
+// echo in a transmit-timestamp report, whose link and IP headers are of unknown length.
+
+// ICMP message types of echo probes and the errors they draw (RFC 792, RFC 4443), as the
+// socket filters and the error classifier need them.
 const (
-	icmp4EchoReply   = 0
-	icmp4EchoRequest = 8
-	icmp6EchoRequest = 128
-	icmp6EchoReply   = 129
+	icmp4EchoReply    = uint8(ipv4.ICMPTypeEchoReply)
+	icmp4DestUnreach  = uint8(ipv4.ICMPTypeDestinationUnreachable)
+	icmp4SourceQuench = 4 // deprecated (RFC 6633): x/net has no name for it
+	icmp4EchoRequest  = uint8(ipv4.ICMPTypeEcho)
+	icmp4TimeExceeded = uint8(ipv4.ICMPTypeTimeExceeded)
+	icmp4ParamProblem = uint8(ipv4.ICMPTypeParameterProblem)
+
+	icmp6DestUnreach  = uint8(ipv6.ICMPTypeDestinationUnreachable)
+	icmp6PacketTooBig = uint8(ipv6.ICMPTypePacketTooBig)
+	icmp6TimeExceeded = uint8(ipv6.ICMPTypeTimeExceeded)
+	icmp6ParamProblem = uint8(ipv6.ICMPTypeParameterProblem)
+	icmp6EchoRequest  = uint8(ipv6.ICMPTypeEchoRequest)
+	icmp6EchoReply    = uint8(ipv6.ICMPTypeEchoReply)
 )
 
 // echoHeaderLen is the ICMP echo header: type, code, checksum, identifier, sequence.
 const echoHeaderLen = 8
 
-// buildEcho returns an echo request. The IPv4 checksum is computed here; ICMPv6's covers a
-// pseudo-header with addresses only the kernel knows for sure, and the kernel fills it in
-// (raw ICMPv6 sockets always checksum at offset 2; ping sockets checksum both families).
+// buildEcho returns an echo request. The IPv4 checksum is computed by Marshal; ICMPv6's
+// covers a pseudo-header with addresses only the kernel knows for sure, and the kernel fills
+// it in (raw ICMPv6 sockets always checksum at offset 2; ping sockets checksum both).
 func buildEcho(v6 bool, id, seq uint16, payload []byte) []byte {
-	b := make([]byte, echoHeaderLen+len(payload))
-	b[0] = icmp4EchoRequest
+	m := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(id), Seq: int(seq), Data: payload}}
 	if v6 {
-		b[0] = icmp6EchoRequest
+		m.Type = ipv6.ICMPTypeEchoRequest
 	}
-	binary.BigEndian.PutUint16(b[4:6], id)
-	binary.BigEndian.PutUint16(b[6:8], seq)
-	copy(b[echoHeaderLen:], payload)
-	if !v6 {
-		binary.BigEndian.PutUint16(b[2:4], inetChecksum(b))
+	b, err := m.Marshal(nil)
+	if err != nil { // only for a body the library cannot encode, which an echo is not
+		panic(err)
 	}
 	return b
 }
@@ -85,10 +102,15 @@ func (p *icmpPacket) IsEchoReply(v6 bool) bool {
 
 var (
 	errShortPacket = errors.New("packet too short")
-	errNotIPv4     = errors.New("not an IPv4 header")
-	errNotIPv6     = errors.New("not an IPv6 header")
 	errBadQuote    = errors.New("quoted packet is not an echo request")
 )
+
+func icmpProto(v6 bool) int {
+	if v6 {
+		return 58
+	}
+	return 1
+}
 
 // parseICMP decodes what an ICMP socket returned: with the IPv4 header in front (raw IPv4
 // sockets) when withIPv4 is set, else the ICMP message itself (raw ICMPv6 and ping sockets).
@@ -96,36 +118,45 @@ var (
 func parseICMP(b []byte, v6, withIPv4 bool) (icmpPacket, error) {
 	p := icmpPacket{TTL: -1}
 	if withIPv4 {
-		if len(b) < 20 {
-			return p, errShortPacket
+		h, err := ipv4.ParseHeader(b)
+		if err != nil {
+			return p, err
 		}
-		if b[0]>>4 != 4 {
-			return p, errNotIPv4
-		}
-		hl := int(b[0]&0x0f) * 4
-		if hl < 20 || len(b) < hl {
-			return p, errShortPacket
-		}
-		p.TTL = int(b[8])
+		p.TTL = h.TTL
 		// The total length bounds the message: a socket may hand over padding after it.
-		if tl := int(binary.BigEndian.Uint16(b[2:4])); tl >= hl && tl < len(b) {
-			b = b[:tl]
+		if h.TotalLen >= h.Len && h.TotalLen < len(b) {
+			b = b[:h.TotalLen]
 		}
-		b = b[hl:]
+		b = b[h.Len:]
 	}
 	if len(b) < echoHeaderLen {
 		return p, errShortPacket
 	}
-	p.Type, p.Code = b[0], b[1]
+	m, err := icmp.ParseMessage(icmpProto(v6), b)
+	if err != nil {
+		return p, err
+	}
+	p.Type, p.Code = b[0], uint8(m.Code)
 	p.ChecksumOK = v6 || inetChecksum(b) == 0
-	p.ID = binary.BigEndian.Uint16(b[4:6])
-	p.Seq = binary.BigEndian.Uint16(b[6:8])
-	p.Payload = b[echoHeaderLen:]
+	var quote []byte
+	switch body := m.Body.(type) {
+	case *icmp.Echo:
+		p.ID, p.Seq, p.Payload = uint16(body.ID), uint16(body.Seq), body.Data
+	case *icmp.DstUnreach:
+		quote = body.Data
+	case *icmp.TimeExceeded:
+		quote = body.Data
+	case *icmp.ParamProb:
+		quote = body.Data
+	case *icmp.PacketTooBig:
+		quote = body.Data
+	case *icmp.RawBody: // source quench: 4 unused bytes, then the quote
+		if len(body.Data) >= 4 {
+			quote = body.Data[4:]
+		}
+	}
 	if p.IsError(v6) {
-		p.ID, p.Seq = 0, 0
-		p.Payload = nil
-		q, err := parseQuotedEcho(b[echoHeaderLen:], v6)
-		if err == nil {
+		if q, err := parseQuotedEcho(quote, v6); err == nil {
 			p.Quote = &q
 		}
 	}
@@ -138,62 +169,63 @@ func parseQuotedEcho(b []byte, v6 bool) (quotedEcho, error) {
 	var q quotedEcho
 	var rest []byte
 	if v6 {
-		if len(b) < 40 {
-			return q, errShortPacket
+		h, err := ipv6.ParseHeader(b)
+		if err != nil {
+			return q, err
 		}
-		if b[0]>>4 != 6 {
-			return q, errNotIPv6
+		dst, _ := netip.AddrFromSlice(h.Dst)
+		q.Dst = dst
+		if rest, err = skipExtHeaders(h.NextHeader, b[ipv6.HeaderLen:]); err != nil {
+			return q, err
 		}
-		q.Dst = netip.AddrFrom16([16]byte(b[24:40]))
-		nh, off := b[6], 40
-		// Extension headers a quoted echo may carry (hop-by-hop, routing, destination
-		// options); a fragment or anything else is not our echo.
-		for range 8 {
-			if nh != 0 && nh != 43 && nh != 60 {
-				break
-			}
-			if len(b) < off+2 {
-				return q, errShortPacket
-			}
-			nh, off = b[off], off+(int(b[off+1])+1)*8
-		}
-		if nh != 58 {
-			return q, errBadQuote
-		}
-		if len(b) < off {
-			return q, errShortPacket
-		}
-		rest = b[off:]
 	} else {
-		if len(b) < 20 {
-			return q, errShortPacket
+		h, err := ipv4.ParseHeader(b)
+		if err != nil {
+			return q, err
 		}
-		if b[0]>>4 != 4 {
-			return q, errNotIPv4
-		}
-		hl := int(b[0]&0x0f) * 4
-		if hl < 20 || len(b) < hl {
-			return q, errShortPacket
-		}
-		if b[9] != 1 {
+		if h.Protocol != 1 {
 			return q, errBadQuote
 		}
-		q.Dst = netip.AddrFrom4([4]byte(b[16:20]))
-		rest = b[hl:]
+		dst, _ := netip.AddrFromSlice(h.Dst.To4())
+		q.Dst = dst
+		rest = b[h.Len:]
 	}
 	if len(rest) < echoHeaderLen {
 		return q, errShortPacket
 	}
-	want := uint8(icmp4EchoRequest)
-	if v6 {
-		want = icmp6EchoRequest
+	m, err := icmp.ParseMessage(icmpProto(v6), rest[:echoHeaderLen])
+	if err != nil {
+		return q, err
 	}
-	if rest[0] != want {
+	e, ok := m.Body.(*icmp.Echo)
+	if !ok || (m.Type != ipv4.ICMPTypeEcho && m.Type != ipv6.ICMPTypeEchoRequest) {
 		return q, errBadQuote
 	}
-	q.ID = binary.BigEndian.Uint16(rest[4:6])
-	q.Seq = binary.BigEndian.Uint16(rest[6:8])
+	q.ID, q.Seq = uint16(e.ID), uint16(e.Seq)
 	return q, nil
+}
+
+// skipExtHeaders walks the extension headers a quoted echo may carry (hop-by-hop, routing,
+// destination options) and returns what follows them if it is ICMPv6; a fragment or
+// anything else is not our echo.
+func skipExtHeaders(nh int, b []byte) ([]byte, error) {
+	off := 0
+	for range 8 {
+		if nh != 0 && nh != 43 && nh != 60 {
+			break
+		}
+		if len(b) < off+2 {
+			return nil, errShortPacket
+		}
+		nh, off = int(b[off]), off+(int(b[off+1])+1)*8
+	}
+	if nh != 58 {
+		return nil, errBadQuote
+	}
+	if len(b) < off {
+		return nil, errShortPacket
+	}
+	return b[off:], nil
 }
 
 // echoTail finds our echo request in the bytes of a transmit-timestamp report, which hold
@@ -204,7 +236,7 @@ func echoTail(b []byte, echoLen int, v6 bool) (id, seq uint16, ok bool) {
 		return 0, 0, false
 	}
 	e := b[len(b)-echoLen:]
-	want := uint8(icmp4EchoRequest)
+	want := icmp4EchoRequest
 	if v6 {
 		want = icmp6EchoRequest
 	}

@@ -259,42 +259,54 @@ func (p *pinger) setup() error {
 		_ = unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_RECVTTL, 1)
 	}
 	if p.raw {
-		// Wake for echo replies and errors only, not for every ICMP message the host gets.
-		if k.v6 {
-			var filt unix.ICMPv6Filter
-			for i := range filt.Data {
-				filt.Data[i] = ^uint32(0)
-			}
-			for _, t := range []uint8{icmp6DestUnreach, icmp6PacketTooBig, icmp6TimeExceeded, icmp6ParamProblem, icmp6EchoReply} {
-				filt.Data[t>>5] &^= 1 << (t & 31)
-			}
-			if err := unix.SetsockoptICMPv6Filter(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, &filt); err != nil {
-				return fmt.Errorf("setsockopt ICMPV6_FILTER: %w", err)
-			}
-		} else {
-			pass := uint32(1<<icmp4EchoReply | 1<<icmp4DestUnreach | 1<<icmp4SourceQuench | 1<<icmp4TimeExceeded | 1<<icmp4ParamProblem)
-			if err := unix.SetsockoptInt(fd, unix.SOL_RAW, unix.ICMP_FILTER, int(^pass)); err != nil {
-				return fmt.Errorf("setsockopt ICMP_FILTER: %w", err)
-			}
+		return p.setupRaw()
+	}
+	return p.setupPing()
+}
+
+// setupRaw filters what wakes a raw socket and draws its echo identifier.
+func (p *pinger) setupRaw() error {
+	fd, k := p.fd, p.key
+	// Wake for echo replies and errors only, not for every ICMP message the host gets.
+	if k.v6 {
+		var filt unix.ICMPv6Filter
+		for i := range filt.Data {
+			filt.Data[i] = ^uint32(0)
 		}
-		var id [2]byte
-		if _, err := rand.Read(id[:]); err != nil {
-			return err
+		for _, t := range []uint8{icmp6DestUnreach, icmp6PacketTooBig, icmp6TimeExceeded, icmp6ParamProblem, icmp6EchoReply} {
+			filt.Data[t>>5] &^= 1 << (t & 31)
 		}
-		p.id = binary.BigEndian.Uint16(id[:])
-		if k.source.IsValid() {
-			sa, err := sockaddrOf(netip.AddrPortFrom(k.source, 0))
-			if err != nil {
-				return err
-			}
-			if err := unix.Bind(fd, sa); err != nil {
-				return bindError(k.source, err)
-			}
+		if err := unix.SetsockoptICMPv6Filter(fd, unix.SOL_ICMPV6, unix.ICMPV6_FILTER, &filt); err != nil {
+			return fmt.Errorf("setsockopt ICMPV6_FILTER: %w", err)
 		}
+	} else {
+		pass := uint32(1<<icmp4EchoReply | 1<<icmp4DestUnreach | 1<<icmp4SourceQuench | 1<<icmp4TimeExceeded | 1<<icmp4ParamProblem)
+		if err := unix.SetsockoptInt(fd, unix.SOL_RAW, unix.ICMP_FILTER, int(^pass)); err != nil {
+			return fmt.Errorf("setsockopt ICMP_FILTER: %w", err)
+		}
+	}
+	var id [2]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return err
+	}
+	p.id = binary.BigEndian.Uint16(id[:])
+	if !k.source.IsValid() {
 		return nil
 	}
-	// Ping sockets: the kernel reports errors through the error queue, and owns the
-	// identifier (the socket's "port"), which binding assigns.
+	sa, err := sockaddrOf(netip.AddrPortFrom(k.source, 0))
+	if err != nil {
+		return err
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return bindError(k.source, err)
+	}
+	return nil
+}
+
+// setupPing readies an ICMP datagram socket: the kernel reports errors through the error
+// queue, and owns the identifier (the socket's "port"), which binding assigns.
+func (p *pinger) setupPing() error {
+	fd, k := p.fd, p.key
 	level, opt := unix.SOL_IP, unix.IP_RECVERR
 	if k.v6 {
 		level, opt = unix.SOL_IPV6, unix.IPV6_RECVERR

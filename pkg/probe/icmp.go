@@ -86,19 +86,12 @@ func runICMP(ctx context.Context, a Attempt) Result {
 		defer w.flow.Reserve(2 * o.Count)()
 	}
 	foreign0, corrupt0 := w.foreign.Load(), w.corrupt.Load()
-	deadline, _ := ctx.Deadline()
-	timeout := a.Timeout
-	if timeout <= 0 {
-		timeout = time.Until(deadline)
-	}
+	timeout, deadline := attemptTimes(ctx, a)
 	x := &echoExchange{p: p, dst: dst, c: &echoCounters{}, timeout: timeout, deadline: deadline}
-	sent, sendErr, overload := sendPackets(ctx, x, o.Packets, timeout, deadline)
+	sent, sendErr, early := sendAll(ctx, x, a, o.Packets, "echo request")
 	p.finish(x.echoes)
-	switch {
-	case overload:
-		return fail(verdict.SelfOverload, "the attempt's deadline passed before the echo request was sent: the prober is overloaded")
-	case sent == 0 && sendErr != nil:
-		return sendError("send echo request", sendErr, a)
+	if early != nil {
+		return *early
 	}
 	var evs []wire.Event
 	if w.flow != nil {

@@ -83,6 +83,33 @@ func sendPackets(ctx context.Context, x exchange, p Packets, timeout time.Durati
 	return sent, sendErr, false
 }
 
+// attemptTimes are an attempt's per-packet wait (the timeout, else what is left of the
+// attempt) and its deadline.
+func attemptTimes(ctx context.Context, a Attempt) (timeout time.Duration, deadline time.Time) {
+	deadline, _ = ctx.Deadline()
+	timeout = a.Timeout
+	if timeout <= 0 {
+		timeout = time.Until(deadline)
+	}
+	return timeout, deadline
+}
+
+// sendAll is sendPackets with its early ends classified: the prober late for the first
+// packet, or no packet sent at all (what names the packet: "echo request", "datagram").
+func sendAll(ctx context.Context, x exchange, a Attempt, p Packets, what string) (sent int, sendErr error, early *Result) {
+	timeout, deadline := attemptTimes(ctx, a)
+	sent, sendErr, overload := sendPackets(ctx, x, p, timeout, deadline)
+	switch {
+	case overload:
+		r := fail(verdict.SelfOverload, fmt.Sprintf("the attempt's deadline passed before the %s was sent: the prober is overloaded", what))
+		return 0, nil, &r
+	case sent == 0 && sendErr != nil:
+		r := sendError("send "+what, sendErr, a)
+		return 0, sendErr, &r
+	}
+	return sent, sendErr, nil
+}
+
 // packetClock is what each clock knows of one packet and its answer: userspace's send and
 // receive, the kernel's stamps, and which wire events are the packet leaving and its answer
 // arriving.

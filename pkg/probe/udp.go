@@ -129,11 +129,7 @@ func runUDP(ctx context.Context, a Attempt) Result {
 	if o == nil {
 		o = newUDPOptions()
 	}
-	deadline, _ := ctx.Deadline()
-	timeout := a.Timeout
-	if timeout <= 0 {
-		timeout = time.Until(deadline)
-	}
+	timeout, deadline := attemptTimes(ctx, a)
 	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
 	if !ok {
 		return res
@@ -154,12 +150,9 @@ func runUDP(ctx context.Context, a Attempt) Result {
 		return sendError("connect", err, a)
 	}
 	u := &udpConn{f: f, fd: fd, opts: o, dst: a.Addr, timeout: timeout, deadline: deadline}
-	sent, sendErr, overload := sendPackets(ctx, u, o.Packets, timeout, deadline)
-	switch {
-	case overload:
-		return fail(verdict.SelfOverload, "the attempt's deadline passed before the datagram was sent: the prober is overloaded")
-	case sent == 0 && sendErr != nil:
-		return sendError("send datagram", sendErr, a)
+	sent, sendErr, early := sendAll(ctx, u, a, o.Packets, "datagram")
+	if early != nil {
+		return *early
 	}
 	var evs []wire.Event
 	if flow != nil {

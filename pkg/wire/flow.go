@@ -1,0 +1,224 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// maxFlowEvents bounds what one flow keeps: a handshake needs a handful (SYNs, one answer);
+// anything past this is a misbehaving peer and is dropped, not buffered without limit.
+const maxFlowEvents = 64
+
+// Flow is one registered probe flow and the events seen for it.
+type Flow struct {
+	o      *Observer
+	key    FlowKey
+	hasKey bool   // registered with the TC programs
+	cookie uint64 // socket cookie registered for the tracepoints, 0 if none
+	token  uint64
+	mu     sync.Mutex
+	events []Event
+	// reserved: events kept beyond maxFlowEvents, for the multi-packet attempts using it.
+	reserved int
+}
+
+// Register makes the TC programs report proto packets between local and remote. Call it
+// after binding (so local is known) and before the first packet is sent.
+//
+// Without a valid local address the flow is registered for the tracepoints only (see
+// AddSocket): the TC programs are not in use for it.
+func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, error) {
+	f := &Flow{o: o, token: o.token.Add(1)}
+	if local.IsValid() {
+		k, err := Key(proto, local, remote)
+		if err != nil {
+			return nil, err
+		}
+		f.key, f.hasKey = k, true
+	}
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return nil, errors.New("observer closed")
+	}
+	o.flows[f.token] = f
+	o.mu.Unlock()
+	if !f.hasKey {
+		return f, nil
+	}
+	o.keyMu.Lock()
+	err := o.maps.Flows.Put(f.key, f.token)
+	o.keyMu.Unlock()
+	if err != nil {
+		o.mu.Lock()
+		delete(o.flows, f.token)
+		o.mu.Unlock()
+		return nil, fmt.Errorf("register flow %s → %s: %w", local, remote, o.tableErr(o.maps.Flows, err))
+	}
+	return f, nil
+}
+
+// AddSocket registers the flow's socket by cookie (SO_COOKIE) for the TCP tracepoints.
+func (f *Flow) AddSocket(cookie uint64) error {
+	if f.o.tracer == nil {
+		return errors.New("TCP tracepoints not loaded")
+	}
+	if err := f.o.maps.Socks.Put(cookie, f.token); err != nil {
+		return fmt.Errorf("register socket cookie %d: %w", cookie, f.o.tableErr(f.o.maps.Socks, err))
+	}
+	f.cookie = cookie
+	return nil
+}
+
+// Close unregisters the flow.
+func (f *Flow) Close() {
+	o := f.o
+	o.mu.Lock()
+	delete(o.flows, f.token)
+	closed := o.closed
+	o.mu.Unlock()
+	if closed {
+		return
+	}
+	// Only ours: a later flow with the same key has another token and its own entry.
+	var tok uint64
+	o.keyMu.Lock()
+	if f.hasKey && o.maps.Flows.Lookup(f.key, &tok) == nil && tok == f.token {
+		_ = o.maps.Flows.Delete(f.key)
+	}
+	o.keyMu.Unlock()
+	if f.cookie != 0 {
+		_ = o.maps.Socks.Delete(f.cookie)
+	}
+}
+
+func (f *Flow) add(e Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.events) >= maxFlowEvents+f.reserved {
+		// Counted, and reported at close: the attempts whose events these were fall
+		// back to kernel or userspace timing.
+		f.o.dropped.Add(1)
+		return
+	}
+	f.events = append(f.events, e)
+}
+
+// Reserve makes the flow keep n more events than it would (a multi-packet attempt expects
+// two per packet) until the returned function gives them back. Attempts that share a flow
+// (echoes to one destination) each reserve their own.
+func (f *Flow) Reserve(n int) (release func()) {
+	f.mu.Lock()
+	f.reserved += n
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			f.reserved -= n
+			f.mu.Unlock()
+		})
+	}
+}
+
+// tableErr turns a full table's E2BIG into ErrFlowTableFull, counted.
+func (o *Observer) tableErr(m *ebpf.Map, err error) error {
+	if !errors.Is(err, unix.E2BIG) {
+		return err
+	}
+	o.full.Add(1)
+	return fmt.Errorf("%w (%d entries)", ErrFlowTableFull, m.MaxEntries())
+}
+
+// Refused returns how many registrations a full flow table refused.
+func (o *Observer) Refused() uint64 { return o.full.Load() }
+
+// Dropped returns how many events were dropped because their flow kept as many as it
+// could (a peer answering far more than asked).
+func (o *Observer) Dropped() uint64 { return o.dropped.Load() }
+
+// Take removes the events that satisfy match and returns them, so that a flow shared by
+// consecutive users (echoes to one destination) does not fill up with spent events.
+func (f *Flow) Take(match func(Event) bool) []Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Event
+	kept := f.events[:0]
+	for _, e := range f.events {
+		if match(e) {
+			out = append(out, e)
+		} else {
+			kept = append(kept, e)
+		}
+	}
+	clear(f.events[len(kept):])
+	f.events = kept
+	return out
+}
+
+// Events returns a copy of the events seen so far.
+func (f *Flow) Events() []Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Event(nil), f.events...)
+}
+
+// WaitFor returns the flow's events once one satisfies match, or once every event the
+// kernel had written when WaitFor was called has been delivered (then match will not come:
+// the packet was not seen), or at the deadline. The caller knows from its socket that the
+// answer has happened; the event is in the ring already, but the reader goroutine that
+// delivers it may not have run yet — under load, for tens of milliseconds.
+func (f *Flow) WaitFor(deadline time.Time, match func(Event) bool) []Event {
+	if evs := f.Events(); slices.ContainsFunc(evs, match) {
+		return evs
+	}
+	f.o.sync(deadline)
+	return f.Events()
+}
+
+// Sync returns the flow's events after every event already written by the kernel has
+// been delivered (or at the deadline).
+func (f *Flow) Sync(deadline time.Time) []Event {
+	f.o.sync(deadline)
+	return f.Events()
+}
+
+// sync waits until the reader has delivered every record that was in the ring when sync
+// was called, and reports whether that happened before the deadline. A Flush makes the
+// reader return what is in the ring and then ErrFlushed; flushes from several callers can
+// merge into one ErrFlushed, and the first one seen may belong to a pass that had read the
+// ring before our record was counted. A pass that starts after one we saw end cannot have,
+// so sync waits for two.
+func (o *Observer) sync(deadline time.Time) bool {
+	for range 2 {
+		o.flushMu.Lock()
+		seq, ch := o.flushSeq, o.flushed
+		o.flushMu.Unlock()
+		if err := o.rd.Flush(); err != nil {
+			return false
+		}
+		t := time.NewTimer(time.Until(deadline))
+		for done := false; !done; {
+			select {
+			case <-ch:
+				o.flushMu.Lock()
+				done, ch = o.flushSeq > seq, o.flushed
+				o.flushMu.Unlock()
+			case <-t.C:
+				return false
+			case <-o.readDone:
+				t.Stop()
+				return false
+			}
+		}
+		t.Stop()
+	}
+	return true
+}
