@@ -8,6 +8,9 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
 
@@ -142,8 +145,11 @@ func TestPayloadChecks(t *testing.T) {
 	}
 }
 
-// FuzzParseICMP feeds arbitrary bytes to the echo parser as each socket kind returns them.
-// It must never panic, and what it returns must come from the input.
+// FuzzParseICMP: the echo parser against golang.org/x/net, on bytes as each socket kind
+// returns them. When the parser accepts a message, the library must accept it too; an echo's
+// fields marshalled again by the library must give back the very bytes (its checksum
+// aside, which the parser must judge as the library computes it); an error's quoted echo
+// must be what the library reads in the quote.
 func FuzzParseICMP(f *testing.F) {
 	req := buildEcho(false, 1, 2, make([]byte, 56))
 	rep := append([]byte(nil), req...)
@@ -160,19 +166,107 @@ func FuzzParseICMP(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(pkt.Payload) > len(b) {
-			t.Fatalf("payload longer than the input")
+		msg := b
+		if withIPv4 {
+			h, herr := ipv4.ParseHeader(b)
+			if herr != nil {
+				t.Fatalf("parser took an IPv4 header the library refuses: %v", herr)
+			}
+			if h.TTL != pkt.TTL {
+				t.Fatalf("TTL %d, library %d", pkt.TTL, h.TTL)
+			}
+			if h.TotalLen >= h.Len && h.TotalLen < len(b) {
+				msg = b[:h.TotalLen]
+			}
+			msg = msg[h.Len:]
 		}
-		if pkt.Quote != nil && !pkt.IsError(v6) {
-			t.Fatalf("a quote on a non-error message")
+		m, merr := icmp.ParseMessage(icmpProto(v6), msg)
+		if merr != nil {
+			t.Fatalf("parser took a message the library refuses: %v", merr)
 		}
-		if pkt.TTL > 255 {
-			t.Fatalf("TTL %d", pkt.TTL)
+		if e, ok := m.Body.(*icmp.Echo); ok {
+			checkEchoRoundTrip(t, pkt, m.Type, msg, e, v6)
 		}
+		checkQuote(t, pkt, m, v6)
 	})
 }
 
-// FuzzParseQuotedEcho: the original packet an ICMP error quotes, from anyone on the path.
+// checkEchoRoundTrip: the parsed fields, marshalled by the library, are the input again.
+func checkEchoRoundTrip(t *testing.T, pkt icmpPacket, typ icmp.Type, msg []byte, e *icmp.Echo, v6 bool) {
+	again, err := (&icmp.Message{Type: typ, Code: int(pkt.Code), Body: &icmp.Echo{ID: int(pkt.ID), Seq: int(pkt.Seq), Data: pkt.Payload}}).Marshal(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != len(msg) || !bytes.Equal(again[4:], msg[4:]) || again[0] != msg[0] || again[1] != msg[1] {
+		t.Fatalf("fields %d/%d id %d seq %d payload %d bytes do not give back the message\n%x\n%x", pkt.Type, pkt.Code, pkt.ID, pkt.Seq, len(pkt.Payload), msg, again)
+	}
+	if !v6 && pkt.ChecksumOK != bytes.Equal(again[2:4], msg[2:4]) {
+		t.Fatalf("checksum judged %v; the library's checksum %x, the message's %x", pkt.ChecksumOK, again[2:4], msg[2:4])
+	}
+	if int(pkt.ID) != e.ID || int(pkt.Seq) != e.Seq {
+		t.Fatalf("id/seq %d/%d, library %d/%d", pkt.ID, pkt.Seq, e.ID, e.Seq)
+	}
+}
+
+// checkQuote: an error's quoted echo is what the library reads in the quote (IPv6 quotes
+// with extension headers aside: the library does not walk them).
+func checkQuote(t *testing.T, pkt icmpPacket, m *icmp.Message, v6 bool) {
+	var data []byte
+	switch body := m.Body.(type) {
+	case *icmp.DstUnreach:
+		data = body.Data
+	case *icmp.TimeExceeded:
+		data = body.Data
+	case *icmp.ParamProb:
+		data = body.Data
+	case *icmp.PacketTooBig:
+		data = body.Data
+	default:
+		return
+	}
+	want, ok := libraryQuote(data, v6)
+	if !ok {
+		return
+	}
+	if pkt.Quote == nil || *pkt.Quote != want {
+		t.Fatalf("quote %+v, library %+v", pkt.Quote, want)
+	}
+}
+
+// libraryQuote reads a quoted echo request with golang.org/x/net alone; ok false when the
+// quote is not one, or has IPv6 extension headers.
+func libraryQuote(b []byte, v6 bool) (quotedEcho, bool) {
+	var q quotedEcho
+	var rest []byte
+	if v6 {
+		h, err := ipv6.ParseHeader(b)
+		if err != nil || h.NextHeader != 58 {
+			return q, false
+		}
+		q.Dst, _ = netip.AddrFromSlice(h.Dst)
+		rest = b[ipv6.HeaderLen:]
+	} else {
+		h, err := ipv4.ParseHeader(b)
+		if err != nil || h.Protocol != 1 {
+			return q, false
+		}
+		q.Dst, _ = netip.AddrFromSlice(h.Dst.To4())
+		rest = b[h.Len:]
+	}
+	if len(rest) < 8 {
+		return q, false
+	}
+	m, err := icmp.ParseMessage(icmpProto(v6), rest[:8])
+	if err != nil || (m.Type != ipv4.ICMPTypeEcho && m.Type != ipv6.ICMPTypeEchoRequest) {
+		return q, false
+	}
+	e := m.Body.(*icmp.Echo)
+	q.ID, q.Seq = uint16(e.ID), uint16(e.Seq)
+	return q, true
+}
+
+// FuzzParseQuotedEcho: the original packet an ICMP error quotes, from anyone on the path,
+// against what golang.org/x/net reads in it.
 func FuzzParseQuotedEcho(f *testing.F) {
 	req := buildEcho(false, 1, 2, nil)
 	f.Add(append(ipv4Header(me4, it4, 1, 1, 8), req...), false)
@@ -181,7 +275,11 @@ func FuzzParseQuotedEcho(f *testing.F) {
 	f.Add(append(ipv6Header(me6, it6, 0, 16), 43, 255, 0, 0, 0, 0, 0, 0), true)
 	f.Fuzz(func(t *testing.T, b []byte, v6 bool) {
 		q, err := parseQuotedEcho(b, v6)
-		if err == nil && q.Dst.Is4() == v6 {
+		want, ok := libraryQuote(b, v6)
+		switch {
+		case ok && (err != nil || q != want):
+			t.Fatalf("parsed %+v (%v), library %+v", q, err, want)
+		case err == nil && q.Dst.Is4() == v6:
 			t.Fatalf("family of %s for v6=%v", q.Dst, v6)
 		}
 	})
@@ -189,19 +287,41 @@ func FuzzParseQuotedEcho(f *testing.F) {
 
 // FuzzRxControl: control messages of a received packet or an error-queue message (UDP and
 // ICMP sockets), as the kernel writes them.
+// The fuzzer picks what the kernel would report (a receive stamp, a TTL, an error with
+// its sender); built into control messages as the kernel writes them, each must come back.
 func FuzzRxControl(f *testing.F) {
-	ts := make([]byte, 48)
-	binary.NativeEndian.PutUint64(ts[0:8], uint64(time.Now().Unix()))
-	f.Add(cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPING, ts))
-	ee := make([]byte, 16+16)
-	ee[4], ee[5], ee[6] = eeOriginICMP, 3, 3
-	binary.NativeEndian.PutUint16(ee[16:18], unix.AF_INET)
-	f.Add(append(cmsg(unix.SOL_IP, unix.IP_RECVERR, ee), cmsg(unix.SOL_IP, unix.IP_TTL, []byte{64, 0, 0, 0})...))
-	f.Add(cmsg(unix.SOL_IPV6, unix.IPV6_HOPLIMIT, []byte{1}))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		m := parseRxOOB(b)
-		if m.ee != nil && m.ee.Offender.IsValid() && !m.ee.Offender.Is4() && !m.ee.Offender.Is6() {
-			t.Fatal("bad offender")
+	f.Add(int64(1764590000), int64(123456789), uint8(64), true, uint8(3), uint8(3), []byte{198, 51, 100, 1})
+	f.Add(int64(0), int64(0), uint8(1), false, uint8(1), uint8(4), []byte{0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1})
+	f.Fuzz(func(t *testing.T, sec, nsec int64, ttl uint8, v4 bool, typ, code uint8, from []byte) {
+		var oob []byte
+		ts := make([]byte, 48)
+		binary.NativeEndian.PutUint64(ts[0:8], uint64(sec))
+		binary.NativeEndian.PutUint64(ts[8:16], uint64(nsec))
+		oob = append(oob, cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPING, ts)...)
+		level, ttlType, eeLevel, eeType := int32(unix.SOL_IP), int32(unix.IP_TTL), int32(unix.SOL_IP), int32(unix.IP_RECVERR)
+		offender, ok := netip.AddrFromSlice(from)
+		if !v4 {
+			level, ttlType, eeLevel, eeType = unix.SOL_IPV6, unix.IPV6_HOPLIMIT, unix.SOL_IPV6, unix.IPV6_RECVERR
+		}
+		if !ok || offender.Is4() != v4 {
+			offender = netip.Addr{}
+		}
+		oob = append(oob, cmsg(level, ttlType, []byte{ttl, 0, 0, 0})...)
+		oob = append(oob, cmsg(eeLevel, eeType, extErr(113, eeOriginICMP, typ, code, offender))...)
+		m := parseRxOOB(oob)
+		var want time.Time
+		if sec != 0 || nsec != 0 {
+			want = time.Unix(sec, nsec)
+		}
+		switch {
+		case !m.at.Equal(want):
+			t.Fatalf("stamp %v, want %v", m.at, want)
+		case m.ttl != int(ttl):
+			t.Fatalf("ttl %d, want %d", m.ttl, ttl)
+		case m.ee == nil || m.ee.Type != typ || m.ee.Code != code || m.ee.Errno != 113 || !m.ee.IsICMP():
+			t.Fatalf("error %+v, want type %d code %d", m.ee, typ, code)
+		case m.ee.Offender != offender:
+			t.Fatalf("offender %s, want %s", m.ee.Offender, offender)
 		}
 	})
 }

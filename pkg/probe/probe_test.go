@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"net"
@@ -107,17 +108,40 @@ func TestParseExtendedErr(t *testing.T) {
 	}
 }
 
+// FuzzParseExtendedErr: a struct sock_extended_err and its offender, read field by field
+// as encoding/binary reads the C layout.
 func FuzzParseExtendedErr(f *testing.F) {
 	f.Add(extErr(113, eeOriginICMP, 3, 1, netip.MustParseAddr("198.51.100.1")))
 	f.Add(extErr(13, eeOriginICMP6, 1, 1, netip.MustParseAddr("2001:db8::1")))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		q, err := ParseExtendedErr(b)
-		if err == nil && len(b) < sizeofSockExtendedErr {
-			t.Fatalf("accepted %d bytes", len(b))
+		if (err == nil) != (len(b) >= sizeofSockExtendedErr) {
+			t.Fatalf("%d bytes: err %v", len(b), err)
 		}
-		_ = q
-		_ = parseErrQueueOOB(b)
+		if err != nil {
+			return
+		}
+		var ee struct {
+			Errno                   uint32
+			Origin, Type, Code, Pad uint8
+			Info, Data              uint32
+			Family                  uint16
+		}
+		_ = binary.Read(bytes.NewReader(append(append([]byte(nil), b...), 0, 0)), binary.NativeEndian, &ee)
+		if uint32(q.Errno) != ee.Errno || q.Origin != ee.Origin || q.Type != ee.Type || q.Code != ee.Code || q.Info != ee.Info || q.Data != ee.Data {
+			t.Fatalf("%+v, the C layout says %+v", q, ee)
+		}
+		var want netip.Addr
+		switch {
+		case len(b) >= 18 && ee.Family == unix.AF_INET && len(b) >= 24:
+			want = netip.AddrFrom4([4]byte(b[20:24]))
+		case len(b) >= 18 && ee.Family == unix.AF_INET6 && len(b) >= 40:
+			want = netip.AddrFrom16([16]byte(b[24:40]))
+		}
+		if q.Offender != want {
+			t.Fatalf("offender %s, want %s", q.Offender, want)
+		}
 	})
 }
 
