@@ -3,6 +3,10 @@
  * the ICMP errors that quote them. A gateway forwards other people's traffic through here,
  * so everything else must leave after at most one map lookup: TCP segments that are not
  * SYN or RST leave before any lookup at all. */
+/* No CO-RE here: the headers these programs read are wire formats and __sk_buff is UAPI, the
+ * same on every kernel and architecture. Without CO-RE relocations, loading them needs no
+ * kernel BTF, whose parsing cost a one-shot run tens of milliseconds of CPU. */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "wire.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -252,6 +256,99 @@ __attribute__((noinline)) int quoted_flow(struct __sk_buff *skb, __u32 quote_off
 	return 0;
 }
 
+/* What follows the IP header(s): a TCP SYN, SYN-ACK or RST, a UDP datagram, an ICMP echo of
+ * a registered flow, or an ICMP error quoting one. A global function, like quoted_flow, so
+ * the verifier follows it once with the offsets unknown rather than once for every path
+ * through the L2 and L3 headers (VLAN tags, extension headers): that halves what a one-shot
+ * run pays to load the programs. ip_off and l4_off are offsets from skb->data; meta is
+ * v6 | egress << 1 | L4 protocol << 8 (BPF calls take five arguments). */
+__attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u32 l4_off, __u32 meta)
+{
+	int v6 = meta & 1, egress = (meta >> 1) & 1;
+	__u8 proto = meta >> 8;
+	if (ip_off > 1024 || l4_off > 2048)
+		return 0;
+	asm volatile("%0 &= 0x7ff" : "+r"(ip_off)); /* see quoted_flow */
+	asm volatile("%0 &= 0xfff" : "+r"(l4_off));
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct flow_key k = {.proto = proto};
+	const __u8 *src;
+	if (v6) {
+		struct ipv6hdr *ip6 = data + ip_off;
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		k.family = 6;
+		__builtin_memcpy(k.laddr, egress ? &ip6->saddr : &ip6->daddr, 16);
+		__builtin_memcpy(k.raddr, egress ? &ip6->daddr : &ip6->saddr, 16);
+		src = (const __u8 *)&ip6->saddr;
+	} else {
+		struct iphdr *ip4 = data + ip_off;
+		if ((void *)(ip4 + 1) > end)
+			return 0;
+		k.family = 4;
+		__builtin_memcpy(k.laddr, egress ? &ip4->saddr : &ip4->daddr, 4);
+		__builtin_memcpy(k.raddr, egress ? &ip4->daddr : &ip4->saddr, 4);
+		src = (const __u8 *)&ip4->saddr;
+	}
+	__u8 *l4 = data + l4_off;
+
+	if (proto == PROTO_TCP) {
+		if ((void *)(l4 + 20) > end)
+			return 0;
+		__u8 flags = l4[13];
+		__u8 kind;
+		if (egress && (flags & 0x12) == 0x02)
+			kind = EV_SYN;
+		else if (!egress && (flags & 0x12) == 0x12)
+			kind = EV_SYNACK;
+		else if (!egress && (flags & 0x04))
+			kind = EV_RST;
+		else
+			return 0; /* the common case on a gateway: no lookup */
+		__be16 *ports = (__be16 *)l4;
+		k.lport = egress ? ports[0] : ports[1];
+		k.rport = egress ? ports[1] : ports[0];
+		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
+		if (tok)
+			emit(skb, &k, *tok, kind, egress, bpf_ntohl(*(__be32 *)(l4 + 4)), bpf_ntohl(*(__be32 *)(l4 + 8)),
+			     0, 0, 0, 0);
+		return 0;
+	}
+
+	if (proto == PROTO_UDP) {
+		__be16 *ports = (__be16 *)l4;
+		if ((void *)(ports + 4) > end)
+			return 0;
+		k.lport = egress ? ports[0] : ports[1];
+		k.rport = egress ? ports[1] : ports[0];
+		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
+		if (tok)
+			emit(skb, &k, *tok, egress ? EV_UDP_TX : EV_UDP_RX, egress, 0, 0, 0, 0, 0, 0);
+		return 0;
+	}
+
+	if ((proto == PROTO_ICMP && !v6) || (proto == PROTO_ICMPV6 && v6)) {
+		if ((void *)(l4 + 8) > end)
+			return 0;
+		__u8 type = l4[0], code = l4[1];
+		__u8 echo_req = v6 ? 128 : 8, echo_rep = v6 ? 129 : 0;
+		if ((egress && type == echo_req) || (!egress && type == echo_rep)) {
+			k.lport = *(__be16 *)(l4 + 4);
+			__u64 *tok = bpf_map_lookup_elem(&flows, &k);
+			if (tok)
+				emit(skb, &k, *tok, type == echo_req ? EV_ECHO_REQUEST : EV_ECHO_REPLY, egress,
+				     bpf_ntohs(*(__be16 *)(l4 + 6)), 0, type, code, 0, 0);
+			return 0;
+		}
+		int is_err = v6 ? (type >= 1 && type <= 4) : (type == 3 || type == 4 || type == 11 || type == 12);
+		if (egress || !is_err)
+			return 0;
+		quoted_flow(skb, l4_off + 8, (__u32)(src - (const __u8 *)data), v6, (__u32)type << 8 | code);
+	}
+	return 0;
+}
+
 /* l2: the device puts an Ethernet header in front (Ethernet, veth, bridges, loopback);
  * else it is an L3 device (tun, ipip, gre, sit, wireguard, ppp) whose packets start with
  * the IP header, their version given by skb->protocol. */
@@ -261,88 +358,26 @@ static __always_inline int handle(struct __sk_buff *skb, int egress, int l2)
 	/* Hide skb from clang's reuse of &skb->data: the verifier only allows loads of ctx
 	 * fields at constant offsets from the ctx pointer itself. */
 	asm volatile("" : "+r"(skb));
-	struct cursor c = {(void *)(long)skb->data, (void *)(long)skb->data_end};
+	void *data = (void *)(long)skb->data;
+	struct cursor c = {data, (void *)(long)skb->data_end};
 	struct flow_key k = {};
 	__u8 proto = 0;
 	__be16 eth = l2 ? parse_eth(&c) : (__be16)skb->protocol;
-	const __u8 *outer_src;
-	int v6;
+	void *ip = c.pos;
+	__u32 v6;
 
 	if (eth == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = c.pos;
 		if (parse_ipv4(&c, &k, egress, &proto))
 			return TC_ACT_UNSPEC;
-		outer_src = (const __u8 *)&ip->saddr;
 		v6 = 0;
 	} else if (eth == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = c.pos;
 		if (parse_ipv6(&c, &k, egress, &proto))
 			return TC_ACT_UNSPEC;
-		outer_src = (const __u8 *)&ip6->saddr;
 		v6 = 1;
 	} else {
 		return TC_ACT_UNSPEC;
 	}
-	k.proto = proto;
-
-	if (proto == PROTO_TCP) {
-		__u8 *th = c.pos;
-		if ((void *)(th + 20) > c.end)
-			return TC_ACT_UNSPEC;
-		__u8 flags = th[13];
-		__u8 kind;
-		if (egress && (flags & 0x12) == 0x02)
-			kind = EV_SYN;
-		else if (!egress && (flags & 0x12) == 0x12)
-			kind = EV_SYNACK;
-		else if (!egress && (flags & 0x04))
-			kind = EV_RST;
-		else
-			return TC_ACT_UNSPEC; /* the common case on a gateway: no lookup */
-		__be16 *ports = (__be16 *)th;
-		k.lport = egress ? ports[0] : ports[1];
-		k.rport = egress ? ports[1] : ports[0];
-		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
-		if (!tok)
-			return TC_ACT_UNSPEC;
-		emit(skb, &k, *tok, kind, egress, bpf_ntohl(*(__be32 *)(th + 4)), bpf_ntohl(*(__be32 *)(th + 8)),
-		     0, 0, 0, 0);
-		return TC_ACT_UNSPEC;
-	}
-
-	if (proto == PROTO_UDP) {
-		__be16 *ports = c.pos;
-		if ((void *)(ports + 4) > c.end)
-			return TC_ACT_UNSPEC;
-		k.lport = egress ? ports[0] : ports[1];
-		k.rport = egress ? ports[1] : ports[0];
-		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
-		if (tok)
-			emit(skb, &k, *tok, egress ? EV_UDP_TX : EV_UDP_RX, egress, 0, 0, 0, 0, 0, 0);
-		return TC_ACT_UNSPEC;
-	}
-
-	if ((proto == PROTO_ICMP && !v6) || (proto == PROTO_ICMPV6 && v6)) {
-		__u8 *ih = c.pos;
-		if ((void *)(ih + 8) > c.end)
-			return TC_ACT_UNSPEC;
-		__u8 type = ih[0], code = ih[1];
-		__u8 echo_req = v6 ? 128 : 8, echo_rep = v6 ? 129 : 0;
-		if ((egress && type == echo_req) || (!egress && type == echo_rep)) {
-			k.lport = *(__be16 *)(ih + 4);
-			__u64 *tok = bpf_map_lookup_elem(&flows, &k);
-			if (tok)
-				emit(skb, &k, *tok, type == echo_req ? EV_ECHO_REQUEST : EV_ECHO_REPLY, egress,
-				     bpf_ntohs(*(__be16 *)(ih + 6)), 0, type, code, 0, 0);
-			return TC_ACT_UNSPEC;
-		}
-		int is_err = v6 ? (type >= 1 && type <= 4) : (type == 3 || type == 4 || type == 11 || type == 12);
-		if (egress || !is_err)
-			return TC_ACT_UNSPEC;
-		quoted_flow(skb, (__u32)(ih + 8 - (__u8 *)(long)skb->data), (__u32)(outer_src - (const __u8 *)(long)skb->data),
-			    v6, (__u32)type << 8 | code);
-		return TC_ACT_UNSPEC;
-	}
+	l4_event(skb, (__u32)(ip - data), (__u32)(c.pos - data), v6 | (__u32)egress << 1 | (__u32)proto << 8);
 	return TC_ACT_UNSPEC;
 }
 

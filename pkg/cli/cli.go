@@ -234,6 +234,7 @@ func runProbe(ctx context.Context, j engine.Job, pf *probeFlags, stdout, stderr 
 		NoEBPF:      pf.noEBPF,
 		TC:          os.Getenv("REACHD_TC"),
 		Concurrency: pf.concurrency,
+		OneShot:     true,
 		Log:         slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Diag:        stderr,
 	})

@@ -32,6 +32,9 @@ type Config struct {
 	TC string
 	// Concurrency is how many targets run at once (the flow tables are sized from it).
 	Concurrency int
+	// OneShot: a run of seconds (the CLI), which loads only what its attempts turn out to
+	// need (wire.Options.OneShot).
+	OneShot bool
 	// Log gets what the operator must know once: degradations, lost events.
 	Log *slog.Logger
 	// Diag gets multi-line diagnostics too long for a log line (a verifier's log); nil:
@@ -77,7 +80,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 	}
 	if !cfg.NoEBPF {
-		e.obs = e.openWire(wire.Options{TC: cfg.TC, NoTracepoints: !needs.Tracepoints, MaxFlows: wire.FlowsFor(cfg.Concurrency)})
+		e.obs = e.openWire(wire.Options{TC: cfg.TC, NoTracepoints: !needs.Tracepoints, MaxFlows: wire.FlowsFor(cfg.Concurrency), OneShot: cfg.OneShot})
 	}
 	return e, nil
 }
@@ -99,7 +102,7 @@ func (e *Engine) openWire(opt wire.Options) *wire.Observer {
 	}
 	if st := obs.Status(); st.TCErr != nil && opt.TC != wire.TCOff {
 		warn("eBPF TC programs unavailable: TCP handshakes timed by kernel tracepoints, not at the wire", st.TCErr)
-	} else if st.TraceErr != nil && !opt.NoTracepoints {
+	} else if st.TraceErr != nil && !opt.NoTracepoints && !opt.OneShot {
 		log.Info("TCP tracepoints unavailable: SYN retransmissions counted at TC only", "reason", oneLine(st.TraceErr))
 	}
 	return obs

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -52,15 +53,25 @@ func inNetns(t *testing.T, fn func()) {
 // TestFullFlowTableFallsBack: when the flow table is full, an attempt is not wire-timed but
 // the kernel times it (tracepoints for TCP, socket timestamps for echo and UDP), never
 // userspace, and its verdict says why.
+// In a one-shot run the tracepoints are loaded only then, for the handshake TC cannot watch.
 func TestFullFlowTableFallsBack(t *testing.T) {
+	for _, oneShot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("one-shot=%v", oneShot), func(t *testing.T) { fullFlowTable(t, oneShot) })
+	}
+}
+
+func fullFlowTable(t *testing.T, oneShot bool) {
 	inNetns(t, func() {
 		warmTimestamps(t)
-		obs, err := wire.Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), wire.Options{MaxFlows: 1})
+		obs, err := wire.Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), wire.Options{MaxFlows: 1, OneShot: oneShot})
 		if err != nil {
 			t.Error(err)
 			return
 		}
 		defer obs.Close()
+		if st := obs.Status(); st.Tracepoints == oneShot {
+			t.Errorf("tracepoints loaded at open: %v, want %v", st.Tracepoints, !oneShot)
+		}
 		lo := netip.MustParseAddr("127.0.0.1")
 		filler, err := obs.Register(wire.ProtoUDP, netip.AddrPortFrom(lo, 1), netip.AddrPortFrom(lo, 2))
 		if err != nil {

@@ -65,9 +65,17 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 	return f, nil
 }
 
-// AddSocket registers the flow's socket by cookie (SO_COOKIE) for the TCP tracepoints.
+// AddSocket registers the flow's socket by cookie (SO_COOKIE) for the TCP tracepoints. In
+// a one-shot run a flow TC watches goes without them, and the first that TC cannot watch
+// loads them.
 func (f *Flow) AddSocket(cookie uint64) error {
-	if f.o.tracer == nil {
+	if !f.hasKey {
+		f.o.needTracer()
+	}
+	f.o.mu.Lock()
+	t := f.o.tracer
+	f.o.mu.Unlock()
+	if t == nil {
 		return errors.New("TCP tracepoints not loaded")
 	}
 	if err := f.o.maps.Socks.Put(cookie, f.token); err != nil {

@@ -41,6 +41,11 @@ type Options struct {
 	// MaxFlows sizes the flow and socket tables: the attempts (and echo destinations) in
 	// flight at once. 0 means DefaultMaxFlows.
 	MaxFlows int
+	// OneShot: a run of seconds, which pays for every program it loads. The TCP
+	// tracepoints are then loaded only for a handshake TC cannot watch (their load parses
+	// the kernel's BTF: tens of milliseconds of CPU), and interface changes are not
+	// followed.
+	OneShot bool
 }
 
 // DefaultMaxFlows is the flow tables' size when Options.MaxFlows is 0.
@@ -79,10 +84,13 @@ type Observer struct {
 	spec   *ebpf.CollectionSpec
 	tc     *tcPair // nil when the TC programs did not load
 	tcL3   *tcPair // for L3 devices: loaded on the first attach to one
-	tracer *tracer // nil when the tracepoints did not load
-	rd     *ringbuf.Reader
-	log    *slog.Logger
-	status Status
+	tracer *tracer // nil when the tracepoints did not load (or are not loaded yet)
+	// lazyTrace: a one-shot run loads the tracepoints on first need (needTracer).
+	lazyTrace bool
+	traceOnce sync.Once
+	rd        *ringbuf.Reader
+	log       *slog.Logger
+	status    Status
 
 	mu      sync.Mutex
 	tcMode  string
@@ -150,12 +158,13 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 			o.status.TC = TCX // until an attach says the kernel has no TCX
 		}
 	}
-	if opt.NoTracepoints {
+	switch {
+	case opt.NoTracepoints:
 		o.status.TraceErr = errors.New("TCP tracepoints not needed")
-	} else if o.tracer, err = loadTracer(m); err != nil {
-		o.status.TraceErr = err
-	} else {
-		o.status.Tracepoints = true
+	case opt.OneShot && o.tc != nil:
+		o.lazyTrace = true // see needTracer
+	default:
+		o.loadTracer()
 	}
 	if o.tc == nil && o.tracer == nil {
 		m.Close()
@@ -166,7 +175,7 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
 	go o.read()
-	if o.tc != nil {
+	if o.tc != nil && !opt.OneShot {
 		if err := o.followLinks(); err != nil {
 			// Attachments still work; an interface that is deleted and re-created is then
 			// attached afresh only under its new index, which it gets anyway.
@@ -174,6 +183,31 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 		}
 	}
 	return o, nil
+}
+
+// loadTracer loads and attaches the TCP tracepoints, recording why not if it cannot.
+func (o *Observer) loadTracer() {
+	t, err := loadTracer(o.maps)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err != nil {
+		o.status.TraceErr = err
+		return
+	}
+	o.tracer, o.status.Tracepoints, o.status.TraceErr = t, true, nil
+}
+
+// needTracer loads the tracepoints on first need in a one-shot run, once.
+func (o *Observer) needTracer() {
+	o.traceOnce.Do(func() {
+		if !o.lazyTrace {
+			return
+		}
+		o.loadTracer()
+		if err := o.Status().TraceErr; err != nil {
+			o.log.Warn("TCP tracepoints unavailable: a handshake TC cannot watch is timed in userspace", "err", err)
+		}
+	})
 }
 
 // followLinks subscribes to the namespace's link updates: when an interface goes away its
