@@ -1,4 +1,5 @@
-// Package cli is reachd's command line (CONTRACT.md, "Command line").
+// Package cli is reachd's command line: flags become jobs for the engine, and verdicts are
+// printed (human lines or JSON) in the order the targets were given.
 package cli
 
 import (
@@ -23,7 +24,7 @@ import (
 	"reachd/pkg/verdict"
 )
 
-// Exit statuses (CONTRACT.md).
+// Exit statuses: every verdict ok, at least one not, usage error, interrupted.
 const (
 	ExitOK       = 0
 	ExitNotOK    = 1

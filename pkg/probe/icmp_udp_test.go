@@ -23,7 +23,7 @@ func requireRawICMP(t *testing.T) {
 	}
 }
 
-// Loopback only (KERNEL.md network rule). Concurrent attempts share one socket per
+// Loopback only (the network rule for tests: README). Concurrent attempts share one socket per
 // family, which closes with the last of them (goleak checks the reader goroutine ends).
 func TestICMPLoopback(t *testing.T) {
 	requireRawICMP(t)

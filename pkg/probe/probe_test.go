@@ -255,7 +255,7 @@ func TestRunnerResolution(t *testing.T) {
 	}
 }
 
-// Loopback only (KERNEL.md network rule): a listener of our own and a closed port.
+// Loopback only (the network rule for tests: README). a listener of our own and a closed port.
 func TestTCPLoopback(t *testing.T) {
 	open := loopback.Open(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

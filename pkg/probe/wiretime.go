@@ -28,10 +28,14 @@ func registerFlow(fd int, a Attempt, proto uint8) (*wire.Flow, string) {
 	}
 	f, err := a.Wire.Register(proto, local, remote)
 	if err != nil {
+		a.log().Debug("attempt not watched: timed by the kernel", "dst", remote, "err", err)
 		if errors.Is(err, wire.ErrFlowTableFull) {
 			return nil, tableFullNote(err)
 		}
 		return nil, ""
+	}
+	if !local.IsValid() && a.Wire.HasTC() {
+		a.log().Debug("attempt not watched at TC: no route, or its interface cannot be attached", "dst", remote)
 	}
 	return f, ""
 }
@@ -46,10 +50,11 @@ func tableFullNote(error) string {
 func bindForWire(fd int, a Attempt) netip.AddrPort {
 	rt, err := attemptRoute(a)
 	if err != nil || rt.LinkIndex == 0 {
+		a.log().Debug("no route to watch the attempt on", "dst", a.Addr, "err", err)
 		return netip.AddrPort{}
 	}
-	if a.Wire.Attach(rt.LinkIndex) != nil {
-		return netip.AddrPort{}
+	if err := a.Wire.Attach(rt.LinkIndex); err != nil {
+		return netip.AddrPort{} // the observer says why, once per interface
 	}
 	if !a.Source.IsValid() {
 		src := rt.Src

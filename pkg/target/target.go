@@ -1,4 +1,5 @@
-// Package target parses probe targets as users write them (CONTRACT.md, "KIND and TARGET").
+// Package target parses probe targets as users write them: HOST, HOST:PORT, [V6]:PORT, and
+// link-local addresses with their zone.
 package target
 
 import (

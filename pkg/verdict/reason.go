@@ -1,6 +1,6 @@
 package verdict
 
-// Reason is the machine-readable cause of a verdict (CONTRACT.md, "Reasons").
+// Reason is the machine-readable cause of a verdict (docs/verdict.md, "Reasons").
 type Reason string
 
 // Layer says where a failure sits, from the prober's own host outwards.

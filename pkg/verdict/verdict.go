@@ -1,4 +1,5 @@
-// Package verdict holds the verdict a probe produces (CONTRACT.md) and its encodings.
+// Package verdict holds the verdict a probe produces and its encodings; docs/verdict.md is
+// its schema.
 package verdict
 
 import (
@@ -29,7 +30,7 @@ func (m Millis) MarshalJSON() ([]byte, error) {
 	return strconv.AppendFloat(nil, v, 'f', -1, 64), nil
 }
 
-// Time is encoded as RFC 3339 with microseconds, as CONTRACT.md requires.
+// Time is encoded as RFC 3339 with microseconds (docs/verdict.md).
 type Time time.Time
 
 const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
@@ -48,7 +49,7 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 	return err
 }
 
-// Verdict is one probe's result. Field order follows CONTRACT.md so JSON reads the same way.
+// Verdict is one probe's result. Field order follows docs/verdict.md so JSON reads the same way.
 type Verdict struct {
 	Time         Time    `json:"time"`
 	Probe        string  `json:"probe"`

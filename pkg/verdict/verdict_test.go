@@ -95,7 +95,7 @@ func TestEncodedVerdictValidates(t *testing.T) {
 			t.Errorf("%s lacks %s", b, want)
 		}
 	}
-	// Required fields come first, in CONTRACT.md order.
+	// Required fields come first, in docs/verdict.md order.
 	order := []string{"time", "probe", "kind", "target", "addr", "family", "ok", "reason", "layer", "detail", "attempts", "timing_source", "rtt_ms"}
 	last := -1
 	for _, k := range order {

@@ -168,7 +168,11 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	}
 	if o.tc == nil && o.tracer == nil {
 		m.Close()
-		return nil, o.status.TCErr
+		if opt.NoTracepoints {
+			return nil, o.status.TCErr
+		}
+		// Neither part loaded: both reasons (REACHD_TC=off leaves only the tracepoints').
+		return nil, errors.Join(o.status.TCErr, o.status.TraceErr)
 	}
 	if o.rd, err = ringbuf.NewReader(m.Events); err != nil {
 		o.closeProgs()

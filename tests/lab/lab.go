@@ -116,7 +116,7 @@ func (ns *NS) Do(fn func() error) error {
 }
 
 // Command runs name inside the namespace. nsenter is used rather than `ip netns exec`,
-// which remounts /sys and so hides bpffs and tracefs (KERNEL.md).
+// which remounts /sys and so hides bpffs and tracefs.
 func (ns *NS) Command(name string, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--net=" + ns.Path(), "--", name}, args...)...)
 }
