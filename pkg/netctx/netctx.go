@@ -125,6 +125,10 @@ func routeType(t int) string {
 		return "prohibit"
 	case unix.RTN_THROW:
 		return "throw"
+	case unix.RTN_BROADCAST:
+		return "broadcast"
+	case unix.RTN_MULTICAST:
+		return "multicast"
 	}
 	return fmt.Sprintf("type %d", t)
 }

@@ -173,6 +173,10 @@ func sendError(op string, err error, a Attempt) Result {
 				r = Result{Reason: verdict.LocalError, Detail: fmt.Sprintf("interface %s is down", a.Interface)}
 			}
 		}
+	case errors.Is(err, unix.EACCES) && isBroadcast(a):
+		// The kernel refuses to send to a broadcast address without SO_BROADCAST, with the
+		// same errno as a prohibit route.
+		r = fail(verdict.LocalError, fmt.Sprintf("%s is a broadcast address: reachd probes one host, not a network", dst))
 	case errors.Is(err, unix.EACCES):
 		r = Result{Reason: verdict.AdminProhibited, Layer: verdict.LayerLocal,
 			Detail: fmt.Sprintf("the local routing table prohibits %s (prohibit route)", dst)}
@@ -252,4 +256,10 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// isBroadcast says whether the attempt's target is a broadcast address, by its route.
+func isBroadcast(a Attempt) bool {
+	rt, err := attemptRoute(a)
+	return err == nil && rt.Type == "broadcast"
 }

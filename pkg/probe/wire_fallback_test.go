@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"reachd/pkg/netctx"
 	"reachd/pkg/verdict"
 	"reachd/pkg/wire"
 )
@@ -39,7 +40,9 @@ func inNetns(t *testing.T, fn func()) {
 			errc <- err
 			return
 		}
-		defer func() { errc <- nil }()
+		// The pooled netlink handles belong to the namespace they were opened in.
+		netctx.Release()
+		defer func() { netctx.Release(); errc <- nil }()
 		fn()
 	}()
 	if err := <-errc; err != nil {
@@ -102,6 +105,31 @@ func fullFlowTable(t *testing.T, oneShot bool) {
 			if !strings.Contains(r.Detail, "flow table is full") {
 				t.Errorf("%s: the verdict does not say the flow table was full: %s", c.kind, r.Detail)
 			}
+		}
+	})
+}
+
+// TestBroadcastIsNotAProhibitRoute: connect() to a broadcast address fails with EACCES,
+// the errno of a prohibit route; the route says which it is.
+func TestBroadcastIsNotAProhibitRoute(t *testing.T) {
+	inNetns(t, func() {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		addr, _ := netlink.ParseAddr("198.51.100.2/24")
+		if err := netlink.AddrAdd(lo, addr); err != nil {
+			t.Error(err)
+			return
+		}
+		bcast := Attempt{Addr: netip.MustParseAddrPort("198.51.100.255:9")}
+		if r := sendError("connect", unix.EACCES, bcast); r.Reason != verdict.LocalError || !strings.Contains(r.Detail, "broadcast") {
+			t.Errorf("broadcast: %s %s", r.Reason, r.Detail)
+		}
+		other := Attempt{Addr: netip.MustParseAddrPort("198.51.100.7:9")}
+		if r := sendError("connect", unix.EACCES, other); r.Reason != verdict.AdminProhibited {
+			t.Errorf("unicast: %s %s", r.Reason, r.Detail)
 		}
 	})
 }
