@@ -164,7 +164,9 @@ static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u6
 /* Make the first want bytes of the packet (or all of it, if shorter) readable. Headers are
  * normally in the linear part and this costs one comparison; some drivers (and GRO's
  * napi_gro_frags path) leave them in page fragments, out of direct reach. Pulling may copy
- * the packet, so it happens only then. Packet pointers are stale after it. */
+ * the packet, so it is asked only for bytes a decision needs and finds missing: never for
+ * the payload of a packet whose headers are in reach (TCP data with its headers linear is
+ * left alone). Packet pointers are stale after it. */
 static __always_inline void linearize(struct __sk_buff *skb, __u32 want)
 {
 	__u32 len = skb->len;
@@ -179,7 +181,11 @@ static __always_inline void linearize(struct __sk_buff *skb, __u32 want)
 		bpf_skb_pull_data(skb, want);
 }
 
-#define HEADERS_LEN 128 /* L2 + IPv6 + extension headers + L4: what handle() reads */
+/* What handle() needs before it can tell anything: an Ethernet header, an IPv6 header and
+ * the first 8 bytes after it (the next header's type and length, or a fragment header); or
+ * IPv4 with options. Less than any NIC keeps linear for a TCP segment's headers. */
+#define L3_LEN (14 + 40 + 8)
+#define QUOTE_LEN 128 /* a quoted IPv6 header, extension headers and 8 bytes of L4 */
 
 /* The quoted header of an ICMP error: the original packet, sent by the prober, so it is
  * keyed as egress. Only TCP/UDP ports, ICMP echo identifiers and what tells one packet of a
@@ -233,7 +239,7 @@ __attribute__((noinline)) int quoted_flow(struct __sk_buff *skb, __u32 quote_off
 	if (quote_off > 1024 || src_off > 1024)
 		return 0;
 	/* The quote may lie beyond the linear part even when the outer headers do not. */
-	linearize(skb, quote_off + HEADERS_LEN);
+	linearize(skb, quote_off + QUOTE_LEN);
 	asm volatile("" : "+r"(skb)); /* see handle() */
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -270,6 +276,10 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		return 0;
 	asm volatile("%0 &= 0x7ff" : "+r"(ip_off)); /* see quoted_flow */
 	asm volatile("%0 &= 0xfff" : "+r"(l4_off));
+	/* The L4 header this needs (TCP's 20 bytes, 8 for the others): pulled only if some of
+	 * it lies outside the linear part. */
+	linearize(skb, l4_off + (proto == PROTO_TCP ? 20 : 8));
+	asm volatile("" : "+r"(skb));
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct flow_key k = {.proto = proto};
@@ -354,7 +364,7 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
  * the IP header, their version given by skb->protocol. */
 static __always_inline int handle(struct __sk_buff *skb, int egress, int l2)
 {
-	linearize(skb, HEADERS_LEN);
+	linearize(skb, L3_LEN);
 	/* Hide skb from clang's reuse of &skb->data: the verifier only allows loads of ctx
 	 * fields at constant offsets from the ctx pointer itself. */
 	asm volatile("" : "+r"(skb));

@@ -221,6 +221,10 @@ func (pf *probeFlags) job(k *probe.Kind, kopts probe.KindOptions, set func(strin
 		if err != nil {
 			return j, usageError{err}
 		}
+		// Each target is checked as it comes, so the first bad one is the one named.
+		if err := probe.CheckTarget(t, opts); err != nil {
+			return j, usageError{err}
+		}
 		j.Targets = append(j.Targets, t)
 	}
 	if err := engine.Check(j); err != nil {
@@ -257,18 +261,22 @@ func runProbe(ctx context.Context, j engine.Job, pf *probeFlags, stdout, stderr 
 	for i := range done {
 		done[i] = make(chan struct{})
 	}
+	// A failed write (stdout closed: `| head -1`) ends the run: the probes still going are
+	// cancelled rather than waited for.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		eng.Run(ctx, j, func(i int, vs []*verdict.Verdict) { results[i] = vs; close(done[i]) })
+		eng.Run(rctx, j, func(i int, vs []*verdict.Verdict) { results[i] = vs; close(done[i]) })
 	}()
-	return printInOrder(ctx, results, done, finished, write, status)
+	return printInOrder(ctx, results, done, finished, write, cancel, status)
 }
 
 // printInOrder prints in the order the targets were given, each as soon as it and those
 // before it are done, so scripts get a stable order without waiting for the slowest target.
 func printInOrder(ctx context.Context, results [][]*verdict.Verdict, done []chan struct{}, finished chan struct{},
-	write func(*verdict.Verdict) error, status *int) error {
+	write func(*verdict.Verdict) error, cancel func(), status *int) error {
 	allOK := true
 	for i := range results {
 		select {
@@ -282,6 +290,7 @@ func printInOrder(ctx context.Context, results [][]*verdict.Verdict, done []chan
 		}
 		for _, v := range results[i] {
 			if err := write(v); err != nil {
+				cancel()
 				<-finished
 				return runtimeError{fmt.Errorf("write verdict: %w", err)}
 			}
@@ -329,9 +338,20 @@ func (pf *probeFlags) options() (*probe.Options, error) {
 	case pf.v6:
 		fam = probe.FamilyV6
 	}
-	o := &probe.Options{Probe: "cli", Family: fam, Timeout: pf.timeout, Interface: pf.iface}
+	// Checked in the order the flags are listed: of several bad ones, the first is named.
+	o := &probe.Options{Probe: "cli", Family: fam, Timeout: pf.timeout}
 	o.Policy = schedule.DefaultPolicy()
 	o.Policy.Retries = pf.retries
+	if err := o.Check(); err != nil { // --timeout, --retries
+		return nil, usageError{err}
+	}
+	if pf.concurrency < 1 {
+		return nil, usagef("--concurrency must be at least 1, got %d", pf.concurrency)
+	}
+	o.Interface = pf.iface
+	if err := o.Check(); err != nil { // --interface
+		return nil, usageError{err}
+	}
 	if pf.source != "" {
 		src, err := netip.ParseAddr(pf.source)
 		if err != nil {
@@ -339,10 +359,7 @@ func (pf *probeFlags) options() (*probe.Options, error) {
 		}
 		o.Source = src.Unmap()
 	}
-	if pf.concurrency < 1 {
-		return nil, usagef("--concurrency must be at least 1, got %d", pf.concurrency)
-	}
-	if err := o.Check(); err != nil {
+	if err := o.Check(); err != nil { // --source against the family
 		return nil, usageError{err}
 	}
 	return o, nil

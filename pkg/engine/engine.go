@@ -115,6 +115,9 @@ func (e *Engine) Close() {
 		if n, err := e.obs.Lost(); err == nil && n > 0 {
 			e.cfg.Log.Warn("eBPF events lost to a full ring buffer: some verdicts are not wire-timed", "lost_events", n)
 		}
+		if n := e.obs.Refused(); n > 0 {
+			e.cfg.Log.Warn("eBPF flow table full: some attempts were timed by the kernel, not at the wire", "refused_flows", n)
+		}
 		if n := e.obs.Dropped(); n > 0 {
 			e.cfg.Log.Warn("eBPF events dropped: a peer sent far more than a probe asked for; some verdicts are not wire-timed", "dropped_events", n)
 		}

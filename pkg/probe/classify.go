@@ -102,7 +102,7 @@ func icmpAnswer(v6 bool, typ, code uint8, from netip.Addr) (verdict.Reason, *ver
 // a host unreachable "from" its own address, after about 3 s; the verdict then says what
 // the same failure says before the kernel gives up — the neighbor that never answered,
 // layer link, no wire.icmp — so that every kind agrees at every timeout. Any other error
-// this host made (a local firewall's reject) is layer local, its sender named as this host.
+// this host made (a local firewall's reject) is layer local, marked wire.icmp.local.
 // sent words what was sent ("2 SYN(s)"). A target on this host answers from this host:
 // the rule is not for it.
 func fromThisHost(res Result, a Attempt, sender netip.Addr, sent string) Result {
@@ -119,7 +119,7 @@ func fromThisHost(res Result, a Attempt, sender netip.Addr, sent string) Result 
 	}
 	if sender.IsValid() && res.ICMP != nil {
 		res.Layer = verdict.LayerLocal
-		res.ICMP.From = ""
+		res.ICMP.Local = true
 		res.Detail = strings.Replace(res.Detail, "from "+sender.String(), "made by this host ("+sender.String()+"), not by a router", 1)
 	}
 	return res
@@ -152,10 +152,6 @@ func asyncErrnoResult(res Result, e int, elapsed time.Duration) Result {
 	}
 	return res
 }
-
-// connectError classifies connect() failing synchronously: nothing left the host, so the
-// cause is local (routing table, policy, resources).
-func connectError(err error, a Attempt) Result { return sendError("connect", err, a) }
 
 // sendError classifies a send (connect, sendto) that failed synchronously: nothing left
 // the host, so the cause is local (routing table, policy, resources).

@@ -175,6 +175,27 @@ func (p *pinger) payload(e *echo) []byte {
 	return b
 }
 
+// staleSeq says whether events of the echo numbered seq are no attempt's any more: its
+// attempt has taken its events (collected), or it is too old to be remembered.
+func (p *pinger) staleSeq(seq uint16) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pending[seq] != nil {
+		return false
+	}
+	e := p.recent[seq]
+	return e == nil || e.collected
+}
+
+// collected marks echoes whose attempt has taken its events.
+func (p *pinger) collected(echoes []*echo) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range echoes {
+		e.collected = true
+	}
+}
+
 // finish retires an attempt's echoes: they stop being pending, and are remembered a while
 // so that their duplicates and late replies are known as such.
 func (p *pinger) finish(echoes []*echo) {

@@ -138,29 +138,35 @@ func parseICMP(b []byte, v6, withIPv4 bool) (icmpPacket, error) {
 	}
 	p.Type, p.Code = b[0], uint8(m.Code)
 	p.ChecksumOK = v6 || inetChecksum(b) == 0
-	var quote []byte
-	switch body := m.Body.(type) {
-	case *icmp.Echo:
-		p.ID, p.Seq, p.Payload = uint16(body.ID), uint16(body.Seq), body.Data
-	case *icmp.DstUnreach:
-		quote = body.Data
-	case *icmp.TimeExceeded:
-		quote = body.Data
-	case *icmp.ParamProb:
-		quote = body.Data
-	case *icmp.PacketTooBig:
-		quote = body.Data
-	case *icmp.RawBody: // source quench: 4 unused bytes, then the quote
-		if len(body.Data) >= 4 {
-			quote = body.Data[4:]
-		}
+	if e, ok := m.Body.(*icmp.Echo); ok {
+		p.ID, p.Seq, p.Payload = uint16(e.ID), uint16(e.Seq), e.Data
 	}
 	if p.IsError(v6) {
-		if q, err := parseQuotedEcho(quote, v6); err == nil {
+		if q, err := parseQuotedEcho(errorQuote(m), v6); err == nil {
 			p.Quote = &q
 		}
 	}
 	return p, nil
+}
+
+// errorQuote is the packet an ICMP error quotes, as the library parsed the error (for
+// source quench, which it does not know, the bytes after the 4 unused ones).
+func errorQuote(m *icmp.Message) []byte {
+	switch body := m.Body.(type) {
+	case *icmp.DstUnreach:
+		return body.Data
+	case *icmp.TimeExceeded:
+		return body.Data
+	case *icmp.ParamProb:
+		return body.Data
+	case *icmp.PacketTooBig:
+		return body.Data
+	case *icmp.RawBody:
+		if len(body.Data) >= 4 {
+			return body.Data[4:]
+		}
+	}
+	return nil
 }
 
 // parseQuotedEcho decodes the packet an ICMP error quotes (its IP header and at least the

@@ -112,7 +112,7 @@ func TestEchoTail(t *testing.T) {
 func TestPayloadChecks(t *testing.T) {
 	dst := netip.MustParseAddrPort("198.51.100.7:123")
 	o := &UDPOptions{Builtin: PayloadNTP}
-	r, err := o.newRequest(dst)
+	r, err := o.newRequest(dst, 7)
 	if err != nil || len(r.data) != 48 || r.data[0] != 0x23 {
 		t.Fatalf("%x %v", r.data, err)
 	}
@@ -127,7 +127,7 @@ func TestPayloadChecks(t *testing.T) {
 	}
 
 	o = &UDPOptions{Builtin: PayloadDNS}
-	r, err = o.newRequest(dst)
+	r, err = o.newRequest(dst, 8)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,21 +164,20 @@ func FuzzParseICMP(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte, v6, withIPv4 bool) {
 		pkt, err := parseICMP(b, v6, withIPv4)
 		if err != nil {
+			// The converse: a message the library reads whole (an IPv4 header it accepts,
+			// then at least an echo header's worth) must not be refused.
+			if msg, ok := libraryMessage(b, withIPv4); ok && len(msg) >= echoHeaderLen {
+				if _, merr := icmp.ParseMessage(icmpProto(v6), msg); merr == nil {
+					t.Fatalf("refused a message the library reads: %v\n%x", err, b)
+				}
+			}
 			return
 		}
-		msg := b
+		msg, _ := libraryMessage(b, withIPv4)
 		if withIPv4 {
-			h, herr := ipv4.ParseHeader(b)
-			if herr != nil {
-				t.Fatalf("parser took an IPv4 header the library refuses: %v", herr)
-			}
-			if h.TTL != pkt.TTL {
+			if h, _ := ipv4.ParseHeader(b); h.TTL != pkt.TTL {
 				t.Fatalf("TTL %d, library %d", pkt.TTL, h.TTL)
 			}
-			if h.TotalLen >= h.Len && h.TotalLen < len(b) {
-				msg = b[:h.TotalLen]
-			}
-			msg = msg[h.Len:]
 		}
 		m, merr := icmp.ParseMessage(icmpProto(v6), msg)
 		if merr != nil {
@@ -189,6 +188,23 @@ func FuzzParseICMP(f *testing.F) {
 		}
 		checkQuote(t, pkt, m, v6)
 	})
+}
+
+// libraryMessage strips what a raw IPv4 socket puts in front, with the library's header
+// parser, bounded by the header's total length.
+func libraryMessage(b []byte, withIPv4 bool) ([]byte, bool) {
+	if !withIPv4 {
+		return b, true
+	}
+	h, err := ipv4.ParseHeader(b)
+	if err != nil {
+		return nil, false
+	}
+	end := len(b)
+	if h.TotalLen >= h.Len {
+		end = min(end, h.TotalLen)
+	}
+	return b[h.Len:end], true
 }
 
 // checkEchoRoundTrip: the parsed fields, marshalled by the library, are the input again.
@@ -211,20 +227,10 @@ func checkEchoRoundTrip(t *testing.T, pkt icmpPacket, typ icmp.Type, msg []byte,
 // checkQuote: an error's quoted echo is what the library reads in the quote (IPv6 quotes
 // with extension headers aside: the library does not walk them).
 func checkQuote(t *testing.T, pkt icmpPacket, m *icmp.Message, v6 bool) {
-	var data []byte
-	switch body := m.Body.(type) {
-	case *icmp.DstUnreach:
-		data = body.Data
-	case *icmp.TimeExceeded:
-		data = body.Data
-	case *icmp.ParamProb:
-		data = body.Data
-	case *icmp.PacketTooBig:
-		data = body.Data
-	default:
+	if !pkt.IsError(v6) {
 		return
 	}
-	want, ok := libraryQuote(data, v6)
+	want, ok := libraryQuote(errorQuote(m), v6)
 	if !ok {
 		return
 	}
@@ -339,7 +345,7 @@ func FuzzReplyChecks(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, name := range Payloads() {
 			o := &UDPOptions{Builtin: name}
-			r, err := o.newRequest(dst)
+			r, err := o.newRequest(dst, uint16(len(b)))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -79,6 +79,8 @@ type echo struct {
 	txKernel time.Time // the kernel's transmit timestamp; zero if none
 	ttl      int
 	err      *echoError
+	// collected: its attempt has taken its wire events (set under pinger.mu).
+	collected bool
 }
 
 type echoError struct {

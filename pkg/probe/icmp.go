@@ -95,7 +95,8 @@ func runICMP(ctx context.Context, a Attempt) Result {
 	}
 	var evs []wire.Event
 	if w.flow != nil {
-		evs = echoEvents(w.flow, x.echoes)
+		evs = echoEvents(w.flow, x.echoes, p.staleSeq)
+		p.collected(x.echoes)
 	}
 	res := echoResult(x.echoes, evs, a, timeout)
 	ev := res.Kind.(*echoEvidence)
@@ -163,7 +164,11 @@ func waitEcho(ctx context.Context, e *echo, until time.Time) {
 // echoEvents collects what TC saw of the echoes: each request leaving and the reply or
 // ICMP error coming back. They are in the ring before the socket wakes the reader, but the
 // ring's reader may not have delivered them yet.
-func echoEvents(f *wire.Flow, echoes []*echo) []wire.Event {
+//
+// Events that are no attempt's any more (late replies and errors to echoes whose attempt has
+// already taken its events) are taken out too, so that a flow concurrent attempts keep open
+// (a daemon probing one host often) does not fill up with them.
+func echoEvents(f *wire.Flow, echoes []*echo, stale func(seq uint16) bool) []wire.Event {
 	seqs := make(map[uint32]bool, len(echoes))
 	for _, e := range echoes {
 		seqs[uint32(e.seq)] = true
@@ -200,7 +205,8 @@ func echoEvents(f *wire.Flow, echoes []*echo) []wire.Event {
 	if !complete(f.Events()) {
 		f.Sync(time.Now().Add(catchUp))
 	}
-	evs := f.Take(ours)
+	taken := f.Take(func(ev wire.Event) bool { return ours(ev) || stale(uint16(ev.Seq)) })
+	evs := slices.DeleteFunc(taken, func(ev wire.Event) bool { return !ours(ev) })
 	slices.SortFunc(evs, func(x, y wire.Event) int { return int(int64(x.TsNs) - int64(y.TsNs)) })
 	return evs
 }

@@ -134,7 +134,12 @@ type packetTiming struct {
 func (c packetClock) timing(evs []wire.Event) packetTiming {
 	wall := func(ns uint64) time.Time { return c.sentWall.Add(time.Duration(int64(ns) - c.sentMono)) }
 	t := packetTiming{source: verdict.SourceUserspace, tx: c.sentWall, rx: c.rxUser}
+	// Without the kernel's stamp (timestamps did not come on), userspace's receive time
+	// still picks the right answer among several, if less sharply.
 	anchor := monoAt(c.rxKernel, c.sentWall, c.sentMono)
+	if anchor == 0 {
+		anchor = monoAt(c.rxUser, c.sentWall, c.sentMono)
+	}
 	var tx, rx uint64
 	for _, ev := range evs {
 		switch {

@@ -299,11 +299,11 @@ func TestConnectErrorClassification(t *testing.T) {
 		unix.EMFILE:        verdict.LocalError,
 	}
 	for e, want := range cases {
-		if r := connectError(e, a); r.Reason != want {
+		if r := sendError("connect", e, a); r.Reason != want {
 			t.Errorf("%v: %s, want %s", e, r.Reason, want)
 		}
 	}
-	if r := connectError(unix.EACCES, a); r.Layer != verdict.LayerLocal {
+	if r := sendError("connect", unix.EACCES, a); r.Layer != verdict.LayerLocal {
 		t.Errorf("local prohibit route must be layer local: %+v", r)
 	}
 	if r := asyncErrnoResult(Result{}, int(unix.ECONNREFUSED), time.Millisecond); r.Reason != verdict.Refused || !r.HasRTT {

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"regexp"
@@ -149,7 +150,12 @@ func runUDP(ctx context.Context, a Attempt) Result {
 	if err := unix.Connect(fd, sa); err != nil {
 		return sendError("connect", err, a)
 	}
-	u := &udpConn{f: f, fd: fd, opts: o, dst: a.Addr, timeout: timeout, deadline: deadline}
+	idBase, err := random(2)
+	if err != nil {
+		return fail(verdict.LocalError, err.Error())
+	}
+	u := &udpConn{f: f, fd: fd, opts: o, dst: a.Addr, timeout: timeout, deadline: deadline,
+		idBase: binary.BigEndian.Uint16(idBase)}
 	sent, sendErr, early := sendAll(ctx, u, a, o.Packets, "datagram")
 	if early != nil {
 		return *early

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"reachd/pkg/wire"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,7 @@ type udpConn struct {
 	dst      netip.AddrPort
 	timeout  time.Duration
 	deadline time.Time
+	idBase   uint16 // the first datagram's 16-bit identifier; the next ones count up
 	dgrams   []*dgram
 	extra    int // replies beyond the first to a datagram
 	late     int // replies that came after their datagram's wait
@@ -54,7 +56,7 @@ type udpConn struct {
 
 // send sends the next datagram: a fresh request (built-in ones carry a new identifier).
 func (u *udpConn) send() error {
-	req, err := u.opts.newRequest(u.dst)
+	req, err := u.opts.newRequest(u.dst, u.idBase+uint16(len(u.dgrams)))
 	if err != nil {
 		return err
 	}
@@ -157,9 +159,12 @@ func (u *udpConn) errQueued(b, oob []byte) {
 		return
 	}
 	now := time.Now()
-	d := u.oldestOpen(now, func(d *dgram) bool { return bytes.HasPrefix(d.req.data, b) })
-	if d == nil {
-		d = u.oldestOpen(now, nil)
+	// The error's data is the start of the datagram it answers: the oldest one still
+	// waiting among those it fits. If it fits only datagrams whose wait is over, it is late.
+	quoted := func(d *dgram) bool { return bytes.HasPrefix(d.req.data, b) }
+	d := u.oldestOpen(now, quoted)
+	if d == nil && !slices.ContainsFunc(u.dgrams, quoted) {
+		d = u.oldestOpen(now, nil) // a quote too short or altered to tell
 	}
 	if d != nil {
 		d.err, d.errUser = m.ee, now
@@ -174,12 +179,24 @@ func (u *udpConn) received(b, oob []byte) {
 	}
 	var d *dgram
 	if u.dgrams[0].req.check != nil {
-		// A built-in request's answer names its request (DNS id, NTP origin, ...).
+		// A built-in request's answer names its request (DNS id, NTP origin, ...): the
+		// oldest one still waiting that it answers, else (to count it as a duplicate or
+		// late) the first it answers. SSDP's answers name none: oldest first.
+		var first *dgram
 		for _, c := range u.dgrams {
-			if c.req.check(b) == "" {
+			if c.req.check(b) != "" {
+				continue
+			}
+			if first == nil {
+				first = c
+			}
+			if c.open(now) {
 				d = c
 				break
 			}
+		}
+		if d == nil {
+			d = first
 		}
 		if d == nil {
 			if o := u.oldestOpen(now, nil); o != nil {

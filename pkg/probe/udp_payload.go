@@ -33,8 +33,8 @@ func (o *UDPOptions) payloadName(dst netip.AddrPort) string {
 
 // newRequest builds the payload of one datagram to dst. Built-in requests carry a fresh
 // identifier (DNS id, NTP transmit timestamp, ...) so that an answer to an earlier datagram,
-// or to someone else, is not taken for this one's.
-func (o *UDPOptions) newRequest(dst netip.AddrPort) (request, error) {
+// or to someone else, is not taken for this one's; id is the 16-bit one (see protocol).
+func (o *UDPOptions) newRequest(dst netip.AddrPort, id uint16) (request, error) {
 	name := o.payloadName(dst)
 	switch name {
 	case PayloadHex:
@@ -46,7 +46,7 @@ func (o *UDPOptions) newRequest(dst netip.AddrPort) (request, error) {
 	if !ok {
 		return request{}, fmt.Errorf("unknown payload %q", name)
 	}
-	r, err := p.build(dst)
+	r, err := p.build(dst, id)
 	r.name = name
 	return r, err
 }

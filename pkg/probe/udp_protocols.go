@@ -41,20 +41,25 @@ const (
 var payloadText = []byte("reachd\n")
 
 // protocol builds one request of a built-in payload to dst and says what its answer is.
+// id is the identifier of protocols whose identifier has 16 bits (DNS, NetBIOS, memcached):
+// the attempt numbers its datagrams from a random start, so that no two of them share one;
+// protocols with a longer one draw it at random.
 type protocol struct {
 	ports []uint16 // the well-known ports it is the default for
-	build func(dst netip.AddrPort) (request, error)
+	build func(dst netip.AddrPort, id uint16) (request, error)
 }
 
 var protocols = map[string]protocol{
-	PayloadDNS:       {[]uint16{53}, func(netip.AddrPort) (request, error) { return dnsRequest(".", dns.TypeNS) }},
-	PayloadNTP:       {[]uint16{123}, ntpRequest},
-	PayloadNetBIOS:   {[]uint16{137}, netbiosRequest},
-	PayloadSNMP:      {[]uint16{161}, snmpRequest},
-	PayloadQUIC:      {[]uint16{443}, quicRequest},
-	PayloadSSDP:      {[]uint16{1900}, ssdpRequest},
-	PayloadSTUN:      {[]uint16{3478}, stunRequest},
-	PayloadMDNS:      {[]uint16{5353}, func(netip.AddrPort) (request, error) { return dnsRequest("_services._dns-sd._udp.local.", dns.TypePTR) }},
+	PayloadDNS:     {[]uint16{53}, func(_ netip.AddrPort, id uint16) (request, error) { return dnsRequest(".", dns.TypeNS, id) }},
+	PayloadNTP:     {[]uint16{123}, ntpRequest},
+	PayloadNetBIOS: {[]uint16{137}, netbiosRequest},
+	PayloadSNMP:    {[]uint16{161}, snmpRequest},
+	PayloadQUIC:    {[]uint16{443}, quicRequest},
+	PayloadSSDP:    {[]uint16{1900}, ssdpRequest},
+	PayloadSTUN:    {[]uint16{3478}, stunRequest},
+	PayloadMDNS: {[]uint16{5353}, func(_ netip.AddrPort, id uint16) (request, error) {
+		return dnsRequest("_services._dns-sd._udp.local.", dns.TypePTR, id)
+	}},
 	PayloadMemcached: {[]uint16{11211}, memcachedRequest},
 }
 
@@ -93,11 +98,11 @@ func random(n int) ([]byte, error) {
 // dnsRequest asks for name/typ without recursion: every server answers it, if only with
 // REFUSED, and a responder on 5353 answers a query from another port by unicast (RFC 6762
 // §6.7).
-func dnsRequest(name string, typ uint16) (request, error) {
+func dnsRequest(name string, typ, id uint16) (request, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, typ)
 	m.RecursionDesired = false
-	m.Id = dns.Id()
+	m.Id = id
 	b, err := m.Pack()
 	if err != nil {
 		return request{}, fmt.Errorf("build DNS query: %w", err)
@@ -107,7 +112,7 @@ func dnsRequest(name string, typ uint16) (request, error) {
 
 // ntpRequest is a client request with a random transmit timestamp, as modern clients send:
 // the server echoes it as the origin timestamp, which ties its answer to this request.
-func ntpRequest(netip.AddrPort) (request, error) {
+func ntpRequest(netip.AddrPort, uint16) (request, error) {
 	b := make([]byte, 48)
 	b[0] = 0x23 // LI 0, version 4, mode 3 (client)
 	xmt, err := random(8)
@@ -121,7 +126,7 @@ func ntpRequest(netip.AddrPort) (request, error) {
 
 // snmpRequest is an SNMPv2c get of sysDescr.0 with community "public": an agent that does
 // not know the community stays silent, one that does answers with the system's description.
-func snmpRequest(netip.AddrPort) (request, error) {
+func snmpRequest(netip.AddrPort, uint16) (request, error) {
 	id, err := random(4)
 	if err != nil {
 		return request{}, err
@@ -136,7 +141,7 @@ func snmpRequest(netip.AddrPort) (request, error) {
 // quicRequest is a QUIC long-header packet of a version reserved to force version
 // negotiation (RFC 9000 §6.3, 15.), padded to the 1200 bytes a server needs before it
 // answers: the server replies with the versions it speaks and opens no connection.
-func quicRequest(netip.AddrPort) (request, error) {
+func quicRequest(netip.AddrPort, uint16) (request, error) {
 	cids, err := random(16)
 	if err != nil {
 		return request{}, err
@@ -153,7 +158,7 @@ func quicRequest(netip.AddrPort) (request, error) {
 }
 
 // stunRequest is a STUN Binding request (RFC 8489) with a random transaction id.
-func stunRequest(netip.AddrPort) (request, error) {
+func stunRequest(netip.AddrPort, uint16) (request, error) {
 	tx, err := random(12)
 	if err != nil {
 		return request{}, err
@@ -168,18 +173,15 @@ func stunRequest(netip.AddrPort) (request, error) {
 const stunCookie = 0x2112a442
 
 // ssdpRequest is a unicast M-SEARCH for every service (UPnP Device Architecture 2.0 §1.3.2).
-func ssdpRequest(dst netip.AddrPort) (request, error) {
+func ssdpRequest(dst netip.AddrPort, _ uint16) (request, error) {
 	b := []byte("M-SEARCH * HTTP/1.1\r\nHOST: " + dst.String() + "\r\nMAN: \"ssdp:discover\"\r\nST: ssdp:all\r\n\r\n")
 	return request{data: b, check: checkSSDPReply, describe: describeHTTPU}, nil
 }
 
 // netbiosRequest is a NetBIOS node status query for "*" (RFC 1002 §4.2.17), which Windows
 // and Samba hosts answer with their names.
-func netbiosRequest(netip.AddrPort) (request, error) {
-	id, err := random(2)
-	if err != nil {
-		return request{}, err
-	}
+func netbiosRequest(_ netip.AddrPort, n uint16) (request, error) {
+	id := []byte{byte(n >> 8), byte(n)}
 	b := append([]byte{id[0], id[1], 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x20}, netbiosName("*")...)
 	b = append(b, 0, 0, 0x21, 0, 1) // end of name, type NBSTAT, class IN
 	return request{data: b, check: func(reply []byte) string { return checkNetBIOSReply(reply, id) }, describe: describeNetBIOS}, nil
@@ -197,11 +199,8 @@ func netbiosName(name string) []byte {
 }
 
 // memcachedRequest is "version" behind the UDP frame header (request id, sequence 0 of 1).
-func memcachedRequest(netip.AddrPort) (request, error) {
-	id, err := random(2)
-	if err != nil {
-		return request{}, err
-	}
+func memcachedRequest(_ netip.AddrPort, n uint16) (request, error) {
+	id := []byte{byte(n >> 8), byte(n)}
 	b := append([]byte{id[0], id[1], 0, 0, 0, 1, 0, 0}, "version\r\n"...)
 	return request{data: b, check: func(reply []byte) string { return checkMemcachedReply(reply, id) }, describe: describeMemcached}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -70,7 +71,7 @@ func TestBuiltinPayloads(t *testing.T) {
 	for _, name := range Payloads() {
 		t.Run(name, func(t *testing.T) {
 			o := &UDPOptions{Builtin: name}
-			r, err := o.newRequest(dst)
+			r, err := o.newRequest(dst, 1000)
 			if err != nil || len(r.data) == 0 || r.name != name {
 				t.Fatalf("request %q %x: %v", r.name, r.data, err)
 			}
@@ -85,7 +86,7 @@ func TestBuiltinPayloads(t *testing.T) {
 				t.Error("the request itself (an echo server's answer) accepted")
 			}
 			// Another request's answer: same protocol, another identifier.
-			other, _ := o.newRequest(dst)
+			other, _ := o.newRequest(dst, 1001)
 			if name != PayloadSSDP && bytes.Equal(other.data, r.data) {
 				t.Fatal("two requests with the same identifier")
 			}
@@ -113,12 +114,42 @@ func TestPayloadForPort(t *testing.T) {
 		{UDPOptions{PayloadSet: true}, PayloadHex, nil},
 		{UDPOptions{Payload: []byte{1, 2}, PayloadSet: true}, PayloadHex, []byte{1, 2}},
 	} {
-		r, err := c.o.newRequest(dst)
+		r, err := c.o.newRequest(dst, 1)
 		if err != nil || r.name != c.want || !bytes.Equal(r.data, c.data) || r.check != nil {
 			t.Errorf("%+v: %s %q %v", c.o, r.name, r.data, err)
 		}
 	}
-	if r, _ := (&UDPOptions{}).newRequest(netip.MustParseAddrPort("[2001:db8::1]:53")); r.name != PayloadDNS || r.check == nil {
+	if r, _ := (&UDPOptions{}).newRequest(netip.MustParseAddrPort("[2001:db8::1]:53"), 1); r.name != PayloadDNS || r.check == nil {
 		t.Errorf("port 53 without a payload sends %s", r.name)
+	}
+}
+
+// TestRepliesGoToTheDatagramTheyAnswer: each reply goes to the oldest datagram still
+// waiting that it answers — by identifier for DNS, in order for SSDP (whose answers name no
+// request) — and a second answer to one datagram is a duplicate.
+func TestRepliesGoToTheDatagramTheyAnswer(t *testing.T) {
+	for _, name := range []string{PayloadDNS, PayloadSSDP} {
+		t.Run(name, func(t *testing.T) {
+			u := &udpConn{opts: &UDPOptions{Builtin: name}, dst: netip.MustParseAddrPort("198.51.100.7:53"), idBase: 65534}
+			for range 4 {
+				req, err := u.opts.newRequest(u.dst, u.idBase+uint16(len(u.dgrams)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				u.dgrams = append(u.dgrams, &dgram{req: req, until: time.Now().Add(time.Minute)})
+			}
+			// Answers to datagrams 2, 0, 1 and 3, then 1 again.
+			for _, i := range []int{2, 0, 1, 3, 1} {
+				u.received(answer(t, name, u.dgrams[i].req.data), nil)
+			}
+			for i, d := range u.dgrams {
+				if !d.replied {
+					t.Errorf("datagram %d unanswered", i)
+				}
+			}
+			if u.extra != 1 || u.late != 0 {
+				t.Errorf("%d duplicates and %d late, want 1 and 0", u.extra, u.late)
+			}
+		})
 	}
 }

@@ -56,20 +56,21 @@ const (
 
 // layers lists, per reason, the layers it may be reported at; the first is the usual one.
 // A reason has more than one only where the same outcome has a local and a remote cause
-// (a prohibit route on this host vs. an ICMP error from a router).
+// (a prohibit route on this host vs. an ICMP error from a router; an ICMP error this host
+// made itself, wire.icmp.local, is layer local).
 var layers = map[Reason][]Layer{
 	OK:                  {LayerOK},
 	Refused:             {LayerTransport},
 	Timeout:             {LayerTransport, LayerNetwork},
 	Reset:               {LayerTransport},
-	HostUnreachable:     {LayerNetwork, LayerLink},
-	NetUnreachable:      {LayerNetwork},
+	HostUnreachable:     {LayerNetwork, LayerLink, LayerLocal},
+	NetUnreachable:      {LayerNetwork, LayerLocal},
 	AdminProhibited:     {LayerNetwork, LayerLocal},
-	PortUnreachable:     {LayerTransport},
-	ProtocolUnreachable: {LayerNetwork},
+	PortUnreachable:     {LayerTransport, LayerLocal},
+	ProtocolUnreachable: {LayerNetwork, LayerLocal},
 	TTLExceeded:         {LayerNetwork},
-	FragNeeded:          {LayerNetwork},
-	ICMPError:           {LayerNetwork},
+	FragNeeded:          {LayerNetwork, LayerLocal},
+	ICMPError:           {LayerNetwork, LayerLocal},
 	OpenFiltered:        {LayerTransport},
 	NoRoute:             {LayerLocal},
 	LocalError:          {LayerLocal},

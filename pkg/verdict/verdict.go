@@ -130,6 +130,8 @@ type ICMP struct {
 	Code uint8  `json:"code"`
 	Name string `json:"name"`
 	From string `json:"from"`
+	// Local: this host made the error (a local firewall's reject), not a router on the path.
+	Local bool `json:"local,omitempty"`
 }
 
 // Try is one attempt of a probe.

@@ -104,7 +104,8 @@ func runNow(t *testing.T, prog *ebpf.Program, rd *ringbuf.Reader, pkt []byte) (e
 }
 
 // FuzzTCParser runs the TC programs (through BPF_PROG_TEST_RUN) and their Go model on the
-// same frame, both directions: the same event, or none from either.
+// same frame, both directions, for devices with and without an Ethernet header: the same
+// event, or none from either.
 func FuzzTCParser(f *testing.F) {
 	syn := func(v6 bool) []byte {
 		if v6 {
@@ -123,6 +124,10 @@ func FuzzTCParser(f *testing.F) {
 	f.Add(append(eth(0x0800), ipv4(rtr4, cli4, 1, icmpMsg(11, 0, nil, ipv4(cli4, srv4, 1, echo(8, 4242, 5), nil, 0)[:28]), nil, 0)...))
 	f.Add(append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(1, 3, nil, ipv6(cli6, srv6, 17, udp(40004, 53, nil), extHdr(0, 0))))...))
 	f.Add(append(eth(0x86dd), ipv6(rtr6, cli6, 58, icmpMsg(2, 0, []byte{0, 0, 5, 0}, ipv6(cli6, srv6, 58, echo(128, 4243, 6))))...))
+	// For the L3 programs: an IPv6 packet whose bytes 12-13 (in its source address) read
+	// 0x86dd, the type BPF_PROG_TEST_RUN then gives it.
+	l3src := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0x86, 0xdd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2})
+	f.Add(ipv6(l3src, srv6, 6, tcp(40001, 443, flagSYN, 7, 0)))
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		if len(frame) < 14 || len(frame) > 1500 {
 			return // BPF_PROG_TEST_RUN wants a whole Ethernet header; a frame fits an MTU
@@ -131,12 +136,16 @@ func FuzzTCParser(f *testing.F) {
 		for _, dir := range []struct {
 			prog   *ebpf.Program
 			egress bool
-		}{{objs.ReachdTcIngress, false}, {objs.ReachdTcEgress, true}} {
+			model  func([]byte, bool, map[FlowKey]uint64) (modelEvent, bool)
+		}{
+			{objs.ReachdTcIngress, false, modelTC}, {objs.ReachdTcEgress, true, modelTC},
+			{objs.ReachdTcIngressL3, false, modelTCL3}, {objs.ReachdTcEgressL3, true, modelTCL3},
+		} {
 			got, ran := runNow(t, dir.prog, rd, frame)
 			if !ran {
-				return
+				continue
 			}
-			want, ok := modelTC(frame, dir.egress, flows)
+			want, ok := dir.model(frame, dir.egress, flows)
 			switch {
 			case !ok && len(got) == 0:
 			case ok != (len(got) == 1) || len(got) > 1:

@@ -93,7 +93,8 @@ func linkLayer(ifindex int) (l3 bool, err error) {
 	switch t := l.Attrs().EncapType; t {
 	case "ether", "loopback":
 		return false, nil
-	case "none", "ipip", "tunnel6", "sit", "gre", "ip6gre", "ppp", "rawip":
+	// netlink names no ARPHRD_IP6GRE (823) or ARPHRD_RAWIP (519, wwan modems): "unknownN".
+	case "none", "ipip", "tunnel6", "sit", "gre", "ppp", "unknown823", "unknown519":
 		return true, nil
 	default:
 		return false, fmt.Errorf("%s: link type %q has neither an Ethernet header nor none", l.Attrs().Name, t)

@@ -128,7 +128,25 @@ func (k packetKey) flowKey() (FlowKey, error) {
 // program, with flows registered as keys → tokens.
 func modelTC(b []byte, egress bool, flows map[FlowKey]uint64) (modelEvent, bool) {
 	et, rest, ok := modelL2(b)
-	if !ok || (et != 0x0800 && et != 0x86dd) {
+	if !ok {
+		return modelEvent{}, false
+	}
+	return modelIPPacket(b, et, rest, egress, flows)
+}
+
+// modelTCL3 predicts the event of the L3 programs, whose packets start with the IP header.
+// Under BPF_PROG_TEST_RUN the kernel takes skb->protocol from bytes 12-13 of the data as if
+// they were an Ethernet header's type: the model does the same.
+func modelTCL3(b []byte, egress bool, flows map[FlowKey]uint64) (modelEvent, bool) {
+	if len(b) < 14 {
+		return modelEvent{}, false
+	}
+	return modelIPPacket(b, binary.BigEndian.Uint16(b[12:14]), b, egress, flows)
+}
+
+// modelIPPacket: b is the whole frame, rest its IP packet of ethertype et.
+func modelIPPacket(b []byte, et uint16, rest []byte, egress bool, flows map[FlowKey]uint64) (modelEvent, bool) {
+	if et != 0x0800 && et != 0x86dd {
 		return modelEvent{}, false
 	}
 	v6 := et == 0x86dd

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,7 +19,13 @@ func TestCancelMidAttempt(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(700 * time.Millisecond)
+			// The signal must come mid-attempt: for TCP once the SYN is out (a socket in
+			// SYN-SENT in the client's namespace), else after a while.
+			if kind == "tcp" {
+				waitSynSent(t, l)
+			} else {
+				time.Sleep(700 * time.Millisecond)
+			}
 			sent := time.Now()
 			_ = cmd.Process.Signal(os.Interrupt)
 			done := make(chan error, 1)
@@ -40,4 +47,21 @@ func TestCancelMidAttempt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitSynSent waits until a TCP socket of the client's namespace is in SYN-SENT.
+func waitSynSent(t *testing.T, l *Lab) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		out, err := l.Client.Command("cat", "/proc/net/tcp", "/proc/net/tcp6").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 3 && f[3] == "02" { // TCP_SYN_SENT
+				return
+			}
+		}
+	}
+	t.Fatal("no socket in SYN-SENT within 10 s")
 }

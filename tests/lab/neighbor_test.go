@@ -55,3 +55,39 @@ func TestDeadNeighbor(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalReject: this host's own firewall rejects the probe. That is no router's answer:
+// layer local, for TCP (whose SYN draws an ICMP error this host makes: wire.icmp.local) and
+// UDP (whose send the kernel fails at once) alike.
+func TestLocalReject(t *testing.T) {
+	l := requireLab(t)
+	const port = 9998
+	if err := l.Client.Nft(fmt.Sprintf(`table inet reachd_lab_local {
+ chain out { type filter hook output priority 0; policy accept;
+  ip daddr %s tcp dport %d reject with icmpx host-unreachable
+  ip daddr %s udp dport %d reject with icmpx admin-prohibited
+ }
+}
+`, ServerV4, port, ServerV4, port)); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Client.Run("nft", "delete", "table", "inet", "reachd_lab_local")
+	for _, c := range []struct {
+		kind   string
+		reason verdict.Reason
+	}{{"tcp", verdict.HostUnreachable}, {"udp", verdict.AdminProhibited}} {
+		t.Run(c.kind, func(t *testing.T) {
+			vs, _ := probeKind(t, l, c.kind, nil, "--retries", "0", "--timeout", "1s", ap(ServerV4, port))
+			if len(vs) != 1 {
+				t.Fatalf("want 1 verdict, got %d", len(vs))
+			}
+			v := vs[0]
+			w, _ := v["wire"].(map[string]any)
+			ic, _ := w["icmp"].(map[string]any)
+			t.Logf("%s → %s/%s icmp %v: %s", c.kind, v["reason"], v["layer"], ic, v["detail"])
+			if v["reason"] != string(c.reason) || v["layer"] != string(verdict.LayerLocal) || (c.kind == "tcp") != (ic["local"] == true) {
+				t.Errorf("reason %v layer %v icmp %v, want %s at local with icmp.local", v["reason"], v["layer"], ic, c.reason)
+			}
+		})
+	}
+}

@@ -18,7 +18,7 @@ import (
 // filters for a dead process's: the first keeps seeing every echo (timing_source wire).
 func TestLegacyReapSparesOtherPIDNamespaces(t *testing.T) {
 	l := requireLab(t)
-	first := l.Client.Command(reachdBin, "probe", "icmp", "--json", "--retries", "0", "--count", "30", "--interval", "50ms", ServerV4.String())
+	first := l.Client.Command(reachdBin, "probe", "icmp", "--json", "--retries", "0", "--count", "100", "--interval", "50ms", ServerV4.String())
 	first.Env = append(first.Environ(), "REACHD_TC=legacy")
 	var out bytes.Buffer
 	first.Stdout = &out
@@ -54,7 +54,7 @@ func TestLegacyReapSparesOtherPIDNamespaces(t *testing.T) {
 	}
 	t.Logf("first: %s [%s]: %s", v["reason"], v["timing_source"], v["detail"])
 	if v["reason"] != string(verdict.OK) || v["timing_source"] != verdict.SourceWire {
-		t.Errorf("first reachd: %v timed by %v, want ok and wire (all 30 echoes seen by its filters)", v["reason"], v["timing_source"])
+		t.Errorf("first reachd: %v timed by %v, want ok and wire (all 100 echoes seen by its filters)", v["reason"], v["timing_source"])
 	}
 	// The first added the clsact qdisc and, last out, removed it with its filters.
 	err := l.Client.Do(func() error {
