@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"reachd/pkg/schedule"
 	"reachd/pkg/verdict"
 	"reachd/pkg/wire"
 )
@@ -204,14 +205,7 @@ func sleepUntil(ctx context.Context, t time.Time) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-tm.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return schedule.RealSleep(ctx, d)
 }
 
 // rttStats sets st's min/avg/max/stddev from the answered packets' round trips and returns

@@ -61,25 +61,20 @@ func (p *tcPair) Close() {
 // without, against the shared maps. Only the pair asked for is loaded (and verified): a
 // run that never meets an L3 device does not pay for its programs.
 func loadTC(spec *ebpf.CollectionSpec, m *maps, l3 bool) (*tcPair, error) {
-	opts := &ebpf.CollectionOptions{MapReplacements: m.replacements()}
+	in, eg, what := "reachd_tc_ingress", "reachd_tc_egress", "load TC programs"
 	if l3 {
-		var p struct {
-			Ingress *ebpf.Program `ebpf:"reachd_tc_ingress_l3"`
-			Egress  *ebpf.Program `ebpf:"reachd_tc_egress_l3"`
-		}
-		if err := spec.LoadAndAssign(&p, opts); err != nil {
-			return nil, fmt.Errorf("load TC programs for L3 devices: %w", err)
-		}
-		return &tcPair{p.Ingress, p.Egress}, nil
+		in, eg, what = in+"_l3", eg+"_l3", "load TC programs for L3 devices"
 	}
-	var p struct {
-		Ingress *ebpf.Program `ebpf:"reachd_tc_ingress"`
-		Egress  *ebpf.Program `ebpf:"reachd_tc_egress"`
+	// Only the two named programs are loaded and verified (a collection of just them).
+	sub := spec.Copy()
+	sub.Programs = map[string]*ebpf.ProgramSpec{in: spec.Programs[in], eg: spec.Programs[eg]}
+	coll, err := ebpf.NewCollectionWithOptions(sub, ebpf.CollectionOptions{MapReplacements: m.replacements()})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := spec.LoadAndAssign(&p, opts); err != nil {
-		return nil, fmt.Errorf("load TC programs: %w", err)
-	}
-	return &tcPair{p.Ingress, p.Egress}, nil
+	p := &tcPair{coll.DetachProgram(in), coll.DetachProgram(eg)}
+	coll.Close()
+	return p, nil
 }
 
 // linkLayer says whether packets on ifindex start with an Ethernet header (l3 false) or with

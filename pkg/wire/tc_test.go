@@ -1,14 +1,10 @@
 package wire
 
 import (
-	"bytes"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"testing"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -49,29 +45,11 @@ func register(t *testing.T, objs *Objects, proto uint8, local, remote netip.Addr
 // run feeds pkt to prog and returns the events it emitted.
 func run(t *testing.T, prog *ebpf.Program, rd *ringbuf.Reader, pkt []byte) []Event {
 	t.Helper()
-	ret, err := prog.Run(&ebpf.RunOptions{Data: pkt})
-	if err != nil {
-		t.Fatalf("prog.Run (%d bytes): %v", len(pkt), err)
+	evs, ran := runNow(t, prog, rd, pkt)
+	if !ran {
+		t.Fatalf("prog.Run (%d bytes): the kernel refused the input", len(pkt))
 	}
-	if int32(ret) != -1 {
-		t.Fatalf("program returned %d, want -1 (TC_ACT_UNSPEC / TCX_NEXT): it must never change a packet's fate", int32(ret))
-	}
-	var evs []Event
-	for {
-		rd.SetDeadline(time.Now().Add(5 * time.Millisecond))
-		rec, err := rd.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return evs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var e Event
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
-			t.Fatal(err)
-		}
-		evs = append(evs, e)
-	}
+	return evs
 }
 
 func one(t *testing.T, evs []Event, kind EventKind, token uint64) Event {
