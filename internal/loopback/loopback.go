@@ -1,11 +1,15 @@
 // Package loopback gives tests TCP ports on 127.0.0.1 (the only place the network rule lets
-// unit tests send to): one that accepts and closes, and one that nothing listens on.
+// unit tests send to): one that accepts and closes, one that nothing listens on, and one
+// whose SYNs go unanswered.
 package loopback
 
 import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Open listens on 127.0.0.1, accepts and closes every connection until the test ends.
@@ -47,4 +51,46 @@ func Closed(t testing.TB) netip.AddrPort {
 	ap := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close()
 	return ap
+}
+
+// Unanswered returns a 127.0.0.1 port whose listener's accept queue is full, so that it drops
+// SYNs: a client retransmits after its initial RTO (1 s). backlog 0 holds one connection,
+// which a first dial fills.
+func Unanswered(t testing.TB) netip.AddrPort {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	filler, err := net.Dial("tcp4", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	// The filler's dial returns before the listener has taken its final ACK (softirq
+	// work that a loaded host defers): until then the queue is not full and the probe's
+	// SYN would be answered with a cookie. A listener's TCP_INFO unacked is its accept
+	// queue's length.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Unacked >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the filler connection never reached the accept queue")
+		}
+	}
+	return dst
 }

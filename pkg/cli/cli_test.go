@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 
 	"reachd/internal/loopback"
 	"reachd/pkg/verdict"
@@ -116,42 +113,10 @@ type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
 
-// slowTarget is a loopback port whose listener's accept queue is full: SYNs to it go
-// unanswered until the prober gives up.
-func slowTarget(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	filler, err := net.Dial("tcp4", addr) // fills the queue of one
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		if info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && info.Unacked >= 1 {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the filler never reached the accept queue")
-		}
-	}
-}
-
 // TestBrokenStdoutEndsTheRun: when the first verdict cannot be written, the probes still
 // going are cancelled, not waited for (exit 1, one line on stderr).
 func TestBrokenStdoutEndsTheRun(t *testing.T) {
-	open, slow := loopback.Open(t).String(), slowTarget(t)
+	open, slow := loopback.Open(t).String(), loopback.Unanswered(t).String()
 	var errb bytes.Buffer
 	start := time.Now()
 	code := Run(context.Background(), []string{"probe", "tcp", "--no-ebpf", "--retries", "0", "--timeout", "20s", open, slow}, failingWriter{}, &errb)

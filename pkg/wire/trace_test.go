@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reachd/internal/loopback"
 	"runtime"
 	"slices"
 	"testing"
@@ -148,7 +149,7 @@ func TestTracepointsOnLoopback(t *testing.T) {
 		}
 	})
 	t.Run("syn retransmitted", func(t *testing.T) {
-		dst := fullListener(t)
+		dst := loopback.Unanswered(t)
 		f, _ := connectTraced(t, o, dst)
 		evs := waitKind(f, 2500*time.Millisecond, EvRetransmit, 0)
 		var retx []Event
@@ -225,46 +226,4 @@ func TestFollowsLinks(t *testing.T) {
 	if got := o.Attached(); !slices.Equal(got, []int{second}) {
 		t.Fatalf("attached %v, want [%d]", got, second)
 	}
-}
-
-// fullListener returns a loopback listener whose accept queue is full, so that it drops
-// SYNs: a client retransmits after its initial RTO (1 s). backlog 0 holds one connection,
-// which a first dial fills.
-func fullListener(t *testing.T) netip.AddrPort {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, _ := unix.Getsockname(fd)
-	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
-	filler, err := net.Dial("tcp4", dst.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	// The filler's dial returns before the listener has taken its final ACK (softirq
-	// work that a loaded host defers): until then the queue is not full and the probe's
-	// SYN would be answered with a cookie. A listener's TCP_INFO unacked is its accept
-	// queue's length.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.Unacked >= 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the filler connection never reached the accept queue")
-		}
-	}
-	return dst
 }
