@@ -9,12 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -117,15 +115,12 @@ func noArgs(c *cobra.Command, args []string) error {
 	return nil
 }
 
-// probeFlags are the common flags of every kind.
+// probeFlags are the flags of every kind: those a config file has too (probe.Flags), and
+// the command line's own.
 type probeFlags struct {
+	probe.Flags
 	json        bool
-	timeout     time.Duration
-	retries     int
 	v4, v6      bool
-	family      string
-	iface       string
-	source      string
 	concurrency int
 	noEBPF      bool
 }
@@ -147,13 +142,9 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 	}
 	fl := cmd.PersistentFlags()
 	fl.BoolVar(&pf.json, "json", false, "print one JSON verdict per line")
-	fl.DurationVar(&pf.timeout, "timeout", 3*time.Second, "deadline of each attempt, resolution included")
-	fl.IntVar(&pf.retries, "retries", 3, "retries after the first attempt, for retryable reasons only")
+	pf.Flags.AddFlags(fl)
 	fl.BoolVarP(&pf.v4, "ipv4", "4", false, "probe IPv4 addresses only")
 	fl.BoolVarP(&pf.v6, "ipv6", "6", false, "probe IPv6 addresses only")
-	fl.StringVar(&pf.family, "family", "any", "address family: any, ipv4, ipv6 or both")
-	fl.StringVar(&pf.iface, "interface", "", "send through this interface (SO_BINDTODEVICE)")
-	fl.StringVar(&pf.source, "source", "", "source address to bind")
 	fl.IntVar(&pf.concurrency, "concurrency", schedule.DefaultConcurrency, "targets probed at once")
 	fl.BoolVar(&pf.noEBPF, "no-ebpf", false, "do not load eBPF: time in userspace (timing_source userspace)")
 
@@ -223,6 +214,9 @@ func (pf *probeFlags) job(k *probe.Kind, kopts probe.KindOptions, set func(strin
 		}
 		// Each target is checked as it comes, so the first bad one is the one named.
 		if err := probe.CheckTarget(t, opts); err != nil {
+			return j, usageError{err}
+		}
+		if err := probe.CheckZone(t); err != nil {
 			return j, usageError{err}
 		}
 		j.Targets = append(j.Targets, t)
@@ -324,42 +318,26 @@ func jsonWriter(w io.Writer) func(*verdict.Verdict) error {
 }
 
 func (pf *probeFlags) options() (*probe.Options, error) {
-	fam, err := probe.ParseFamily(pf.family)
-	if err != nil {
-		return nil, usageError{err}
-	}
+	fam, ferr := probe.ParseFamily(pf.Family)
 	switch {
+	case ferr != nil: // worded by Options
 	case pf.v4 && pf.v6:
 		return nil, usagef("-4 and -6 exclude each other (use --family both for both)")
 	case pf.v4 && fam != probe.FamilyAny && fam != probe.FamilyV4, pf.v6 && fam != probe.FamilyAny && fam != probe.FamilyV6:
 		return nil, usagef("-4/-6 contradict --family %s", fam)
 	case pf.v4:
-		fam = probe.FamilyV4
+		pf.Family = string(probe.FamilyV4)
 	case pf.v6:
-		fam = probe.FamilyV6
+		pf.Family = string(probe.FamilyV6)
 	}
-	// Checked in the order the flags are listed: of several bad ones, the first is named.
-	o := &probe.Options{Probe: "cli", Family: fam, Timeout: pf.timeout}
-	o.Policy = schedule.DefaultPolicy()
-	o.Policy.Retries = pf.retries
-	if err := o.Check(); err != nil { // --timeout, --retries
+	o, err := pf.Flags.Options("cli")
+	if err != nil {
 		return nil, usageError{err}
 	}
 	if pf.concurrency < 1 {
 		return nil, usagef("--concurrency must be at least 1, got %d", pf.concurrency)
 	}
-	o.Interface = pf.iface
-	if err := o.Check(); err != nil { // --interface
-		return nil, usageError{err}
-	}
-	if pf.source != "" {
-		src, err := netip.ParseAddr(pf.source)
-		if err != nil {
-			return nil, usagef("--source %q is not an IP address", pf.source)
-		}
-		o.Source = src.Unmap()
-	}
-	if err := o.Check(); err != nil { // --source against the family
+	if err := o.CheckHost(); err != nil { // --interface exists here
 		return nil, usageError{err}
 	}
 	return o, nil

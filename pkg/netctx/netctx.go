@@ -65,10 +65,17 @@ func withHandle(fn func(h *netlink.Handle)) {
 	fn(h)
 }
 
-// RouteTo asks the kernel for the route to dst from src (when valid: source-based policy
-// routing picks the table by it), leaving through oif when oif > 0.
-func RouteTo(dst, src netip.Addr, oif int) (Route, error) {
-	r, err := RouteLookup(dst, src, oif)
+// RouteQuery is what a route lookup asks: the destination, and what policy routing may
+// choose a table by (the source address, the output interface, the socket's mark).
+type RouteQuery struct {
+	Dst, Src netip.Addr
+	Oif      int
+	Mark     uint32
+}
+
+// RouteTo asks the kernel for the route q describes, with the name of its interface.
+func RouteTo(q RouteQuery) (Route, error) {
+	r, err := RouteLookup(q)
 	if err == nil && r.LinkIndex > 0 {
 		// One link by index, not net.InterfaceByIndex's dump of every interface.
 		withHandle(func(h *netlink.Handle) {
@@ -82,11 +89,12 @@ func RouteTo(dst, src netip.Addr, oif int) (Route, error) {
 
 // RouteLookup is RouteTo without the interface's name (Dev), which costs a second request:
 // probes ask it for every attempt, to know where to watch and from which address.
-func RouteLookup(dst, src netip.Addr, oif int) (Route, error) {
+func RouteLookup(q RouteQuery) (Route, error) {
 	var r Route
-	opts := &netlink.RouteGetOptions{OifIndex: oif}
-	if src.IsValid() {
-		opts.SrcAddr = net.IP(src.WithZone("").AsSlice())
+	dst := q.Dst
+	opts := &netlink.RouteGetOptions{OifIndex: q.Oif, Mark: q.Mark}
+	if q.Src.IsValid() {
+		opts.SrcAddr = net.IP(q.Src.WithZone("").AsSlice())
 	}
 	var routes []netlink.Route
 	var err error

@@ -35,7 +35,7 @@ func TestNextHop(t *testing.T) {
 
 // The loopback route exists in every namespace; asking for it sends nothing.
 func TestRouteToLoopback(t *testing.T) {
-	r, err := RouteTo(netip.MustParseAddr("127.0.0.1"), netip.Addr{}, 0)
+	r, err := RouteTo(RouteQuery{Dst: netip.MustParseAddr("127.0.0.1")})
 	if err != nil {
 		t.Fatalf("route get over netlink: %v", err)
 	}

@@ -13,7 +13,8 @@ import (
 // kind's own options.
 type Attempt struct {
 	Addr      netip.AddrPort // the address to probe; link-local ones carry their zone
-	Interface string
+	Interface string         // SO_BINDTODEVICE; "" for none
+	Mark      uint32         // SO_MARK; 0 for none
 	Source    netip.Addr
 	Wire      *wire.Observer
 	Timeout   time.Duration // how long one packet's answer is awaited

@@ -30,6 +30,7 @@ const recentSeqs = 4096
 type pingerKey struct {
 	v6     bool
 	iface  string
+	mark   uint32
 	source netip.Addr
 	// txStamps: ask the kernel for transmit timestamps (when no TC program times the
 	// echoes); they cost a second read per echo, so only then.
@@ -109,7 +110,8 @@ var pingers = struct {
 	m map[pingerKey]*pinger
 }{m: map[pingerKey]*pinger{}}
 
-// errPermission says neither socket kind is allowed; its message is the fix.
+// errPermission says a privilege is missing (no echo socket kind is allowed, SO_MARK
+// needs CAP_NET_ADMIN); its message is the fix.
 type errPermission struct{ msg string }
 
 func (e errPermission) Error() string { return e.msg }
@@ -240,6 +242,11 @@ func (p *pinger) setup() error {
 				return fmt.Errorf("interface %s does not exist", k.iface)
 			}
 			return fmt.Errorf("bind ICMP socket to %s: %w", k.iface, err)
+		}
+	}
+	if k.mark != 0 {
+		if err := setMark(fd, k.mark); err != nil {
+			return err
 		}
 	}
 	// Room for a burst of replies from many targets at once; FORCE works with

@@ -68,7 +68,7 @@ func runICMP(ctx context.Context, a Attempt) Result {
 	if _, err := sockaddrOf(a.Addr); err != nil {
 		return fail(verdict.LocalError, err.Error())
 	}
-	k := pingerKey{v6: dst.Is6(), iface: a.Interface, source: a.Source, txStamps: a.Wire == nil || !a.Wire.HasTC()}
+	k := pingerKey{v6: dst.Is6(), iface: a.Interface, mark: a.Mark, source: a.Source, txStamps: a.Wire == nil || !a.Wire.HasTC()}
 	p, err := acquirePinger(k)
 	if err != nil {
 		var pe errPermission

@@ -47,24 +47,28 @@ type Resolver interface {
 
 // Options apply to every target of one job: the part every kind shares, and the kind's own.
 type Options struct {
-	Probe     string // probe name for the verdict; "cli" for one-shot
-	Family    Family
-	Interface string     // SO_BINDTODEVICE, and the zone of link-local targets without one
-	Source    netip.Addr // source address to bind; invalid for the kernel's choice
-	Timeout   time.Duration
-	Policy    schedule.Policy
-	Sleep     schedule.Sleeper // nil: real sleeping
-	Resolver  Resolver         // nil: net.DefaultResolver
-	Wire      *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
-	Kind      KindOptions      // the kind's own options; nil: its defaults
-	Log       *slog.Logger     // debug lines; nil: none
+	Probe  string // probe name for the verdict; "cli" for one-shot
+	Family Family
+	// Interfaces: SO_BINDTODEVICE, and the zone of link-local targets without one; each
+	// target is probed through each (a multi-uplink gateway). None: the route decides.
+	Interfaces []string
+	Mark       uint32     // SO_MARK, for policy routing; 0 for none
+	Source     netip.Addr // source address to bind; invalid for the kernel's choice
+	Timeout    time.Duration
+	Policy     schedule.Policy
+	Sleep      schedule.Sleeper // nil: real sleeping
+	Resolver   Resolver         // nil: net.DefaultResolver
+	Wire       *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
+	Kind       KindOptions      // the kind's own options; nil: its defaults
+	Log        *slog.Logger     // debug lines; nil: none
 }
 
 // MaxRetries bounds Policy.Retries.
 const MaxRetries = 20
 
-// Check validates the options every kind shares. A source address decides the family of
-// names when none was asked for.
+// Check validates the options every kind shares, without asking the host (a config file
+// is checked on another machine, and a gateway's interfaces come and go: see CheckHost). A
+// source address decides the family of names when none was asked for.
 func (o *Options) Check() error {
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout must be positive, got %s", o.Timeout)
@@ -72,10 +76,15 @@ func (o *Options) Check() error {
 	if o.Policy.Retries < 0 || o.Policy.Retries > MaxRetries {
 		return fmt.Errorf("--retries must be between 0 and %d, got %d", MaxRetries, o.Policy.Retries)
 	}
-	if o.Interface != "" {
-		if _, err := net.InterfaceByName(o.Interface); err != nil {
-			return fmt.Errorf("--interface %s: no such interface", o.Interface)
+	seen := map[string]bool{}
+	for _, ifc := range o.Interfaces {
+		if err := checkIfName(ifc); err != nil {
+			return fmt.Errorf("--interface %q: %w", ifc, err)
 		}
+		if seen[ifc] {
+			return fmt.Errorf("--interface %s is given twice", ifc)
+		}
+		seen[ifc] = true
 	}
 	if !o.Source.IsValid() {
 		return nil
@@ -93,6 +102,30 @@ func (o *Options) Check() error {
 	return nil
 }
 
+// CheckHost says whether this host has the interfaces the options name: a one-shot run
+// refuses a typo at once, where a daemon reports a missing interface in its verdicts.
+func (o *Options) CheckHost() error {
+	for _, ifc := range o.Interfaces {
+		if _, err := net.InterfaceByName(ifc); err != nil {
+			return fmt.Errorf("--interface %s: no such interface", ifc)
+		}
+	}
+	return nil
+}
+
+// checkIfName says whether s can be an interface name (the kernel's dev_valid_name).
+func checkIfName(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("empty interface name")
+	case len(s) > 15:
+		return fmt.Errorf("an interface name has at most 15 characters")
+	case s == "." || s == "..", strings.ContainsAny(s, "/: \t\n"):
+		return fmt.Errorf("not an interface name")
+	}
+	return nil
+}
+
 // CheckTarget says whether t can be probed with o: its family, a link-local address's zone.
 func CheckTarget(t target.Target, o *Options) error {
 	if !t.IsLiteral() {
@@ -102,14 +135,19 @@ func CheckTarget(t target.Target, o *Options) error {
 	if o.Family != FamilyAny && o.Family != FamilyBoth && o.Family != tf {
 		return fmt.Errorf("target %q is %s but the family asked for is %s", t.Raw, tf, o.Family)
 	}
-	if t.Addr.Is6() && t.Addr.IsLinkLocalUnicast() && t.Addr.Zone() == "" && o.Interface == "" {
+	if t.Addr.Is6() && t.Addr.IsLinkLocalUnicast() && t.Addr.Zone() == "" && len(o.Interfaces) == 0 {
 		example := "[fe80::1%eth0]:80"
 		if t.Port == 0 {
 			example = "fe80::1%eth0"
 		}
 		return fmt.Errorf("target %q is link-local: give its zone (%s) or --interface", t.Raw, example)
 	}
-	if z := t.Addr.Zone(); z != "" {
+	return nil
+}
+
+// CheckZone says whether the zone of t, if any, is an interface on this host.
+func CheckZone(t target.Target) error {
+	if z := t.Addr.Zone(); t.IsLiteral() && z != "" {
 		if _, err := net.InterfaceByName(z); err != nil && !isNumber(z) {
 			return fmt.Errorf("target %q: zone %s is not an interface on this host", t.Raw, z)
 		}

@@ -12,11 +12,12 @@ import (
 )
 
 // resolveAddr picks the address to probe. A non-empty Result.Reason means it failed.
-func resolveAddr(ctx context.Context, t target.Target, fam Family, o *Options) (netip.Addr, Result) {
+func resolveAddr(ctx context.Context, t target.Target, l leg, o *Options) (netip.Addr, Result) {
+	fam := l.fam
 	if t.IsLiteral() {
 		a := t.Addr
-		if a.Is6() && a.Zone() == "" && a.IsLinkLocalUnicast() && o.Interface != "" {
-			a = a.WithZone(o.Interface)
+		if a.Is6() && a.Zone() == "" && a.IsLinkLocalUnicast() && l.iface != "" {
+			a = a.WithZone(l.iface)
 		}
 		return a, Result{}
 	}

@@ -11,8 +11,8 @@ import (
 )
 
 // routeEvidence records the route a failed probe took, so a verdict says which way it went.
-func routeEvidence(dst, src netip.Addr, ifname string) *verdict.Route {
-	r, err := netctx.RouteTo(dst.WithZone(""), src, routeOif(dst, ifname))
+func routeEvidence(a Attempt) *verdict.Route {
+	r, err := netctx.RouteTo(routeQuery(a))
 	if err != nil {
 		return nil
 	}
@@ -60,12 +60,17 @@ func unresolvedNeighbor(a Attempt) (string, bool) {
 	return fmt.Sprintf("next hop %s on %s did not answer neighbor resolution (state %s)", hop, rt.Dev, state), true
 }
 
-// attemptRoute looks up the route the attempt's packets take: from --source (policy
-// routing may choose the table by it), out of the target's zone or the --interface when
-// one is given.
+// attemptRoute looks up the route the attempt's packets take.
 func attemptRoute(a Attempt) (netctx.Route, error) {
+	return netctx.RouteLookup(routeQuery(a))
+}
+
+// routeQuery asks for the route as the attempt's sockets see it: from --source, out of
+// the target's zone or --interface, with --mark (policy routing may choose a table by any
+// of them).
+func routeQuery(a Attempt) netctx.RouteQuery {
 	dst := a.Addr.Addr()
-	return netctx.RouteLookup(dst.WithZone(""), a.Source, routeOif(dst, a.Interface))
+	return netctx.RouteQuery{Dst: dst.WithZone(""), Src: a.Source, Oif: routeOif(dst, a.Interface), Mark: a.Mark}
 }
 
 // routeOif is the interface a route lookup is bound to: the target's zone, else

@@ -11,9 +11,26 @@ import (
 	"reachd/pkg/verdict"
 )
 
-// Run probes t with kind k and returns one verdict per probed family (two with --family
-// both, else one).
+// Run probes t with kind k and returns one verdict per leg: per probed family (two with
+// --family both) and per interface (one each when several are given), in that order.
 func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.Verdict {
+	legs := legsOf(t, o)
+	out := make([]*verdict.Verdict, len(legs))
+	var wg sync.WaitGroup
+	for i, l := range legs {
+		wg.Go(func() { out[i] = runLeg(ctx, k, t, l, o) })
+	}
+	wg.Wait()
+	return out
+}
+
+// leg is one way a target is probed: an address family and an interface.
+type leg struct {
+	fam   Family
+	iface string
+}
+
+func legsOf(t target.Target, o *Options) []leg {
 	fams := []Family{o.Family}
 	if o.Family == FamilyBoth {
 		fams = []Family{FamilyV4, FamilyV6}
@@ -21,13 +38,17 @@ func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.V
 			fams = []Family{familyOf(t.Addr)}
 		}
 	}
-	out := make([]*verdict.Verdict, len(fams))
-	var wg sync.WaitGroup
-	for i, f := range fams {
-		wg.Go(func() { out[i] = runFamily(ctx, k, t, f, o) })
+	ifaces := o.Interfaces
+	if len(ifaces) == 0 {
+		ifaces = []string{""}
 	}
-	wg.Wait()
-	return out
+	legs := make([]leg, 0, len(fams)*len(ifaces))
+	for _, f := range fams {
+		for _, ifc := range ifaces {
+			legs = append(legs, leg{f, ifc})
+		}
+	}
+	return legs
 }
 
 func newVerdict(kind string, t target.Target, o *Options) *verdict.Verdict {
@@ -44,27 +65,29 @@ func newVerdict(kind string, t target.Target, o *Options) *verdict.Verdict {
 // runner measured around it.
 type outcome struct {
 	last     Result
+	attempt  Attempt // the last one
 	addr     netip.Addr
 	resolve  time.Duration
 	total    time.Duration
 	attempts int
 }
 
-func runFamily(ctx context.Context, k *Kind, t target.Target, fam Family, o *Options) *verdict.Verdict {
+func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *verdict.Verdict {
 	v := newVerdict(k.Name, t, o)
-	if fam == FamilyV4 || fam == FamilyV6 {
-		v.Family = string(fam)
+	if l.fam == FamilyV4 || l.fam == FamilyV6 {
+		v.Family = string(l.fam)
 	}
-	out := attempts(ctx, k, t, fam, o, v)
-	describe(v, out, o)
+	v.Interface = l.iface
+	out := attempts(ctx, k, t, l, o, v)
+	describe(v, out)
 	if ctx.Err() != nil && !v.OK && out.attempts < o.Policy.Retries+1 && schedule.Retryable(out.last.Reason) {
 		v.Detail += " (probe cancelled before its retries)"
 	}
 	return v
 }
 
-// attempts runs the attempts of one family with retries, recording each try in v.
-func attempts(ctx context.Context, k *Kind, t target.Target, fam Family, o *Options, v *verdict.Verdict) outcome {
+// attempts runs the attempts of one leg with retries, recording each try in v.
+func attempts(ctx context.Context, k *Kind, t target.Target, l leg, o *Options, v *verdict.Verdict) outcome {
 	sleep := o.Sleep
 	if sleep == nil {
 		sleep = schedule.RealSleep
@@ -79,18 +102,20 @@ func attempts(ctx context.Context, k *Kind, t target.Target, fam Family, o *Opti
 		actx, cancel := context.WithDeadline(ctx, start.Add(attemptBudget(o.Timeout, kopts)))
 		defer cancel()
 		var res Result
-		out.addr, res = resolveAddr(actx, t, fam, o)
+		out.addr, res = resolveAddr(actx, t, l, o)
 		out.resolve = time.Since(start)
+		out.attempt = Attempt{
+			Addr:      netip.AddrPortFrom(out.addr, t.Port),
+			Interface: l.iface,
+			Mark:      o.Mark,
+			Source:    o.Source,
+			Wire:      o.Wire,
+			Timeout:   o.Timeout,
+			Opts:      kopts,
+			Log:       o.Log,
+		}
 		if res.Reason == "" {
-			res = k.run(actx, Attempt{
-				Addr:      netip.AddrPortFrom(out.addr, t.Port),
-				Interface: o.Interface,
-				Source:    o.Source,
-				Wire:      o.Wire,
-				Timeout:   o.Timeout,
-				Opts:      kopts,
-				Log:       o.Log,
-			})
+			res = k.run(actx, out.attempt)
 		}
 		out.total = time.Since(start)
 		out.last = res
@@ -105,7 +130,7 @@ func attempts(ctx context.Context, k *Kind, t target.Target, fam Family, o *Opti
 }
 
 // describe writes the final attempt's result into v.
-func describe(v *verdict.Verdict, out outcome, o *Options) {
+func describe(v *verdict.Verdict, out outcome) {
 	last := out.last
 	v.Attempts = out.attempts
 	if out.addr.IsValid() {
@@ -143,7 +168,7 @@ func describe(v *verdict.Verdict, out outcome, o *Options) {
 		v.Local = last.Local.String()
 	}
 	if !v.OK && out.addr.IsValid() && last.sent {
-		v.Route = routeEvidence(out.addr, o.Source, o.Interface)
+		v.Route = routeEvidence(out.attempt)
 	}
 }
 

@@ -44,8 +44,8 @@ const (
 )
 
 // setupSocket sets what every probe socket needs: the error queue (IP_RECVERR: which ICMP
-// error answered, and who sent it), the kernel's timestamps, the interface and the source
-// address. ok=false returns why it failed.
+// error answered, and who sent it), the kernel's timestamps, the interface, the mark and
+// the source address. ok=false returns why it failed.
 func setupSocket(fd int, a Attempt, stamps int) (Result, bool) {
 	level, opt := unix.SOL_IP, unix.IP_RECVERR
 	if a.Addr.Addr().Is6() {
@@ -65,10 +65,29 @@ func setupSocket(fd int, a Attempt, stamps int) (Result, bool) {
 			return socketError("bind to interface "+a.Interface, err), false
 		}
 	}
+	if a.Mark != 0 {
+		if err := setMark(fd, a.Mark); err != nil {
+			var pe errPermission
+			if errors.As(err, &pe) {
+				return fail(verdict.Permission, pe.msg), false
+			}
+			return socketError("setsockopt SO_MARK", err), false
+		}
+	}
 	if a.Source.IsValid() {
 		return bindSource(fd, a)
 	}
 	return Result{}, true
+}
+
+// setMark sets SO_MARK, which policy routing may choose a table by (ip rule fwmark). It
+// needs CAP_NET_ADMIN: without it the error is errPermission, saying so.
+func setMark(fd int, mark uint32) error {
+	err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	if errors.Is(err, unix.EPERM) {
+		return errPermission{fmt.Sprintf("--mark %#x needs CAP_NET_ADMIN (run as root, or grant it: setcap cap_net_admin+ep, AmbientCapabilities=CAP_NET_ADMIN)", mark)}
+	}
+	return err
 }
 
 // bindSource binds fd to --source (a link-local source takes the target's zone).

@@ -31,6 +31,9 @@ func (h *HumanWriter) Write(v *Verdict) error {
 	if v.Addr != "" && !strings.Contains(v.Target, v.Addr) {
 		target += " (" + v.Addr + ")"
 	}
+	if v.Interface != "" {
+		target += " via " + v.Interface
+	}
 	detail := v.Detail
 	if v.Attempts > 1 {
 		detail += fmt.Sprintf(" [%d attempts]", v.Attempts)

@@ -154,6 +154,9 @@ func (s *Schema) walk(prefix string, obj map[string]any, errs *[]string) {
 			path = prefix + "." + k
 		}
 		doc, ok := s.Fields[path]
+		if !ok && prefix != "" { // a map of the user's keys: "labels.*"
+			doc, ok = s.Fields[prefix+".*"]
+		}
 		if !ok {
 			*errs = append(*errs, fmt.Sprintf("field %s is not documented", path))
 			continue

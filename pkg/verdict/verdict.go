@@ -70,8 +70,12 @@ type Verdict struct {
 	Tries   []Try    `json:"tries,omitempty"`
 	Route   *Route   `json:"route,omitempty"`
 	Local   string   `json:"local,omitempty"`
-	Stats   *Stats   `json:"stats,omitempty"`
-	UDP     *UDP     `json:"udp,omitempty"`
+	// Interface is the interface the probe was bound to, if any.
+	Interface string `json:"interface,omitempty"`
+	// Labels are the daemon's config labels of the probe.
+	Labels map[string]string `json:"labels,omitempty"`
+	Stats  *Stats            `json:"stats,omitempty"`
+	UDP    *UDP              `json:"udp,omitempty"`
 }
 
 // Stats summarise a multi-packet attempt (ICMP echoes, UDP datagrams), like fping -C.

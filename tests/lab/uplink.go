@@ -12,7 +12,8 @@ import (
 //	198.51.100.162/28    .161
 //	2001:db8:c2::2/64    ::1
 //
-// ip rule from UplinkClientV4/V6 lookup UplinkTable, whose default route leaves by c1.
+// ip rule from UplinkClientV4/V6, oif c1 and fwmark UplinkMark lookup UplinkTable, whose
+// routes into the lab leave by c1: --source, --interface c1 and --mark each choose it.
 var (
 	UplinkClientV4 = netip.MustParseAddr("198.51.100.162")
 	UplinkRouterV4 = netip.MustParseAddr("198.51.100.161")
@@ -24,6 +25,7 @@ const (
 	UplinkClientIf = "c1"
 	UplinkRouterIf = "r2"
 	UplinkTable    = 100
+	UplinkMark     = 0x10
 )
 
 // SecondUplink adds the second uplink and its policy rules, once per lab.
@@ -52,6 +54,10 @@ func (l *Lab) SecondUplink() error {
 		{"-6", "route", "add", "2001:db8::/33", "via", UplinkRouterV6.String(), "dev", UplinkClientIf, "table", fmt.Sprint(UplinkTable)},
 		{"-4", "rule", "add", "from", UplinkClientV4.String(), "lookup", fmt.Sprint(UplinkTable)},
 		{"-6", "rule", "add", "from", UplinkClientV6.String(), "lookup", fmt.Sprint(UplinkTable)},
+		{"-4", "rule", "add", "oif", UplinkClientIf, "lookup", fmt.Sprint(UplinkTable)},
+		{"-6", "rule", "add", "oif", UplinkClientIf, "lookup", fmt.Sprint(UplinkTable)},
+		{"-4", "rule", "add", "fwmark", fmt.Sprint(UplinkMark), "lookup", fmt.Sprint(UplinkTable)},
+		{"-6", "rule", "add", "fwmark", fmt.Sprint(UplinkMark), "lookup", fmt.Sprint(UplinkTable)},
 	} {
 		if err := l.Client.Run("ip", c...); err != nil {
 			return err

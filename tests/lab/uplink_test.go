@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"reachd/pkg/verdict"
@@ -66,5 +68,64 @@ func TestSourcePolicyRouting(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestMultiUplink: several --interface give one verdict per interface, each saying which,
+// each leaving by its own link (its local address is that link's) and watched there; and
+// --mark chooses the uplink by policy routing (ip rule fwmark), which a failure's route
+// evidence follows.
+func TestMultiUplink(t *testing.T) {
+	l := requireLab(t)
+	if err := l.SecondUplink(); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []struct {
+		server, main, second netip.Addr
+		echo                 netip.Addr
+	}{{ServerV4, ClientV4, UplinkClientV4, EchoDropV4}, {ServerV6, ClientV6, UplinkClientV6, EchoDropV6}} {
+		for _, c := range []struct{ kind, target string }{
+			{"tcp", ap(fam.server, PortOpen)}, {"icmp", fam.server.String()}, {"udp", ap(fam.server, PortUDPEcho)},
+		} {
+			t.Run("interfaces/"+c.kind+"/"+c.target, func(t *testing.T) {
+				t.Parallel()
+				vs, code := probeKind(t, l, c.kind, nil, "--retries", "0", "--interface", ClientIf, "--interface", UplinkClientIf, c.target)
+				if code != 0 || len(vs) != 2 {
+					t.Fatalf("exit %d, %d verdicts; want 0 and one per interface: %v", code, len(vs), vs)
+				}
+				for i, want := range []struct {
+					dev string
+					src netip.Addr
+				}{{ClientIf, fam.main}, {UplinkClientIf, fam.second}} {
+					v := vs[i]
+					t.Logf("%s via %v: %s [%s] local %v", c.target, v["interface"], v["reason"], v["timing_source"], v["local"])
+					if v["interface"] != want.dev || v["timing_source"] != verdict.SourceWire {
+						t.Errorf("verdict %d: interface %v timing %v, want %s, wire", i, v["interface"], v["timing_source"], want.dev)
+					}
+					if loc, _ := v["local"].(string); c.kind != "icmp" && !strings.HasPrefix(loc, want.src.String()) && !strings.HasPrefix(loc, "["+want.src.String()+"]") {
+						t.Errorf("verdict %d: local %q, want an address of %s (%s)", i, loc, want.dev, want.src)
+					}
+				}
+			})
+		}
+		t.Run("mark/"+fam.server.String(), func(t *testing.T) {
+			t.Parallel()
+			mark := fmt.Sprintf("%#x", UplinkMark)
+			vs, _ := probeKind(t, l, "tcp", nil, "--retries", "0", "--mark", mark, ap(fam.server, PortOpen))
+			if len(vs) != 1 || vs[0]["reason"] != "ok" {
+				t.Fatalf("want one ok verdict, got %v", vs)
+			}
+			if loc, _ := vs[0]["local"].(string); !strings.Contains(loc, fam.second.String()) {
+				t.Errorf("local %q: the mark's table must choose the second uplink (%s)", loc, fam.second)
+			}
+			vs, _ = probeKind(t, l, "icmp", nil, "--retries", "0", "--timeout", "500ms", "--mark", mark, fam.echo.String())
+			if len(vs) != 1 {
+				t.Fatalf("want one verdict, got %v", vs)
+			}
+			rt, _ := vs[0]["route"].(map[string]any)
+			if rt["dev"] != UplinkClientIf {
+				t.Errorf("route %v: the failure's route must be the marked one (dev %s)", rt, UplinkClientIf)
+			}
+		})
 	}
 }

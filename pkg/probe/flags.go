@@ -1,0 +1,66 @@
+package probe
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"reachd/pkg/schedule"
+)
+
+// Flags are the options every kind shares, as flags. The CLI binds them to its command line
+// and a config file sets the same flags by name (key expect_closed is flag --expect-closed),
+// so the two are one vocabulary, checked by one code.
+type Flags struct {
+	Timeout    time.Duration
+	Retries    int
+	Family     string
+	Interfaces []string
+	Source     string
+	Mark       uint32
+}
+
+// Defaults of the shared flags (seed 2.1: 3 s per attempt, 3 retries).
+const (
+	DefaultTimeout = 3 * time.Second
+	DefaultRetries = 3
+)
+
+// AddFlags binds the shared flags.
+func (f *Flags) AddFlags(fs *pflag.FlagSet) {
+	fs.DurationVar(&f.Timeout, "timeout", DefaultTimeout, "deadline of each attempt, resolution included")
+	fs.IntVar(&f.Retries, "retries", DefaultRetries, "retries after the first attempt, for retryable reasons only")
+	fs.StringVar(&f.Family, "family", string(FamilyAny), "address family: any, ipv4, ipv6 or both")
+	fs.StringArrayVar(&f.Interfaces, "interface", nil, "send through this interface (SO_BINDTODEVICE); repeat it for one verdict per interface")
+	fs.StringVar(&f.Source, "source", "", "source address to bind")
+	fs.Uint32Var(&f.Mark, "mark", 0, "SO_MARK of the probe's sockets, for policy routing (needs CAP_NET_ADMIN)")
+}
+
+// Options returns the options the flags give, checked in the order the flags are listed
+// (of several bad ones, the first is named), without asking the host (Options.CheckHost).
+func (f *Flags) Options(probeName string) (*Options, error) {
+	o := &Options{Probe: probeName, Timeout: f.Timeout, Interfaces: f.Interfaces, Mark: f.Mark}
+	o.Policy = schedule.DefaultPolicy()
+	o.Policy.Retries = f.Retries
+	fam, err := ParseFamily(f.Family)
+	if err != nil {
+		return nil, fmt.Errorf("--family %q: want any, ipv4, ipv6 or both", f.Family)
+	}
+	o.Family = fam
+	if err := o.Check(); err != nil { // --timeout, --retries, --interface
+		return nil, err
+	}
+	if f.Source != "" {
+		src, err := netip.ParseAddr(f.Source)
+		if err != nil {
+			return nil, fmt.Errorf("--source %q is not an IP address", f.Source)
+		}
+		o.Source = src.Unmap()
+	}
+	if err := o.Check(); err != nil { // --source against the family
+		return nil, err
+	}
+	return o, nil
+}
