@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"reachd/pkg/config"
 	"reachd/pkg/engine"
 	"reachd/pkg/probe"
 	"reachd/pkg/schedule"
@@ -53,6 +54,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRoot(ctx, stdout, stderr, &status)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var cerrs config.Errors
+		if errors.As(err, &cerrs) { // FILE:LINE:COL: message, one a line, as compilers do
+			fmt.Fprintln(stderr, cerrs.Error())
+			return ExitUsage
+		}
 		fmt.Fprintf(stderr, "reachd: %s\n", oneLine(err))
 		var rt runtimeError
 		if errors.As(err, &rt) {
@@ -78,7 +84,7 @@ func newRoot(ctx context.Context, stdout, stderr io.Writer, status *int) *cobra.
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newProbe(stdout, status), newVersion(stdout))
+	root.AddCommand(newProbe(stdout, status), newConfig(stdout), newVersion(stdout))
 	return root
 }
 

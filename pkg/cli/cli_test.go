@@ -50,6 +50,11 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "tcp", "[fe80::1%reachd-nope0]:80"},
 		{"probe", "tcp", "--concurrency", "0", "127.0.0.1:1"},
 		{"version", "extra"},
+		{"probe", "tcp", "--interface", "a/b", "127.0.0.1:1"},
+		{"probe", "tcp", "--mark", "-1", "127.0.0.1:1"},
+		{"config"},
+		{"config", "check"},
+		{"config", "check", "/nonexistent/reachd.yaml"},
 	}
 	for _, c := range cases {
 		code, out, errs := run(c...)
@@ -126,5 +131,23 @@ func TestBrokenStdoutEndsTheRun(t *testing.T) {
 	}
 	if took > 3*time.Second {
 		t.Errorf("took %s: the slow probe was waited for", took.Round(time.Millisecond))
+	}
+}
+
+// TestConfigCheck: a good file gives its one-line summary and exit 0; a bad one every
+// error as FILE:LINE:COL: message on stderr, nothing on stdout, exit 2.
+func TestConfigCheck(t *testing.T) {
+	code, out, errs := run("config", "check", "../config/testdata/contract.yaml")
+	if code != ExitOK || errs != "" || out != "../config/testdata/contract.yaml: ok: 2 probes, 3 targets (icmp 2, udp 1), up to 4 verdicts a round\n" {
+		t.Errorf("good file: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	bad := t.TempDir() + "/bad.yaml"
+	if err := os.WriteFile(bad, []byte("probes:\n  - name: a\n    kind: tcp\n    targets: [x]\n    colour: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs = run("config", "check", bad)
+	want := bad + ":4:15: target \"x\" has no port (want HOST:PORT, e.g. x:443)\n" + bad + ":5:5: unknown key \"colour\" in a probe\n"
+	if code != ExitUsage || out != "" || errs != want {
+		t.Errorf("bad file: exit %d, stdout %q, stderr\n%s\nwant\n%s", code, out, errs, want)
 	}
 }

@@ -172,6 +172,12 @@ func describe(v *verdict.Verdict, out outcome) {
 	}
 }
 
+// AttemptBudget is how long one attempt of k with o may take (a schedule's interval must
+// leave room for it).
+func AttemptBudget(k *Kind, o *Options) time.Duration {
+	return attemptBudget(o.Timeout, k.options(o.Kind))
+}
+
 // attemptBudget is how long one attempt may take: the timeout, and for several packets
 // the intervals between them too.
 func attemptBudget(timeout time.Duration, o KindOptions) time.Duration {

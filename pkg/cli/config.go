@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"reachd/pkg/config"
+)
+
+func newConfig(stdout io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Work with the daemon's config file",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return usagef("missing subcommand (want: reachd config check FILE)") },
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "check FILE",
+		Short: "Check a config file: a one-line summary, or every error as FILE:LINE:COL: message (exit 2)",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("want one file: reachd config check FILE")
+			}
+			return nil
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			c, err := config.Load(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			fmt.Fprintln(stdout, summary(c))
+			return nil
+		},
+	})
+	return cmd
+}
+
+// summary says in one line what a config will run.
+func summary(c *config.Config) string {
+	kinds := map[string]int{}
+	targets, legs := 0, 0
+	for _, p := range c.Probes {
+		targets += len(p.Targets)
+		kinds[p.Kind.Name] += len(p.Targets)
+		legs += len(p.Targets) * max(1, len(p.Options.Interfaces)) * map[bool]int{true: 2, false: 1}[p.Options.Family == "both"]
+	}
+	var parts []string
+	for k, n := range kinds {
+		parts = append(parts, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(parts)
+	return fmt.Sprintf("%s: ok: %d probes, %d targets (%s), up to %d verdicts a round", c.File, len(c.Probes), targets, strings.Join(parts, ", "), legs)
+}
