@@ -16,7 +16,9 @@ func newConfig(stdout io.Writer) *cobra.Command {
 		Use:   "config",
 		Short: "Work with the daemon's config file",
 		Args:  noArgs,
-		RunE:  func(c *cobra.Command, _ []string) error { return usagef("missing subcommand (want: reachd config check FILE)") },
+		RunE: func(c *cobra.Command, _ []string) error {
+			return usagef("missing subcommand (want: reachd config check FILE)")
+		},
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "check FILE",
