@@ -84,7 +84,7 @@ func newRoot(ctx context.Context, stdout, stderr io.Writer, status *int) *cobra.
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newProbe(stdout, status), newConfig(stdout), newVersion(stdout))
+	root.AddCommand(newProbe(stdout, status), newRun(stdout), newConfig(stdout), newVersion(stdout))
 	return root
 }
 

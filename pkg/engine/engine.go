@@ -163,14 +163,26 @@ func Check(j Job) error {
 // or two with --family both) to done, from the goroutine that probed it, as soon as they
 // are ready. It returns when every target is done or ctx is done.
 func (e *Engine) Run(ctx context.Context, j Job, done func(i int, vs []*verdict.Verdict)) {
-	o := *j.Options
-	o.Wire = e.obs
-	if o.Log == nil {
-		o.Log = e.cfg.Log
-	}
+	o := e.options(j.Options)
 	schedule.ForEach(ctx, len(j.Targets), e.cfg.Concurrency, func(i int) {
-		done(i, probe.Run(ctx, j.Kind, j.Targets[i], &o))
+		done(i, probe.Run(ctx, j.Kind, j.Targets[i], o))
 	})
+}
+
+// Probe probes one target of a checked job and returns its verdicts (one per leg: family
+// and interface), for a front-end that schedules targets itself (the daemon).
+func (e *Engine) Probe(ctx context.Context, k *probe.Kind, t target.Target, o *probe.Options) []*verdict.Verdict {
+	return probe.Run(ctx, k, t, e.options(o))
+}
+
+// options are o with the engine's observer and log.
+func (e *Engine) options(o *probe.Options) *probe.Options {
+	out := *o
+	out.Wire = e.obs
+	if out.Log == nil {
+		out.Log = e.cfg.Log
+	}
+	return &out
 }
 
 // Wire is the engine's observer (nil without eBPF), for tests and diagnostics.

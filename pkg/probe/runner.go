@@ -24,6 +24,29 @@ func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.V
 	return out
 }
 
+// Overloaded returns the verdicts of a probe of t that the prober started too late to be
+// fair to the target (its scheduler was overloaded): self_overload for each leg, with
+// detail saying why, and nothing sent.
+func Overloaded(k *Kind, t target.Target, o *Options, detail string) []*verdict.Verdict {
+	legs := legsOf(t, o)
+	out := make([]*verdict.Verdict, len(legs))
+	for i, l := range legs {
+		v := newVerdict(k.Name, t, o)
+		if l.fam == FamilyV4 || l.fam == FamilyV6 {
+			v.Family = string(l.fam)
+		} else if t.IsLiteral() {
+			v.Family = string(familyOf(t.Addr))
+		}
+		if t.IsLiteral() {
+			v.Addr = t.Addr.String()
+		}
+		v.Interface = l.iface
+		v.SetReason(verdict.SelfOverload, detail)
+		out[i] = v
+	}
+	return out
+}
+
 // leg is one way a target is probed: an address family and an interface.
 type leg struct {
 	fam   Family

@@ -1,0 +1,329 @@
+// Package daemon is `reachd run`: the engine's second front-end. It schedules every
+// configured (probe, target) on its interval with a stable phase under a global
+// concurrency cap, logs verdicts by policy to JSON lines and the journal, exports
+// Prometheus metrics, reloads its config as a diff on SIGHUP, stops cleanly on SIGTERM,
+// and tells systemd how it is (sd_notify).
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"reachd/pkg/config"
+	"reachd/pkg/engine"
+	"reachd/pkg/probe"
+	"reachd/pkg/verdict"
+)
+
+// Options are what `reachd run` was given.
+type Options struct {
+	// ConfigPath is the config file; "" reads config.DefaultPath, or runs the gateway
+	// profile when that does not exist.
+	ConfigPath string
+	Version    string
+	Stdout     io.Writer // JSON lines with log.json: stdout
+	Log        *slog.Logger
+	Diag       io.Writer // multi-line diagnostics (a verifier's log)
+	// Signals delivers SIGHUP, SIGTERM and SIGINT; nil: the process's own.
+	Signals <-chan os.Signal
+}
+
+// Daemon is a running `reachd run`.
+type Daemon struct {
+	opts   Options
+	log    *slog.Logger
+	eng    *engine.Engine
+	sched  *scheduler
+	cfg    atomic.Pointer[config.Config]
+	out    atomic.Pointer[outputs]
+	m      *metrics
+	notify *notifier
+	// stopMetrics stops the metrics endpoint; swapped when a reload moves it.
+	stopMetrics func()
+	// runCtx bounds every attempt; it is cancelled when the drain after SIGTERM is over.
+	runCtx    context.Context
+	cancelRun context.CancelFunc
+	// stopping is closed on SIGTERM: chains make no more retries.
+	stopping chan struct{}
+	workers  sync.WaitGroup
+}
+
+// ErrConfig marks errors of the configuration (exit 2): config.Errors, a sink or an
+// endpoint that cannot open, a probe the host cannot run.
+var ErrConfig = errors.New("config")
+
+// Run runs the daemon until ctx is done or SIGTERM/SIGINT, and returns nil after a clean
+// stop. Its errors before the first schedule wrap ErrConfig or are config.Errors.
+func Run(ctx context.Context, opts Options) error {
+	d := &Daemon{opts: opts, log: opts.Log, sched: newScheduler(), notify: newNotifier(), stopping: make(chan struct{})}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := d.load()
+	if err != nil {
+		return err
+	}
+	if err := d.start(ctx, cfg); err != nil {
+		return err
+	}
+	return d.serve(ctx)
+}
+
+// load reads the config file, or the gateway profile when there is none.
+func (d *Daemon) load() (*config.Config, error) {
+	path := d.opts.ConfigPath
+	if path == "" {
+		path = config.DefaultPath
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		var cerrs config.Errors
+		if errors.As(err, &cerrs) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return c, nil
+}
+
+// start opens the engine, the sinks and the endpoint, and sets the first schedule.
+func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
+	out, err := openOutputs(cfg.Log, d.opts.Stdout, d.log)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	d.out.Store(out)
+	// Every kind is made ready, not only the config's: a reload may add any.
+	eng, err := engine.Open(ctx, engine.Config{Kinds: probe.Kinds(), NoEBPF: cfg.NoEBPF, TC: os.Getenv("REACHD_TC"),
+		Concurrency: cfg.Concurrency, Log: d.log, Diag: d.opts.Diag})
+	if err != nil {
+		out.close()
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	d.eng = eng
+	if err := checkProbes(cfg); err != nil {
+		d.closeAll()
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	d.m = newMetrics(d, d.opts.Version)
+	if d.stopMetrics, err = d.m.serve(ctx, cfg.Metrics.Listen, d.log); err != nil {
+		d.closeAll()
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	d.runCtx, d.cancelRun = context.WithCancel(context.WithoutCancel(ctx))
+	d.cfg.Store(cfg)
+	d.sched.apply(cfg.Probes)
+	d.m.reloadOK.Set(1)
+	d.m.reloadTime.SetToCurrentTime()
+	for range cfg.Concurrency {
+		d.workers.Go(d.work)
+	}
+	d.log.Info("reachd running", "config", cfg.File, "probes", len(cfg.Probes), "targets", targetCount(cfg),
+		"concurrency", cfg.Concurrency, "metrics", cfg.Metrics.Listen)
+	return nil
+}
+
+// checkProbes says whether the host can run every probe (the echo sockets' privilege).
+func checkProbes(cfg *config.Config) error {
+	for _, p := range cfg.Probes {
+		if err := engine.Check(engine.Job{Kind: p.Kind, Targets: p.Targets, Options: p.Options}); err != nil {
+			return fmt.Errorf("%s:%d: probe %s: %w", cfg.File, p.Line, p.Name, err)
+		}
+	}
+	return nil
+}
+
+func targetCount(cfg *config.Config) int {
+	n := 0
+	for _, p := range cfg.Probes {
+		n += len(p.Targets)
+	}
+	return n
+}
+
+// serve runs the scheduler and answers signals until a stop.
+func (d *Daemon) serve(ctx context.Context) error {
+	sigs := d.opts.Signals
+	if sigs == nil {
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+		defer signal.Stop(ch)
+		sigs = ch
+	}
+	lctx, stopLoop := context.WithCancel(ctx)
+	d.sched.tick = func() { d.notify.watchdog(time.Now()) }
+	d.sched.tickEvery = min(time.Second, max(d.notify.every, 10*time.Millisecond))
+	loopDone := make(chan struct{})
+	go func() { defer close(loopDone); d.sched.loop(lctx) }()
+	d.notify.ready(d.statusLine())
+	for {
+		select {
+		case <-ctx.Done():
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				d.reload()
+				continue
+			}
+		}
+		break
+	}
+	stopLoop()
+	<-loopDone
+	d.stop()
+	return nil
+}
+
+func (d *Daemon) statusLine() string {
+	cfg := d.cfg.Load()
+	return fmt.Sprintf("probing %d targets of %d probes", targetCount(cfg), len(cfg.Probes))
+}
+
+// work runs queued ticks until the scheduler stops.
+func (d *Daemon) work() {
+	for {
+		q := d.sched.next()
+		if q == nil {
+			return
+		}
+		d.runTick(q)
+		d.sched.done(q.s)
+	}
+}
+
+// runTick probes one due slot, or says self_overload when reachd took too long to get to
+// it: a probe that late would blame the target for reachd's own delay.
+func (d *Daemon) runTick(q *queued) {
+	p, t := q.s.probe, q.s.target
+	late := time.Since(q.due)
+	d.m.lateness.Observe(late.Seconds())
+	var vs []*verdict.Verdict
+	if limit := lateLimit(p); late > limit {
+		vs = probe.Overloaded(p.Kind, t, p.Options, fmt.Sprintf(
+			"reachd started this probe %s after its tick (limit %s): all %d workers were busy (concurrency); nothing was sent",
+			late.Round(time.Millisecond), limit, d.cfg.Load().Concurrency))
+	} else {
+		o := *p.Options
+		o.Sleep = d.sleep
+		vs = d.eng.Probe(d.runCtx, p.Kind, t, &o)
+	}
+	d.record(q.s, vs)
+}
+
+// lateLimit is how late a probe may start and still be fair to its target: half its
+// interval, and no more than its timeout.
+func lateLimit(p *config.Probe) time.Duration {
+	return min(p.Interval/2, p.Options.Timeout)
+}
+
+// sleep is the retries' sleep: it ends early when reachd stops, so that no new attempt
+// starts then (the attempt in flight still ends and writes its verdict).
+func (d *Daemon) sleep(ctx context.Context, dur time.Duration) error {
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-d.stopping:
+		return errStopping
+	}
+}
+
+var errStopping = errors.New("reachd is stopping")
+
+// record keeps a slot's verdicts for the metrics and the logging policy, and logs those
+// the policy says to.
+func (d *Daemon) record(sl *slot, vs []*verdict.Verdict) {
+	cfg := d.cfg.Load()
+	now := time.Now()
+	type logged struct {
+		v    *verdict.Verdict
+		prio int
+	}
+	var out []logged
+	d.sched.mu.Lock()
+	for len(sl.legs) < len(vs) {
+		sl.legs = append(sl.legs, &leg{})
+	}
+	for i, v := range vs {
+		v.Labels = sl.probe.Labels
+		l := sl.legs[i]
+		if !l.seen {
+			l.family, l.iface = legFamily(v, sl.probe.Options, sl.target.IsLiteral()), v.Interface
+		}
+		if log, prio := l.update(v, cfg.Log, now); log {
+			out = append(out, logged{v, prio})
+		}
+		if v.Reason == verdict.SelfOverload {
+			d.m.selfOverload.Inc()
+		}
+	}
+	d.sched.mu.Unlock()
+	for _, l := range out {
+		// Outputs a reload replaced meanwhile refuse it: the new ones take it.
+		for try := 0; try < 3 && !d.outputs().write(l.v, l.prio); try++ {
+		}
+	}
+}
+
+func (d *Daemon) outputs() *outputs { return d.out.Load() }
+
+// drainMax bounds how long a stop waits for attempts in flight.
+const drainMax = 30 * time.Second
+
+// stop ends the daemon: no more ticks, no more retries, the attempts in flight end (within
+// a bound, after which they are cancelled and still write their verdicts), sinks flushed.
+func (d *Daemon) stop() {
+	d.notify.stopping()
+	dropped := d.sched.stop()
+	close(d.stopping)
+	bound := drainMax
+	if cfg := d.cfg.Load(); cfg != nil {
+		bound = min(drainMax, maxBudget(cfg)+time.Second)
+	}
+	drained := make(chan struct{})
+	go func() { d.workers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(bound):
+		d.log.Warn("attempts still running after the drain bound: cancelling them", "bound", bound)
+		d.cancelRun()
+		<-drained
+	}
+	d.log.Info("reachd stopped", "ticks_not_started", dropped)
+	d.closeAll()
+}
+
+func maxBudget(cfg *config.Config) time.Duration {
+	var m time.Duration
+	for _, p := range cfg.Probes {
+		m = max(m, probe.AttemptBudget(p.Kind, p.Options))
+	}
+	return m
+}
+
+// closeAll releases what start opened.
+func (d *Daemon) closeAll() {
+	if d.cancelRun != nil {
+		d.cancelRun()
+	}
+	if d.stopMetrics != nil {
+		d.stopMetrics()
+	}
+	if out := d.outputs(); out != nil {
+		out.close()
+	}
+	if d.eng != nil {
+		d.eng.Close()
+	}
+}

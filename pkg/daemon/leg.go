@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"time"
+
+	"reachd/pkg/config"
+	"reachd/pkg/verdict"
+)
+
+// leg is what one leg of a slot (a family and an interface of one target) said: the
+// logging policy's memory and the metrics' series.
+type leg struct {
+	family, iface string // metric labels, fixed when the leg is first seen
+	seen          bool
+	ok            bool
+	reason        verdict.Reason
+	loggedAt      time.Time
+	lastAt        time.Time
+	verdicts      map[verdict.Reason]uint64
+	attempts      uint64
+	rtt           histogram
+}
+
+// journald priorities of verdict records (CONTRACT.md): ok, not ok, a recovery.
+const (
+	prioOK       = 6
+	prioNotOK    = 4
+	prioRecovery = 5
+)
+
+// update records v and says whether the logging policy logs it, and at which priority.
+// changes: the first verdict, every change of reason, and while not ok a reminder every
+// reminder; failures: every verdict not ok, and the recovery that ends them; all: every one.
+func (l *leg) update(v *verdict.Verdict, lg config.Log, now time.Time) (log bool, prio int) {
+	first, changed := !l.seen, l.seen && l.reason != v.Reason
+	recovery := l.seen && !l.ok && v.OK
+	l.seen, l.ok, l.reason, l.lastAt = true, v.OK, v.Reason, now
+	if l.verdicts == nil {
+		l.verdicts = map[verdict.Reason]uint64{}
+	}
+	l.verdicts[v.Reason]++
+	l.attempts += uint64(v.Attempts)
+	if v.RTTMs != nil {
+		l.rtt.observe(float64(*v.RTTMs) / 1000)
+	}
+	prio = prioNotOK
+	switch {
+	case recovery:
+		prio = prioRecovery
+	case v.OK:
+		prio = prioOK
+	}
+	switch lg.Verdicts {
+	case config.VerdictsAll:
+		log = true
+	case config.VerdictsFailures:
+		log = !v.OK || recovery
+	default:
+		log = first || changed || (!v.OK && now.Sub(l.loggedAt) >= lg.Reminder)
+	}
+	if log {
+		l.loggedAt = now
+	}
+	return log, prio
+}
+
+// rttBuckets are the RTT histogram's upper bounds, in seconds: 100 µs (a LAN) to 5 s
+// (a satellite link, a retransmitted SYN).
+var rttBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// histogram is a cumulative-at-scrape histogram of one leg's RTTs.
+type histogram struct {
+	counts []uint64 // per bucket, not cumulative; the last is +Inf
+	sum    float64
+	n      uint64
+}
+
+func (h *histogram) observe(s float64) {
+	if h.counts == nil {
+		h.counts = make([]uint64, len(rttBuckets)+1)
+	}
+	i := 0
+	for i < len(rttBuckets) && s > rttBuckets[i] {
+		i++
+	}
+	h.counts[i]++
+	h.sum += s
+	h.n++
+}
+
+// cumulative returns the bucket counts as Prometheus wants them: upper bound → count of
+// observations at or below it.
+func (h *histogram) cumulative() map[float64]uint64 {
+	out := make(map[float64]uint64, len(rttBuckets))
+	var c uint64
+	for i, b := range rttBuckets {
+		if h.counts != nil {
+			c += h.counts[i]
+		}
+		out[b] = c
+	}
+	return out
+}

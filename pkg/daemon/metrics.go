@@ -1,0 +1,203 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"reachd/pkg/probe"
+	"reachd/pkg/verdict"
+)
+
+// metrics are the daemon's Prometheus metrics (CONTRACT.md). The per-target series are
+// collected at scrape time from the scheduler's slots, so that a reload's removed probes
+// lose their series and the config's label keys may change.
+type metrics struct {
+	reg          *prometheus.Registry
+	lateness     prometheus.Histogram
+	selfOverload prometheus.Counter
+	reloadOK     prometheus.Gauge
+	reloadTime   prometheus.Gauge
+}
+
+func newMetrics(d *Daemon, version string) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.lateness = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "reachd_schedule_lateness_seconds",
+		Help:    "How long after its tick a probe started (waiting for a free worker: the concurrency cap).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+	m.selfOverload = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "reachd_self_overload_total",
+		Help: "Verdicts that were self_overload: reachd itself was too late to probe fairly.",
+	})
+	m.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "reachd_config_last_reload_successful",
+		Help: "1 if the last config load (start or SIGHUP) was applied, 0 if it was rejected.",
+	})
+	m.reloadTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "reachd_config_last_reload_success_timestamp_seconds",
+		Help: "When a config was last applied, in seconds since the epoch.",
+	})
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "reachd_build_info",
+		Help:        "reachd's version and Go version; always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	build.Set(1)
+	m.reg.MustRegister(m.lateness, m.selfOverload, m.reloadOK, m.reloadTime, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&probeCollector{d: d}, &daemonCollector{d: d})
+	return m
+}
+
+// serve serves /metrics on addr until ctx is done; "" serves nothing. Only the metrics:
+// no endpoint probes anything a request names.
+func (m *metrics) serve(ctx context.Context, addr string, log *slog.Logger) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint stopped", "listen", addr, "err", err)
+		}
+	}()
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-done
+	}, nil
+}
+
+// probeCollector emits the per-target series from the scheduler's slots. Its label keys
+// follow the config (the union of all probes' labels), so it describes nothing up front.
+type probeCollector struct{ d *Daemon }
+
+func (c *probeCollector) Describe(chan<- *prometheus.Desc) {}
+
+var baseLabels = []string{"probe", "kind", "target", "family", "interface"}
+
+func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.d.sched
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := map[string]bool{}
+	for _, sl := range s.slots {
+		for k := range sl.probe.Labels {
+			keys[k] = true
+		}
+	}
+	names := append(slices.Clone(baseLabels), slices.Sorted(maps.Keys(keys))...)
+	desc := func(name, help string, extra ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, append(slices.Clone(names), extra...), nil)
+	}
+	success := desc("reachd_probe_success", "1 if the target's last verdict was ok, else 0.")
+	rtt := desc("reachd_probe_rtt_seconds", "Round trips of the target's verdicts (at the wire where eBPF times them).")
+	verdicts := desc("reachd_probe_verdicts_total", "Verdicts of the target, by reason.", "reason")
+	attempts := desc("reachd_probe_attempts_total", "Attempts made for the target, retries included.")
+	last := desc("reachd_probe_last_verdict_timestamp_seconds", "When the target's last verdict was made.")
+	for _, sl := range s.slots {
+		for _, l := range sl.legs {
+			if !l.seen {
+				continue
+			}
+			lv := []string{sl.probe.Name, sl.probe.Kind.Name, sl.target.Raw, l.family, l.iface}
+			for _, k := range names[len(baseLabels):] {
+				lv = append(lv, sl.probe.Labels[k])
+			}
+			ok := 0.0
+			if l.ok {
+				ok = 1
+			}
+			ch <- prometheus.MustNewConstMetric(success, prometheus.GaugeValue, ok, lv...)
+			ch <- prometheus.MustNewConstHistogram(rtt, l.rtt.n, l.rtt.sum, l.rtt.cumulative(), lv...)
+			for _, r := range slices.Sorted(maps.Keys(l.verdicts)) {
+				ch <- prometheus.MustNewConstMetric(verdicts, prometheus.CounterValue, float64(l.verdicts[r]), append(slices.Clone(lv), string(r))...)
+			}
+			ch <- prometheus.MustNewConstMetric(attempts, prometheus.CounterValue, float64(l.attempts), lv...)
+			ch <- prometheus.MustNewConstMetric(last, prometheus.GaugeValue, float64(l.lastAt.UnixNano())/1e9, lv...)
+		}
+	}
+}
+
+// legFamily is a leg's family label: the family it probes when that is fixed (a literal
+// address, ipv4, ipv6, each half of both), else "any" (a name resolved either way), so a
+// leg's series never changes name.
+func legFamily(v *verdict.Verdict, o *probe.Options, literal bool) string {
+	if o.Family == probe.FamilyAny && !literal {
+		return string(probe.FamilyAny)
+	}
+	if v.Family != "" {
+		return v.Family
+	}
+	return string(o.Family)
+}
+
+// daemonCollector emits the process-wide series that are read from elsewhere at scrape
+// time: the observer's counters, skipped ticks, the sinks' failures.
+type daemonCollector struct{ d *Daemon }
+
+func (c *daemonCollector) Describe(chan<- *prometheus.Desc) {}
+
+var (
+	descLost    = prometheus.NewDesc("reachd_wire_events_lost_total", "eBPF events lost to a full ring buffer (their verdicts are not wire-timed).", nil, nil)
+	descDropped = prometheus.NewDesc("reachd_wire_events_dropped_total", "eBPF events dropped because a peer sent far more than a probe asked for.", nil, nil)
+	descFull    = prometheus.NewDesc("reachd_wire_flows_full_total", "Attempts the eBPF flow table had no room for (timed by the kernel instead).", nil, nil)
+	descSkipped = prometheus.NewDesc("reachd_schedule_skipped_total", "Ticks skipped because the target's previous attempt chain was still running (or reachd was stopped).", []string{"probe"}, nil)
+	descTargets = prometheus.NewDesc("reachd_schedule_targets", "Targets scheduled, by probe.", []string{"probe"}, nil)
+	descWrite   = prometheus.NewDesc("reachd_log_write_errors_total", "Verdicts a sink failed to take, by sink (json, journald).", []string{"sink"}, nil)
+	descQueue   = prometheus.NewDesc("reachd_schedule_queue", "Due probes waiting for a free worker.", nil, nil)
+)
+
+func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
+	d := c.d
+	if obs := d.eng.Wire(); obs != nil {
+		lost, _ := obs.Lost()
+		ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost))
+		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(obs.Dropped()))
+		ch <- prometheus.MustNewConstMetric(descFull, prometheus.CounterValue, float64(obs.Refused()))
+	} else {
+		for _, desc := range []*prometheus.Desc{descLost, descDropped, descFull} {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, 0)
+		}
+	}
+	s := d.sched
+	s.mu.Lock()
+	targets := map[string]int{}
+	for _, sl := range s.slots {
+		targets[sl.probe.Name]++
+	}
+	for p, n := range s.skipped {
+		ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(n), p)
+	}
+	ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(len(s.queue)))
+	s.mu.Unlock()
+	for p, n := range targets {
+		ch <- prometheus.MustNewConstMetric(descTargets, prometheus.GaugeValue, float64(n), p)
+	}
+	for _, sink := range []string{"json", "journald"} {
+		ch <- prometheus.MustNewConstMetric(descWrite, prometheus.CounterValue, float64(d.outputs().errors()[sink]), sink)
+	}
+}

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"reachd/pkg/config"
+)
+
+// reload applies the config file again on SIGHUP, as a diff: unchanged probes keep their
+// phase and state, removed ones stop (their series go), new ones start at their phase. A
+// config with errors is rejected whole, its errors logged and counted, and the running
+// one goes on. The JSON log file is reopened either way (logrotate).
+func (d *Daemon) reload() {
+	d.notify.reloading()
+	old := d.cfg.Load()
+	cfg, err := d.load()
+	if err == nil {
+		err = checkProbes(cfg)
+	}
+	if err != nil {
+		d.m.reloadOK.Set(0)
+		var cerrs config.Errors
+		n := 1
+		if errors.As(err, &cerrs) {
+			n = len(cerrs)
+		}
+		d.log.Error("config reload rejected: the previous config keeps running", "errors", n, "err", strings.ReplaceAll(err.Error(), "\n", "; "))
+		if rerr := d.outputs().reopen(); rerr != nil {
+			d.log.Error("reopen log.json", "err", rerr)
+		}
+		d.notify.ready(fmt.Sprintf("%s; last reload rejected (%d errors)", d.statusLine(), n))
+		return
+	}
+	if err := d.applyOutputs(old, cfg); err != nil {
+		d.m.reloadOK.Set(0)
+		d.log.Error("config reload rejected: the previous config keeps running", "err", err)
+		d.notify.ready(d.statusLine() + "; last reload rejected")
+		return
+	}
+	if old.Concurrency != cfg.Concurrency || old.NoEBPF != cfg.NoEBPF {
+		d.log.Warn("concurrency and no_ebpf take effect at the next start; the running values stay",
+			"concurrency", old.Concurrency, "no_ebpf", old.NoEBPF)
+		cfg.Concurrency, cfg.NoEBPF = old.Concurrency, old.NoEBPF
+	}
+	d.cfg.Store(cfg)
+	removed, added := d.sched.apply(cfg.Probes)
+	d.m.reloadOK.Set(1)
+	d.m.reloadTime.SetToCurrentTime()
+	d.log.Info("config reloaded", "probes", len(cfg.Probes), "targets", targetCount(cfg), "removed", removed, "added", added)
+	d.notify.ready(d.statusLine())
+}
+
+// applyOutputs moves the sinks and the endpoint where the new config says; the JSON file
+// is reopened in any case.
+func (d *Daemon) applyOutputs(old, cfg *config.Config) error {
+	if old.Log != cfg.Log {
+		out, err := openOutputs(cfg.Log, d.opts.Stdout, d.log)
+		if err != nil {
+			return err
+		}
+		d.out.Swap(out).close()
+	} else if err := d.outputs().reopen(); err != nil {
+		return err
+	}
+	if old.Metrics.Listen != cfg.Metrics.Listen {
+		d.stopMetrics()
+		stop, err := d.m.serve(d.runCtx, cfg.Metrics.Listen, d.log)
+		if err != nil {
+			// The old endpoint is gone: serve it again rather than none.
+			d.stopMetrics, _ = d.m.serve(d.runCtx, old.Metrics.Listen, d.log)
+			return err
+		}
+		d.stopMetrics = stop
+	}
+	return nil
+}

@@ -1,0 +1,245 @@
+package daemon
+
+import (
+	"container/heap"
+	"context"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"reachd/pkg/config"
+	"reachd/pkg/target"
+)
+
+// slot is one (probe, target) the scheduler runs: its phase, its next tick, whether its
+// attempt chain is in flight, and what its legs said last.
+type slot struct {
+	key    string // probe name, NUL, target as written
+	probe  *config.Probe
+	target target.Target
+	due    time.Time // next tick (monotonic)
+	// running: a chain is queued or in flight; a tick that finds it so is skipped.
+	running bool
+	removed bool // a reload took it out; its chain in flight still writes its verdicts
+	legs    []*leg
+	index   int // in the heap; -1 when out of it
+}
+
+// phase is where in its interval a slot's ticks fall: spread over the interval by a hash
+// of the probe's name and target, so that 10,000 targets do not start together, and the
+// same config gives the same phases after a restart or a reload.
+func phase(key string, interval time.Duration) time.Duration {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return time.Duration(h.Sum64() % uint64(interval))
+}
+
+// firstTick is the slot's first tick after now: the next instant whose wall-clock time is
+// its phase past a multiple of the interval. Later ticks add the interval to it on the
+// monotonic clock, so they do not drift.
+func firstTick(now time.Time, key string, interval time.Duration) time.Time {
+	off := phase(key, interval)
+	wall := time.Duration(now.UnixNano())
+	since := (wall - off) % interval
+	if since < 0 {
+		since += interval
+	}
+	return now.Add(interval - since)
+}
+
+// slotHeap orders slots by their next tick.
+type slotHeap []*slot
+
+func (h slotHeap) Len() int           { return len(h) }
+func (h slotHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h slotHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].index = i; h[j].index = j }
+func (h *slotHeap) Push(x any)        { s := x.(*slot); s.index = len(*h); *h = append(*h, s) }
+func (h *slotHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	s.index = -1
+	return s
+}
+
+// scheduler ticks slots on their intervals and hands due ones to a fixed pool of workers
+// (the concurrency cap). Its loop never waits for a worker: a due slot is queued, and the
+// time it waits in the queue is its lateness.
+type scheduler struct {
+	mu    sync.Mutex
+	slots map[string]*slot
+	heap  slotHeap
+	queue []*queued
+	ready *sync.Cond // signalled when the queue grows or the scheduler stops
+	wake  chan struct{}
+	// stopping: no more ticks are queued, and queued ones are dropped.
+	stopping bool
+
+	// tick is called from the loop on each pass (the watchdog's ping); nil: none.
+	tick func()
+	// tickEvery bounds the loop's sleep, so that tick runs at least this often.
+	tickEvery time.Duration
+	// skipped counts ticks that found their slot's chain still running, by probe.
+	skipped map[string]uint64
+	now     func() time.Time
+}
+
+// queued is a slot's tick waiting for a worker.
+type queued struct {
+	s   *slot
+	due time.Time
+}
+
+func newScheduler() *scheduler {
+	s := &scheduler{slots: map[string]*slot{}, wake: make(chan struct{}, 1), skipped: map[string]uint64{},
+		tickEvery: time.Second, now: time.Now}
+	s.ready = sync.NewCond(&s.mu)
+	return s
+}
+
+// apply makes the scheduler run cfg: slots whose probe and target are unchanged keep their
+// phase and state; removed ones leave the heap (a chain in flight still ends); new ones
+// start at their phase. It returns the slots removed and added.
+func (s *scheduler) apply(probes []*config.Probe) (removed, added int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	next := make(map[string]*slot, len(s.slots))
+	for _, p := range probes {
+		for _, t := range p.Targets {
+			key := p.Name + "\x00" + t.Raw
+			if old, ok := s.slots[key]; ok && old.probe.Settings == p.Settings {
+				old.probe = p
+				next[key] = old
+				continue
+			}
+			next[key] = &slot{key: key, probe: p, target: t, due: firstTick(now, key, p.Interval), index: -1}
+			added++
+		}
+	}
+	for key, old := range s.slots {
+		if next[key] != old {
+			old.removed = true
+			if old.index >= 0 {
+				heap.Remove(&s.heap, old.index)
+			}
+			removed++
+		}
+	}
+	for _, sl := range next {
+		if sl.index < 0 && !sl.removed {
+			heap.Push(&s.heap, sl)
+		}
+	}
+	s.slots = next
+	names := map[string]bool{}
+	for _, p := range probes {
+		names[p.Name] = true
+	}
+	for name := range s.skipped { // a removed probe's series go
+		if !names[name] {
+			delete(s.skipped, name)
+		}
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return removed, added
+}
+
+// loop runs until ctx is done, queueing due slots.
+func (s *scheduler) loop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-s.wake:
+		}
+		if s.tick != nil {
+			s.tick()
+		}
+		wait := s.queueDue()
+		timer.Reset(min(wait, s.tickEvery))
+	}
+}
+
+// queueDue queues every slot whose tick has come and says how long until the next one.
+func (s *scheduler) queueDue() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for len(s.heap) > 0 && !s.heap[0].due.After(now) {
+		sl := s.heap[0]
+		due := sl.due
+		if sl.running {
+			s.skipped[sl.probe.Name]++
+		} else {
+			sl.running = true
+			s.queue = append(s.queue, &queued{s: sl, due: due})
+			s.ready.Signal()
+		}
+		sl.due = due.Add(sl.probe.Interval)
+		if behind := now.Sub(sl.due); behind >= 0 {
+			// reachd was stopped (a suspend, a stall) for more than an interval: the
+			// ticks it missed are skipped, not run in a burst.
+			n := behind/sl.probe.Interval + 1
+			s.skipped[sl.probe.Name] += uint64(n)
+			sl.due = sl.due.Add(n * sl.probe.Interval)
+		}
+		heap.Fix(&s.heap, 0)
+	}
+	if len(s.heap) == 0 {
+		return time.Hour
+	}
+	return s.heap[0].due.Sub(now)
+}
+
+// next blocks until a tick is queued and returns it, or nil once the scheduler stops.
+func (s *scheduler) next() *queued {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.queue) == 0 && !s.stopping {
+		s.ready.Wait()
+	}
+	if s.stopping {
+		return nil
+	}
+	q := s.queue[0]
+	s.queue[0] = nil
+	s.queue = s.queue[1:]
+	return q
+}
+
+// done marks a slot's chain ended.
+func (s *scheduler) done(sl *slot) {
+	s.mu.Lock()
+	sl.running = false
+	s.mu.Unlock()
+}
+
+// stop ends the queueing: workers return once their current chain ends, and ticks still
+// queued are dropped (they never started, so they have no verdict to lose).
+func (s *scheduler) stop() (dropped int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopping = true
+	dropped = len(s.queue)
+	for _, q := range s.queue {
+		q.s.running = false
+	}
+	s.queue = nil
+	s.ready.Broadcast()
+	return dropped
+}
+
+// queueLen is how many ticks wait for a worker.
+func (s *scheduler) queueLen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue)
+}
