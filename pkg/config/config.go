@@ -73,8 +73,9 @@ type Probe struct {
 	Options  *probe.Options
 	Labels   map[string]string
 	Line     int // where it is declared
-	// Settings is every setting as the probe's flags received them, sorted: two probes
-	// with the same name and settings are the same probe (a reload keeps its schedule).
+	// Settings is every setting but the targets, as the probe's flags received them,
+	// sorted: a target kept by a probe of the same name and settings is probed the same
+	// way (a reload keeps its schedule and state).
 	Settings string
 	nameAt   ast.Node
 }

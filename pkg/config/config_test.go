@@ -163,7 +163,8 @@ func TestAnchors(t *testing.T) {
 }
 
 // TestSettingsIdentity: the same probe written differently (a default, or in the kind's
-// block) has the same settings; a changed target or option does not.
+// block) has the same settings, and so does one with other targets; a changed option does
+// not.
 func TestSettingsIdentity(t *testing.T) {
 	parse := func(src string) *Probe {
 		t.Helper()
@@ -175,11 +176,12 @@ func TestSettingsIdentity(t *testing.T) {
 	}
 	base := parse("probes:\n  - {name: a, kind: icmp, targets: [198.51.100.1], count: 3, timeout: 1s}\n")
 	same := parse("defaults: {timeout: 1s}\nprobes:\n  - {name: a, kind: icmp, targets: [198.51.100.1], icmp: {count: 3}}\n")
-	other := parse("probes:\n  - {name: a, kind: icmp, targets: [198.51.100.2], count: 3, timeout: 1s}\n")
-	if base.Settings != same.Settings {
-		t.Errorf("same probe, different settings:\n%s\n%s", base.Settings, same.Settings)
+	moved := parse("probes:\n  - {name: a, kind: icmp, targets: [198.51.100.2], count: 3, timeout: 1s}\n")
+	other := parse("probes:\n  - {name: a, kind: icmp, targets: [198.51.100.1], count: 3, timeout: 2s}\n")
+	if base.Settings != same.Settings || base.Settings != moved.Settings {
+		t.Errorf("same probe, different settings:\n%s\n%s\n%s", base.Settings, same.Settings, moved.Settings)
 	}
 	if base.Settings == other.Settings {
-		t.Errorf("another target, same settings: %s", base.Settings)
+		t.Errorf("another timeout, same settings: %s", base.Settings)
 	}
 }

@@ -459,13 +459,12 @@ func (d *doc) labels(e *entry) map[string]string {
 	return out
 }
 
-// settingsText is the probe's identity for a reload: equal text, the same probe.
+// settingsText is how a probe probes each of its targets, for a reload: a target of a
+// probe of the same name and text is probed the same way as before (its list of targets
+// may change around it).
 func settingsText(p *Probe, applied []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "kind=%s interval=%s", p.Kind.Name, p.Interval)
-	for _, t := range p.Targets {
-		fmt.Fprintf(&b, " target=%s", t.Raw)
-	}
 	for _, a := range applied {
 		fmt.Fprintf(&b, " %s", a)
 	}

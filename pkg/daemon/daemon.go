@@ -120,6 +120,7 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.WithoutCancel(ctx))
+	d.prepare(cfg)
 	d.cfg.Store(cfg)
 	d.sched.apply(cfg.Probes)
 	d.m.reloadOK.Set(1)
@@ -140,6 +141,13 @@ func checkProbes(cfg *config.Config) error {
 		}
 	}
 	return nil
+}
+
+// prepare attaches the eBPF programs where the probes' routes leave, before they run.
+func (d *Daemon) prepare(cfg *config.Config) {
+	for _, p := range cfg.Probes {
+		d.eng.Prepare(engine.Job{Kind: p.Kind, Targets: p.Targets, Options: p.Options})
+	}
 }
 
 func targetCount(cfg *config.Config) int {

@@ -44,6 +44,7 @@ func (d *Daemon) reload() {
 			"concurrency", old.Concurrency, "no_ebpf", old.NoEBPF)
 		cfg.Concurrency, cfg.NoEBPF = old.Concurrency, old.NoEBPF
 	}
+	d.prepare(cfg)
 	d.cfg.Store(cfg)
 	removed, added := d.sched.apply(cfg.Probes)
 	d.m.reloadOK.Set(1)

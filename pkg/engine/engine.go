@@ -175,6 +175,16 @@ func (e *Engine) Probe(ctx context.Context, k *probe.Kind, t target.Target, o *p
 	return probe.Run(ctx, k, t, e.options(o))
 }
 
+// Prepare attaches what the job's probes will be watched by (the TC programs on the
+// interfaces their routes leave by), so that a long-running front-end is watching before
+// its first probe.
+func (e *Engine) Prepare(j Job) {
+	o := e.options(j.Options)
+	for _, t := range j.Targets {
+		probe.Prepare(t, o)
+	}
+}
+
 // options are o with the engine's observer and log.
 func (e *Engine) options(o *probe.Options) *probe.Options {
 	out := *o

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reachd/pkg/target"
 	"reachd/pkg/verdict"
 	"reachd/pkg/wire"
 	"time"
@@ -43,6 +44,25 @@ func registerFlow(fd int, a Attempt, proto uint8) (*wire.Flow, string) {
 // tableFullNote is what a verdict says when a full flow table kept it from the wire.
 func tableFullNote(error) string {
 	return fmt.Sprintf("not wire-timed: %v (timed by the kernel)", wire.ErrFlowTableFull)
+}
+
+// Prepare attaches the TC programs to the interfaces o's attempts at t will leave by, as
+// the routes say now, so that a daemon is watching before its first probe (later route and
+// link changes are followed by each attempt's own attach). Names are attached when first
+// probed.
+func Prepare(t target.Target, o *Options) {
+	if o.Wire == nil || !o.Wire.HasTC() || !t.IsLiteral() {
+		return
+	}
+	for _, l := range legsOf(t, o) {
+		a := Attempt{Addr: netip.AddrPortFrom(t.Addr, t.Port), Interface: l.iface, Mark: o.Mark, Source: o.Source}
+		if a.Addr.Addr().Is6() && a.Addr.Addr().IsLinkLocalUnicast() && t.Addr.Zone() == "" && l.iface != "" {
+			a.Addr = netip.AddrPortFrom(t.Addr.WithZone(l.iface), t.Port)
+		}
+		if rt, err := attemptRoute(a); err == nil && rt.LinkIndex > 0 {
+			_ = o.Wire.Attach(rt.LinkIndex) // the observer says why not, once per interface
+		}
+	}
 }
 
 // bindForWire binds fd for a known 5-tuple and attaches TC on the way out; it returns the

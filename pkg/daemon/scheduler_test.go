@@ -1,0 +1,163 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"reachd/pkg/config"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func mustConfig(t *testing.T, src string) *config.Config {
+	t.Helper()
+	c, err := config.Parse("t.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// manyTargets is a config of n icmp targets at interval.
+func manyTargets(t *testing.T, n int, interval string) *config.Config {
+	src := "probes:\n  - name: many\n    kind: icmp\n    interval: " + interval + "\n    timeout: 500ms\n    targets:\n"
+	for i := range n {
+		src += fmt.Sprintf("      - 198.51.100.%d\n", i%250+1) + ""
+		if i >= 250 {
+			t.Fatal("at most 250 targets")
+		}
+	}
+	return mustConfig(t, src)
+}
+
+// TestPhasesSpreadAndStable: the ticks of many targets spread over the interval (no herd),
+// and the same config gives the same phases in another scheduler (a restart).
+func TestPhasesSpreadAndStable(t *testing.T) {
+	cfg := manyTargets(t, 200, "10s")
+	now := time.Unix(1_800_000_000, 0)
+	a, b := newScheduler(), newScheduler()
+	a.now = func() time.Time { return now }
+	b.now = func() time.Time { return now.Add(3 * time.Second) } // restarted 3 s later
+	a.apply(cfg.Probes)
+	b.apply(cfg.Probes)
+	buckets := make([]int, 10)
+	for key, sa := range a.slots {
+		sb := b.slots[key]
+		pa, pb := sa.due.UnixNano()%int64(10*time.Second), sb.due.UnixNano()%int64(10*time.Second)
+		if pa != pb {
+			t.Fatalf("%q: phase %v before the restart, %v after", key, time.Duration(pa), time.Duration(pb))
+		}
+		buckets[time.Duration(pa)/time.Second]++
+	}
+	for i, n := range buckets {
+		if n < 5 || n > 40 { // 20 expected per second of the interval
+			t.Errorf("second %d of the interval has %d of 200 ticks: not spread (%v)", i, n, buckets)
+		}
+	}
+}
+
+// TestTicksDoNotDrift: ticks stay on their phase however late the loop runs them, a tick
+// whose chain is still running is skipped and counted, and ticks missed while reachd was
+// stalled are skipped, not run in a burst.
+func TestTicksDoNotDrift(t *testing.T) {
+	cfg := manyTargets(t, 1, "1s")
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	sl := s.heap[0]
+	first := sl.due
+	for i := range 5 {
+		now = first.Add(time.Duration(i)*time.Second + 300*time.Millisecond) // the loop runs 300 ms late
+		s.queueDue()
+		q := s.next()
+		if !q.due.Equal(first.Add(time.Duration(i) * time.Second)) {
+			t.Fatalf("tick %d due %v, want %v", i, q.due.Sub(first), time.Duration(i)*time.Second)
+		}
+		s.done(sl)
+	}
+	// A tick that finds the chain running is skipped.
+	now = first.Add(5 * time.Second)
+	s.queueDue()
+	now = first.Add(6 * time.Second)
+	s.queueDue()
+	if s.skipped["many"] != 1 || len(s.queue) != 1 {
+		t.Fatalf("skipped %d, queued %d; want 1 and 1", s.skipped["many"], len(s.queue))
+	}
+	s.next()
+	s.done(sl)
+	// Stalled for 10 s: one tick runs, nine are skipped, and the phase holds.
+	now = first.Add(16*time.Second + 500*time.Millisecond)
+	s.queueDue()
+	if len(s.queue) != 1 || s.skipped["many"] != 1+9 {
+		t.Fatalf("after a stall: queued %d skipped %d; want 1 and 10", len(s.queue), s.skipped["many"])
+	}
+	if got := sl.due.Sub(first); got != 17*time.Second {
+		t.Errorf("next tick at +%v, want +17s", got)
+	}
+	s.stop()
+}
+
+// TestApplyIsADiff: a reload keeps unchanged slots (their phase and state), replaces
+// changed ones and removes the rest.
+func TestApplyIsADiff(t *testing.T) {
+	s := newScheduler()
+	c1 := mustConfig(t, "probes:\n  - {name: a, kind: icmp, targets: [198.51.100.1, 198.51.100.2]}\n  - {name: b, kind: icmp, targets: [198.51.100.3]}\n")
+	s.apply(c1.Probes)
+	keep := s.slots["a\x00198.51.100.1"]
+	keep.legs = []*leg{{seen: true}}
+	s.skipped["b"] = 3
+	c2 := mustConfig(t, "probes:\n  - {name: a, kind: icmp, targets: [198.51.100.1, 198.51.100.4]}\n  - {name: c, kind: icmp, targets: [198.51.100.3]}\n")
+	removed, added := s.apply(c2.Probes)
+	if removed != 2 || added != 2 {
+		t.Errorf("removed %d added %d, want 2 and 2", removed, added)
+	}
+	if s.slots["a\x00198.51.100.1"] != keep || len(keep.legs) != 1 {
+		t.Error("an unchanged slot lost its state")
+	}
+	if _, ok := s.skipped["b"]; ok {
+		t.Error("a removed probe's skipped series stays")
+	}
+	if len(s.heap) != 3 {
+		t.Errorf("heap has %d slots, want 3", len(s.heap))
+	}
+	c3 := mustConfig(t, "probes:\n  - {name: a, kind: icmp, timeout: 1s, targets: [198.51.100.1]}\n")
+	s.apply(c3.Probes)
+	if s.slots["a\x00198.51.100.1"] == keep || !keep.removed {
+		t.Error("a changed probe kept its old slot")
+	}
+}
+
+// TestWatchdogFromTheLoop: the loop pings on each pass; when the loop is stuck, the pings
+// stop (so systemd's watchdog restarts a stuck reachd); when it resumes, so do they.
+func TestWatchdogFromTheLoop(t *testing.T) {
+	s := newScheduler()
+	var pings atomic.Int64
+	s.tick = func() { pings.Add(1) }
+	s.tickEvery = 5 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.loop(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(100 * time.Millisecond)
+	if n := pings.Load(); n < 5 {
+		t.Fatalf("%d pings in 100 ms at one per 5 ms", n)
+	}
+	s.mu.Lock() // the loop's next pass blocks here: a stuck scheduler
+	time.Sleep(20 * time.Millisecond)
+	stuck := pings.Load()
+	time.Sleep(100 * time.Millisecond)
+	if n := pings.Load(); n > stuck+1 {
+		t.Errorf("%d pings while the loop was stuck", n-stuck)
+	}
+	s.mu.Unlock()
+	time.Sleep(50 * time.Millisecond)
+	if pings.Load() <= stuck+1 {
+		t.Error("pings did not resume")
+	}
+}
