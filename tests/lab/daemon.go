@@ -92,7 +92,7 @@ mount --bind "$DIR/journald.conf" /etc/systemd/journald.conf
 echo $! > "$DIR/journald.pid"
 i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 200 ]; do sleep 0.025; i=$((i+1)); done
 if [ -n "$JOURNAL_STDOUT" ]; then
-  exec systemd-cat -t reachd-stdout sh -c 'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/1) exec "$@"' sh "$@"
+  exec systemd-cat -t reachd-stdout sh -c 'export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/1); exec "$@"' sh "$@"
 fi
 exec "$@"`
 		args = append(args, "unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
