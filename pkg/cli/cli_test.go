@@ -53,7 +53,7 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "tcp", "--interface", "a/b", "127.0.0.1:1"},
 		{"probe", "tcp", "--mark", "-1", "127.0.0.1:1"},
 		{"config"},
-		{"config", "check"},
+		{"config", "check", "a", "b"},
 		{"config", "check", "/nonexistent/reachd.yaml"},
 	}
 	for _, c := range cases {

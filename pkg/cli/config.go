@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"io"
 	"sort"
 	"strings"
@@ -21,16 +23,29 @@ func newConfig(stdout io.Writer) *cobra.Command {
 		},
 	}
 	cmd.AddCommand(&cobra.Command{
-		Use:   "check FILE",
+		Use:   "check [FILE]",
 		Short: "Check a config file: a one-line summary, or every error as FILE:LINE:COL: message (exit 2)",
+		Long: "Check a config file. Without FILE, " + config.DefaultPath + " (what `reachd run` reads), or, when\n" +
+			"it does not exist, the gateway profile `reachd run` would probe instead.",
 		Args: func(c *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("want one file: reachd config check FILE")
+			if len(args) > 1 {
+				return usagef("want one file: reachd config check [FILE]")
 			}
 			return nil
 		},
 		RunE: func(_ *cobra.Command, args []string) error {
-			c, err := config.Load(args[0])
+			path := config.DefaultPath
+			if len(args) == 1 {
+				path = args[0]
+			} else if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+				c, _, err := config.LoadProfile(config.ResolvConf)
+				if err != nil {
+					return usageError{err}
+				}
+				fmt.Fprintf(stdout, "no %s: reachd run probes the %s\n", path, summary(c))
+				return nil
+			}
+			c, err := config.Load(path)
 			if err != nil {
 				return usageError{err}
 			}

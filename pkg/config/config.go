@@ -92,8 +92,7 @@ func Load(path string) (*Config, error) {
 // Parse checks a config read from file (the name errors carry).
 func Parse(file string, data []byte) (*Config, error) {
 	d := &doc{file: file, anchors: map[string]ast.Node{}}
-	c := &Config{File: file, Concurrency: DefaultConcurrency, Metrics: Metrics{Listen: DefaultListen},
-		Log: Log{JSON: "stdout", Journald: "auto", Verdicts: VerdictsChanges, Reminder: DefaultReminder}}
+	c := empty(file)
 	root := d.parse(data)
 	if len(d.errs) > 0 {
 		return nil, d.sorted()
@@ -107,6 +106,12 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, d.sorted()
 	}
 	return c, nil
+}
+
+// empty is a config of no probes, with every default.
+func empty(file string) *Config {
+	return &Config{File: file, Concurrency: DefaultConcurrency, Metrics: Metrics{Listen: DefaultListen},
+		Log: Log{JSON: "stdout", Journald: "auto", Verdicts: VerdictsChanges, Reminder: DefaultReminder}}
 }
 
 var topKeys = []string{"defaults", "probes", "metrics", "log", "concurrency", "no_ebpf"}

@@ -29,6 +29,8 @@ type Options struct {
 	// ConfigPath is the config file; "" reads config.DefaultPath, or runs the gateway
 	// profile when that does not exist.
 	ConfigPath string
+	// ResolvConf is where the gateway profile finds nameservers; "": config.ResolvConf.
+	ResolvConf string
 	Version    string
 	Stdout     io.Writer // JSON lines with log.json: stdout
 	Log        *slog.Logger
@@ -55,6 +57,9 @@ type Daemon struct {
 	// stopping is closed on SIGTERM: chains make no more retries.
 	stopping chan struct{}
 	workers  sync.WaitGroup
+	// profile is the gateway profile's text while it runs (no config file), to see when
+	// the routes or resolv.conf change it.
+	profile string
 }
 
 // ErrConfig marks errors of the configuration (exit 2): config.Errors, a sink or an
@@ -78,12 +83,17 @@ func Run(ctx context.Context, opts Options) error {
 	return d.serve(ctx)
 }
 
-// load reads the config file, or the gateway profile when there is none.
+// load reads the config file, or the gateway profile when no file was named and the
+// default one does not exist.
 func (d *Daemon) load() (*config.Config, error) {
 	path := d.opts.ConfigPath
 	if path == "" {
 		path = config.DefaultPath
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return d.loadProfile()
+		}
 	}
+	d.profile = ""
 	c, err := config.Load(path)
 	if err != nil {
 		var cerrs config.Errors
@@ -93,6 +103,39 @@ func (d *Daemon) load() (*config.Config, error) {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return c, nil
+}
+
+// loadProfile builds the gateway profile and says what it probes.
+func (d *Daemon) loadProfile() (*config.Config, error) {
+	rc := d.opts.ResolvConf
+	if rc == "" {
+		rc = config.ResolvConf
+	}
+	c, text, err := config.LoadProfile(rc)
+	if err != nil {
+		return nil, fmt.Errorf("%w: gateway profile: %w", ErrConfig, err)
+	}
+	if text != d.profile {
+		d.log.Info("no config file ("+config.DefaultPath+"): probing this host's default gateways and nameservers",
+			"targets", profileTargets(c))
+		if text == "" {
+			d.log.Warn("gateway profile: no default route and no nameserver to probe; checking again as they change")
+		} else if d.opts.Diag != nil {
+			fmt.Fprint(d.opts.Diag, text)
+		}
+	}
+	d.profile = text
+	return c, nil
+}
+
+func profileTargets(c *config.Config) []string {
+	var out []string
+	for _, p := range c.Probes {
+		for _, t := range p.Targets {
+			out = append(out, p.Name+":"+t.Raw)
+		}
+	}
+	return out
 }
 
 // start opens the engine, the sinks and the endpoint, and sets the first schedule.
@@ -173,9 +216,15 @@ func (d *Daemon) serve(ctx context.Context) error {
 	loopDone := make(chan struct{})
 	go func() { defer close(loopDone); d.sched.loop(lctx) }()
 	d.notify.ready(d.statusLine())
+	// The gateway profile follows the routes and resolv.conf: checked on this clock.
+	follow := time.NewTicker(profileEvery)
+	defer follow.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+		case <-follow.C:
+			d.followProfile()
+			continue
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				d.reload()
@@ -188,6 +237,24 @@ func (d *Daemon) serve(ctx context.Context) error {
 	<-loopDone
 	d.stop()
 	return nil
+}
+
+// profileEvery is how often the gateway profile is rebuilt to see whether it changed.
+const profileEvery = 5 * time.Second
+
+// followProfile applies the gateway profile again when the default routes or the
+// nameservers changed it.
+func (d *Daemon) followProfile() {
+	if d.cfg.Load().File != config.ProfileName || d.opts.ConfigPath != "" {
+		return
+	}
+	rc := d.opts.ResolvConf
+	if rc == "" {
+		rc = config.ResolvConf
+	}
+	if _, text, err := config.LoadProfile(rc); err == nil && text != d.profile {
+		d.reload()
+	}
 }
 
 func (d *Daemon) statusLine() string {

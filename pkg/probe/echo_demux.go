@@ -117,6 +117,10 @@ func (p *pinger) wantTxStamps() {
 	}
 }
 
+// sendTries bounds the resends of an echo whose send failed with another echo's pending
+// ICMP error (see send).
+const sendTries = 8
+
 // send transmits one echo request to dst and returns it pending.
 func (p *pinger) send(dst netip.Addr, c *echoCounters) (*echo, error) {
 	e := &echo{dst: dst.WithZone(""), counters: c, done: make(chan struct{}), ttl: -1}
@@ -147,10 +151,12 @@ func (p *pinger) send(dst netip.Addr, c *echoCounters) (*echo, error) {
 		pkt := buildEcho(p.key.v6, p.id, e.seq, p.payload(e))
 		e.sentMono, e.sentWall = wire.Monotonic(), time.Now()
 		err = unix.Sendto(p.fd, pkt, 0, sa)
-		if err != nil && isAsyncICMPErrno(err) {
-			// A ping socket records each ICMP error it queues as the socket's pending
-			// error too, and the next send fails with it, whichever echo it belonged to.
-			// That failure cleared it; a real local error fails again.
+		// An echo socket records each ICMP error it queues as the socket's pending error
+		// too, and the next send fails with it, whichever echo it belonged to; each read
+		// of the error queue sets it again while ICMP errors remain queued behind. A send
+		// that failed cleared it: a real local error (a prohibit route) fails every time,
+		// a pending one of another echo does not for long.
+		for try := 0; try < sendTries && err != nil && isAsyncICMPErrno(err); try++ {
 			e.sentMono, e.sentWall = wire.Monotonic(), time.Now()
 			err = unix.Sendto(p.fd, pkt, 0, sa)
 		}

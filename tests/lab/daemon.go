@@ -57,6 +57,12 @@ type DaemonOptions struct {
 	// JournalStdout: stdout is the journal's stream, as under systemd (JOURNAL_STREAM set).
 	JournalStdout bool
 	WatchdogUsec  int
+	// NS is where the daemon runs; nil: the lab's client.
+	NS *NS
+	// Profile: no config file at all (the gateway profile), with ResolvConf as the host's
+	// /etc/resolv.conf (in a private mount namespace: the machine's own is never read).
+	Profile    bool
+	ResolvConf string
 }
 
 // journaldConf keeps the private journald off the host's disk, without rate limits.
@@ -68,7 +74,11 @@ func (l *Lab) StartDaemon(bin, config string, opt DaemonOptions) (*Daemon, error
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{Dir: dir, Config: filepath.Join(dir, "reachd.yaml"), exited: make(chan struct{}), netns: l.Client}
+	ns := opt.NS
+	if ns == nil {
+		ns = l.Client
+	}
+	d := &Daemon{Dir: dir, Config: filepath.Join(dir, "reachd.yaml"), exited: make(chan struct{}), netns: ns}
 	if err := os.WriteFile(d.Config, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
@@ -77,25 +87,17 @@ func (l *Lab) StartDaemon(bin, config string, opt DaemonOptions) (*Daemon, error
 		return nil, err
 	}
 	go d.readNotes()
-	args := []string{"--net=" + l.Client.Path(), "--"}
+	args := []string{"--net=" + ns.Path(), "--"}
 	run := []string{bin, "run", "--config", d.Config}
-	if opt.Journal {
-		if err := os.WriteFile(filepath.Join(dir, "journald.conf"), []byte(journaldConf), 0o644); err != nil {
+	if opt.Journal || opt.Profile {
+		script, err := d.mountScript(opt)
+		if err != nil {
 			return nil, err
 		}
-		// A private /run with journald in it, the host's journald.conf hidden; then reachd.
-		script := `set -e
-mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/journal /run/log/journal
-mount --bind "$DIR/journald.conf" /etc/systemd/journald.conf
-/lib/systemd/systemd-journald </dev/null >/dev/null 2>&1 &
-echo $! > "$DIR/journald.pid"
-i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 200 ]; do sleep 0.025; i=$((i+1)); done
-if [ -n "$JOURNAL_STDOUT" ]; then
-  exec systemd-cat -t reachd-stdout sh -c 'export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/1); exec "$@"' sh "$@"
-fi
-exec "$@"`
 		args = append(args, "unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh")
+	}
+	if opt.Profile {
+		run = run[:2]
 	}
 	d.cmd = exec.Command("nsenter", append(args, run...)...)
 	d.cmd.Env = append(os.Environ(), "DIR="+dir, "NOTIFY_SOCKET="+sock)
@@ -117,6 +119,44 @@ exec "$@"`
 	go d.readLines(stdout)
 	l.AddCloser(d.Kill)
 	return d, nil
+}
+
+// mountScript is the shell script that prepares the daemon's private mount namespace: a
+// journald of its own, a resolv.conf of the test's, no /etc/reachd; then it runs the
+// daemon ("$@").
+func (d *Daemon) mountScript(opt DaemonOptions) (string, error) {
+	script := "set -e\n"
+	if opt.Profile {
+		if err := os.WriteFile(filepath.Join(d.Dir, "resolv.conf"), []byte(opt.ResolvConf), 0o644); err != nil {
+			return "", err
+		}
+		script += `mount --bind "$DIR/resolv.conf" /etc/resolv.conf
+if [ -d /etc/reachd ]; then mount -t tmpfs tmpfs /etc/reachd; fi
+`
+	}
+	if opt.Journal {
+		if err := os.WriteFile(filepath.Join(d.Dir, "journald.conf"), []byte(journaldConf), 0o644); err != nil {
+			return "", err
+		}
+		// A private /run with journald in it, the host's journald.conf hidden.
+		script += `mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal /run/log/journal
+mount --bind "$DIR/journald.conf" /etc/systemd/journald.conf
+/lib/systemd/systemd-journald </dev/null >/dev/null 2>&1 &
+echo $! > "$DIR/journald.pid"
+i=0; while [ ! -S /run/systemd/journal/socket ] && [ $i -lt 200 ]; do sleep 0.025; i=$((i+1)); done
+`
+	}
+	script += `if [ -n "$JOURNAL_STDOUT" ]; then
+  exec systemd-cat -t reachd-stdout sh -c 'export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/1); exec "$@"' sh "$@"
+fi
+exec "$@"`
+	return script, nil
+}
+
+// ResolvConf rewrites the daemon's resolv.conf (Profile).
+func (d *Daemon) ResolvConf(text string) error {
+	return os.WriteFile(filepath.Join(d.Dir, "resolv.conf"), []byte(text), 0o644)
 }
 
 type lockedWriter struct {
@@ -289,7 +329,13 @@ func (d *Daemon) Journal(match ...string) ([]map[string]any, error) {
 // Metrics scrapes the daemon's /metrics at addr, from inside the client namespace.
 func (d *Daemon) Metrics(addr string) (string, error) {
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-		return d.netns.Dial(network, a)
+		c, err := d.netns.Dial(network, a)
+		if tc, ok := c.(*net.TCPConn); ok {
+			// Closed with a reset: no TIME_WAIT left in the client namespace, where the
+			// scale tests count the sockets reachd leaves.
+			_ = tc.SetLinger(0)
+		}
+		return c, err
 	}}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
