@@ -9,8 +9,10 @@ LDFLAGS := -X reachd/pkg/cli.Version=$(VERSION)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# Without cgo: one static binary, and the daemon can drop capabilities on every thread
+# (syscall.AllThreadsSyscall refuses under cgo).
 build: ## build bin/reachd
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/reachd
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/reachd
 
 generate: ## regenerate the eBPF objects and Go bindings (needs clang, llvm-strip)
 	$(GO) generate ./...

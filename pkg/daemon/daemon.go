@@ -164,6 +164,13 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.WithoutCancel(ctx))
 	d.prepare(cfg)
+	// What only the start needed (loading the tracepoints: CAP_PERFMON; CAP_SYS_ADMIN as
+	// root) goes now: a bug later cannot use it.
+	if dropped, err := dropCapabilities(); err != nil {
+		d.log.Warn("capabilities not dropped", "err", err)
+	} else if len(dropped) > 0 {
+		d.log.Info("capabilities dropped after start", "dropped", len(dropped), "kept", "cap_net_raw,cap_net_admin,cap_bpf")
+	}
 	d.cfg.Store(cfg)
 	d.sched.apply(cfg.Probes)
 	d.m.reloadOK.Set(1)

@@ -60,7 +60,9 @@ func testMain(m *testing.M) int {
 		}
 		defer os.RemoveAll(dir)
 		reachdBin = filepath.Join(dir, "reachd")
-		if out, err := exec.Command("go", "build", "-o", reachdBin, "../../cmd/reachd").CombinedOutput(); err != nil {
+		build := exec.Command("go", "build", "-o", reachdBin, "../../cmd/reachd")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build: the daemon drops capabilities
+		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build reachd: %v\n%s", err, out)
 			return 1
 		}

@@ -252,3 +252,54 @@ func TestDaemonStdoutIsJournal(t *testing.T) {
 		t.Errorf("the daemon did not say stdout is the journal")
 	}
 }
+
+// TestDaemonDropsCapabilities: started as root, the daemon keeps only CAP_NET_RAW,
+// CAP_NET_ADMIN and CAP_BPF once it runs, and they suffice for what comes later: a reload
+// adds probes through another interface (TC attached there after the drop, a new raw echo
+// socket), wire-timed.
+func TestDaemonDropsCapabilities(t *testing.T) {
+	l := requireLab(t)
+	if err := l.SecondUplink(); err != nil {
+		t.Fatal(err)
+	}
+	d, err := l.StartDaemon(reachdBin, smallConfig(probeA), DaemonOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill()
+	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
+		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = 1<<12 | 1<<13 | 1<<39 // CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF
+	for _, field := range []string{"CapEff", "CapPrm", "CapInh", "CapAmb"} {
+		var got uint64
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, field+":"); ok {
+				fmt.Sscanf(strings.TrimSpace(v), "%x", &got)
+			}
+		}
+		if exp := map[bool]uint64{true: want}[field == "CapEff" || field == "CapPrm"]; got != exp {
+			t.Errorf("%s %#x, want %#x", field, got, exp)
+		}
+	}
+	more := "  - {name: up2, kind: icmp, interface: [" + UplinkClientIf + "], targets: [203.0.113.2]}\n" +
+		"  - {name: up2tcp, kind: tcp, interface: [" + UplinkClientIf + "], targets: [\"203.0.113.2:80\"]}\n"
+	if err := os.WriteFile(d.Config, []byte(smallConfig(probeA+more)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hup := time.Now()
+	d.Signal(syscall.SIGHUP)
+	for _, p := range []string{"up2", "up2tcp"} {
+		ln, ok := d.WaitLine(5*time.Second, func(ln Line) bool { return ln.V != nil && ln.V["probe"] == p && ln.At.After(hup) })
+		if !ok {
+			t.Fatalf("no verdict of %s after the reload; stderr:\n%s", p, d.Stderr())
+		}
+		if ln.V["reason"] != "ok" || ln.V["timing_source"] != "wire" || ln.V["interface"] != UplinkClientIf {
+			t.Errorf("%s after the drop: %v [%v] via %v: %v", p, ln.V["reason"], ln.V["timing_source"], ln.V["interface"], ln.V["detail"])
+		}
+	}
+}
