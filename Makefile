@@ -4,7 +4,7 @@ BIN     ?= bin/reachd
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X reachd/pkg/cli.Version=$(VERSION)
 
-.PHONY: help build generate check-generated test test-unit test-lab demo bench lint fuzz clean
+.PHONY: help build generate check-generated test test-unit test-lab demo bench lint fuzz install clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,16 @@ fuzz: ## fuzz every byte parser for FUZZTIME each (default 60s; make test runs F
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build ## install the binary, the systemd unit and an example config (root)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/reachd
+	install -D -m 0644 systemd/reachd.service $(DESTDIR)/etc/systemd/system/reachd.service
+	install -D -m 0644 systemd/reachd.yaml $(DESTDIR)/etc/reachd/reachd.yaml.example
+	@echo "installed. Without /etc/reachd/reachd.yaml reachd probes this host's gateways and nameservers;"
+	@echo "copy /etc/reachd/reachd.yaml.example there to probe your own targets, then:"
+	@echo "  systemctl daemon-reload && systemctl enable --now reachd"
 
 clean: ## remove build output
 	rm -rf bin

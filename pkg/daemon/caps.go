@@ -10,11 +10,11 @@ import (
 )
 
 // runtimeCaps are the capabilities the daemon keeps once it runs (README, "Privileges"):
-// CAP_NET_RAW opens raw echo sockets as a reload adds probes, CAP_NET_ADMIN attaches the TC
-// programs to links that appear and sets SO_MARK, CAP_BPF loads the TC pair for layer-3
-// links on first need. Everything else, CAP_PERFMON and CAP_SYS_ADMIN included, served
-// the start only (loading the tracepoints) and is dropped.
-var runtimeCaps = []uint{unix.CAP_NET_RAW, unix.CAP_NET_ADMIN, unix.CAP_BPF}
+// CAP_NET_RAW opens raw echo sockets as a reload adds probes, CAP_NET_ADMIN attaches the
+// loaded TC programs to links that appear and sets SO_MARK. Everything else served the start
+// only (CAP_BPF and CAP_PERFMON: loading every program, the layer-3 links' pair included)
+// and is dropped.
+var runtimeCaps = []uint{unix.CAP_NET_RAW, unix.CAP_NET_ADMIN}
 
 // dropCapabilities lowers every thread's effective, permitted and inheritable sets (and so
 // the ambient one) to what the daemon keeps. It returns the names of what was dropped.

@@ -169,7 +169,7 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 	if dropped, err := dropCapabilities(); err != nil {
 		d.log.Warn("capabilities not dropped", "err", err)
 	} else if len(dropped) > 0 {
-		d.log.Info("capabilities dropped after start", "dropped", len(dropped), "kept", "cap_net_raw,cap_net_admin,cap_bpf")
+		d.log.Info("capabilities dropped after start", "dropped", len(dropped), "kept", "cap_net_raw,cap_net_admin")
 	}
 	d.cfg.Store(cfg)
 	d.sched.apply(cfg.Probes)

@@ -19,6 +19,8 @@ type leg struct {
 	verdicts      map[verdict.Reason]uint64
 	attempts      uint64
 	rtt           histogram
+	// sent, received: packets of multi-packet kinds (icmp, udp), for loss over time.
+	sent, received uint64
 }
 
 // journald priorities of verdict records (CONTRACT.md): ok, not ok, a recovery.
@@ -42,6 +44,10 @@ func (l *leg) update(v *verdict.Verdict, lg config.Log, now time.Time) (log bool
 	l.attempts += uint64(v.Attempts)
 	if v.RTTMs != nil {
 		l.rtt.observe(float64(*v.RTTMs) / 1000)
+	}
+	if v.Stats != nil {
+		l.sent += uint64(v.Stats.Count)
+		l.received += uint64(v.Stats.Received)
 	}
 	prio = prioNotOK
 	switch {

@@ -18,6 +18,7 @@ import (
 
 	"reachd/pkg/probe"
 	"reachd/pkg/verdict"
+	"reachd/pkg/wire"
 )
 
 // metrics are the daemon's Prometheus metrics (CONTRACT.md). The per-target series are
@@ -118,6 +119,8 @@ func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
 	verdicts := desc("reachd_probe_verdicts_total", "Verdicts of the target, by reason.", "reason")
 	attempts := desc("reachd_probe_attempts_total", "Attempts made for the target, retries included.")
 	last := desc("reachd_probe_last_verdict_timestamp_seconds", "When the target's last verdict was made.")
+	sent := desc("reachd_probe_packets_sent_total", "Packets sent to the target by kinds that send several an attempt (icmp, udp).")
+	received := desc("reachd_probe_packets_received_total", "Packets of the target answered (loss = 1 - received/sent).")
 	for _, sl := range s.slots {
 		for _, l := range sl.legs {
 			if !l.seen {
@@ -138,6 +141,10 @@ func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(attempts, prometheus.CounterValue, float64(l.attempts), lv...)
 			ch <- prometheus.MustNewConstMetric(last, prometheus.GaugeValue, float64(l.lastAt.UnixNano())/1e9, lv...)
+			if l.sent > 0 {
+				ch <- prometheus.MustNewConstMetric(sent, prometheus.CounterValue, float64(l.sent), lv...)
+				ch <- prometheus.MustNewConstMetric(received, prometheus.CounterValue, float64(l.received), lv...)
+			}
 		}
 	}
 }
@@ -168,6 +175,8 @@ var (
 	descSkipped = prometheus.NewDesc("reachd_schedule_skipped_total", "Ticks skipped because the target's previous attempt chain was still running (or reachd was stopped).", []string{"probe"}, nil)
 	descTargets = prometheus.NewDesc("reachd_schedule_targets", "Targets scheduled, by probe.", []string{"probe"}, nil)
 	descWrite   = prometheus.NewDesc("reachd_log_write_errors_total", "Verdicts a sink failed to take, by sink (json, journald).", []string{"sink"}, nil)
+	descTCRuns  = prometheus.NewDesc("reachd_tc_runs_total", "Packets reachd's TC programs ran on, by direction; counted while kernel.bpf_stats_enabled=1 (off by default: it costs every BPF program a clock read).", []string{"direction"}, nil)
+	descTCTime  = prometheus.NewDesc("reachd_tc_run_seconds_total", "Time reachd's TC programs ran, by direction; its rate over reachd_tc_runs_total's is the cost per packet. Counted while kernel.bpf_stats_enabled=1.", []string{"direction"}, nil)
 	descQueue   = prometheus.NewDesc("reachd_schedule_queue", "Due probes waiting for a free worker.", nil, nil)
 )
 
@@ -178,6 +187,12 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(lost))
 		ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(obs.Dropped()))
 		ch <- prometheus.MustNewConstMetric(descFull, prometheus.CounterValue, float64(obs.Refused()))
+		if in, out, err := obs.TCStats(); err == nil {
+			for dir, st := range map[string]wire.TCStats{"ingress": in, "egress": out} {
+				ch <- prometheus.MustNewConstMetric(descTCRuns, prometheus.CounterValue, float64(st.Runs), dir)
+				ch <- prometheus.MustNewConstMetric(descTCTime, prometheus.CounterValue, st.Runtime.Seconds(), dir)
+			}
+		}
 	} else {
 		for _, desc := range []*prometheus.Desc{descLost, descDropped, descFull} {
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, 0)

@@ -83,7 +83,7 @@ type Observer struct {
 	maps   *maps
 	spec   *ebpf.CollectionSpec
 	tc     *tcPair // nil when the TC programs did not load
-	tcL3   *tcPair // for L3 devices: loaded on the first attach to one
+	tcL3   *tcPair // for L3 devices: loaded at Open, or in a one-shot run on the first attach to one
 	tracer *tracer // nil when the tracepoints did not load (or are not loaded yet)
 	// lazyTrace: a one-shot run loads the tracepoints on first need (needTracer).
 	lazyTrace bool
@@ -180,6 +180,13 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	}
 	go o.read()
 	if o.tc != nil && !opt.OneShot {
+		// A long-running observer loads the pair for layer-3 links now, not on the first
+		// such link: after its start a daemon holds no privilege to load programs.
+		o.mu.Lock()
+		if o.tcL3, err = loadTC(spec, m, true); err != nil {
+			log.Warn("TC programs for layer-3 links (tun, WireGuard) unavailable: probes through them are not wire-timed", "err", err)
+		}
+		o.mu.Unlock()
 		if err := o.followLinks(); err != nil {
 			// Attachments still work; an interface that is deleted and re-created is then
 			// attached afresh only under its new index, which it gets anyway.
@@ -337,7 +344,7 @@ func (o *Observer) attach(ifindex int) error {
 	}
 	progs := o.tc
 	if l3 {
-		if o.tcL3 == nil {
+		if o.tcL3 == nil { // a one-shot run's first L3 link, or the load at Open failed
 			if o.tcL3, err = loadTC(o.spec, o.maps, true); err != nil {
 				return err
 			}
@@ -475,20 +482,30 @@ type TCStats struct {
 	Runtime time.Duration
 }
 
-// TCStats returns the run count and total run time of the ingress and egress programs.
+// TCStats returns the run count and total run time of the ingress and egress programs
+// (both pairs: Ethernet and layer-3 links).
 func (o *Observer) TCStats() (ingress, egress TCStats, err error) {
 	if o.tc == nil {
 		return ingress, egress, errors.New("TC programs not loaded")
 	}
-	for _, p := range []struct {
-		prog *ebpf.Program
-		out  *TCStats
-	}{{o.tc.Ingress, &ingress}, {o.tc.Egress, &egress}} {
-		st, err := p.prog.Stats()
-		if err != nil {
-			return ingress, egress, fmt.Errorf("read program stats: %w", err)
+	o.mu.Lock()
+	pairs := []*tcPair{o.tc, o.tcL3}
+	o.mu.Unlock()
+	for _, pair := range pairs {
+		if pair == nil {
+			continue
 		}
-		*p.out = TCStats{Runs: st.RunCount, Runtime: st.Runtime}
+		for _, p := range []struct {
+			prog *ebpf.Program
+			out  *TCStats
+		}{{pair.Ingress, &ingress}, {pair.Egress, &egress}} {
+			st, err := p.prog.Stats()
+			if err != nil {
+				return ingress, egress, fmt.Errorf("read program stats: %w", err)
+			}
+			p.out.Runs += st.RunCount
+			p.out.Runtime += st.Runtime
+		}
 	}
 	return ingress, egress, nil
 }

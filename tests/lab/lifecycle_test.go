@@ -253,13 +253,16 @@ func TestDaemonStdoutIsJournal(t *testing.T) {
 	}
 }
 
-// TestDaemonDropsCapabilities: started as root, the daemon keeps only CAP_NET_RAW,
-// CAP_NET_ADMIN and CAP_BPF once it runs, and they suffice for what comes later: a reload
+// TestDaemonDropsCapabilities: started as root, the daemon keeps only CAP_NET_RAW and
+// CAP_NET_ADMIN once it runs, and they suffice for what comes later: a reload
 // adds probes through another interface (TC attached there after the drop, a new raw echo
-// socket), wire-timed.
+// socket) and over a layer-3 link (its TC pair attached after the drop), wire-timed.
 func TestDaemonDropsCapabilities(t *testing.T) {
 	l := requireLab(t)
 	if err := l.SecondUplink(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RelayLink(TunLink); err != nil {
 		t.Fatal(err)
 	}
 	d, err := l.StartDaemon(reachdBin, smallConfig(probeA), DaemonOptions{})
@@ -274,7 +277,7 @@ func TestDaemonDropsCapabilities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const want = 1<<12 | 1<<13 | 1<<39 // CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF
+	const want = 1<<12 | 1<<13 // CAP_NET_ADMIN, CAP_NET_RAW
 	for _, field := range []string{"CapEff", "CapPrm", "CapInh", "CapAmb"} {
 		var got uint64
 		for _, line := range strings.Split(string(status), "\n") {
@@ -287,19 +290,20 @@ func TestDaemonDropsCapabilities(t *testing.T) {
 		}
 	}
 	more := "  - {name: up2, kind: icmp, interface: [" + UplinkClientIf + "], targets: [203.0.113.2]}\n" +
-		"  - {name: up2tcp, kind: tcp, interface: [" + UplinkClientIf + "], targets: [\"203.0.113.2:80\"]}\n"
+		"  - {name: up2tcp, kind: tcp, interface: [" + UplinkClientIf + "], targets: [\"203.0.113.2:80\"]}\n" +
+		"  - {name: l3, kind: tcp, source: " + TunLink.ClientV4.Addr().String() + ", targets: [\"203.0.113.2:80\"]}\n"
 	if err := os.WriteFile(d.Config, []byte(smallConfig(probeA+more)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	hup := time.Now()
 	d.Signal(syscall.SIGHUP)
-	for _, p := range []string{"up2", "up2tcp"} {
+	for _, p := range []string{"up2", "up2tcp", "l3"} {
 		ln, ok := d.WaitLine(5*time.Second, func(ln Line) bool { return ln.V != nil && ln.V["probe"] == p && ln.At.After(hup) })
 		if !ok {
 			t.Fatalf("no verdict of %s after the reload; stderr:\n%s", p, d.Stderr())
 		}
-		if ln.V["reason"] != "ok" || ln.V["timing_source"] != "wire" || ln.V["interface"] != UplinkClientIf {
-			t.Errorf("%s after the drop: %v [%v] via %v: %v", p, ln.V["reason"], ln.V["timing_source"], ln.V["interface"], ln.V["detail"])
+		if ln.V["reason"] != "ok" || ln.V["timing_source"] != "wire" || (p != "l3" && ln.V["interface"] != UplinkClientIf) {
+			t.Errorf("%s after the drop: %v [%v] via %v: %v\nstderr:\n%s", p, ln.V["reason"], ln.V["timing_source"], ln.V["interface"], ln.V["detail"], d.Stderr())
 		}
 	}
 }
