@@ -55,6 +55,8 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"config"},
 		{"config", "check", "a", "b"},
 		{"config", "check", "/nonexistent/reachd.yaml"},
+		{"run", "--config", "/nonexistent/reachd.yaml"},
+		{"run", "extra"},
 	}
 	for _, c := range cases {
 		code, out, errs := run(c...)
@@ -144,6 +146,10 @@ func TestConfigCheck(t *testing.T) {
 	bad := t.TempDir() + "/bad.yaml"
 	if err := os.WriteFile(bad, []byte("probes:\n  - name: a\n    kind: tcp\n    targets: [x]\n    colour: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	code, out, errs = run("run", "--config", bad) // the daemon refuses it the same way, before anything starts
+	if code != ExitUsage || out != "" || !strings.HasPrefix(errs, bad+":4:15: target") {
+		t.Errorf("reachd run with a bad file: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	code, out, errs = run("config", "check", bad)
 	want := bad + ":4:15: target \"x\" has no port (want HOST:PORT, e.g. x:443)\n" + bad + ":5:5: unknown key \"colour\" in a probe\n"

@@ -307,3 +307,32 @@ func TestDaemonDropsCapabilities(t *testing.T) {
 		}
 	}
 }
+
+// TestOneShotBesideDaemon: a `reachd probe` run beside the daemon is wire-timed, and when
+// it exits the daemon's programs are still attached and its probes still wire-timed.
+func TestOneShotBesideDaemon(t *testing.T) {
+	l := requireLab(t)
+	d, err := l.StartDaemon(reachdBin, smallConfig(probeA), DaemonOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Kill()
+	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
+		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
+	}
+	tcxBefore, legacyBefore := reachdTC(t, l, ClientIf)
+	for _, env := range [][]string{nil, {"REACHD_TC=legacy"}} {
+		vs, code := probeKind(t, l, "tcp", env, "--retries", "0", ap(ServerV4, PortOpen))
+		if code != 0 || len(vs) != 1 || vs[0]["timing_source"] != "wire" {
+			t.Errorf("one-shot %v beside the daemon: exit %d %v", env, code, vs)
+		}
+	}
+	if tcx, legacy := reachdTC(t, l, ClientIf); tcx != tcxBefore || legacy != legacyBefore {
+		t.Errorf("after the one-shot runs: %d TCX programs and %d legacy filters, the daemon had %d and %d", tcx, legacy, tcxBefore, legacyBefore)
+	}
+	since := time.Now()
+	ln, ok := d.WaitLine(3*time.Second, func(ln Line) bool { return ln.V != nil && ln.At.After(since) })
+	if !ok || ln.V["timing_source"] != "wire" {
+		t.Errorf("the daemon after the one-shot runs: %v", ln.Text)
+	}
+}
