@@ -102,6 +102,9 @@ func (d *doc) probes(e *entry, defs settings) []*Probe {
 		names[p.Name] = p.Line
 		out = append(out, p)
 	}
+	for _, p := range out {
+		p.nameAt = nil // the syntax tree is not kept past the parse
+	}
 	return out
 }
 

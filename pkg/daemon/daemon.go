@@ -175,9 +175,7 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 	d.sched.apply(cfg.Probes)
 	d.m.reloadOK.Set(1)
 	d.m.reloadTime.SetToCurrentTime()
-	for range cfg.Concurrency {
-		d.workers.Go(d.work)
-	}
+	d.sched.setWorkers(cfg.Concurrency, func() { d.workers.Go(d.work) })
 	d.log.Info("reachd running", "config", cfg.File, "probes", len(cfg.Probes), "targets", targetCount(cfg),
 		"concurrency", cfg.Concurrency, "metrics", cfg.Metrics.Listen)
 	return nil
@@ -269,10 +267,12 @@ func (d *Daemon) statusLine() string {
 	return fmt.Sprintf("probing %d targets of %d probes", targetCount(cfg), len(cfg.Probes))
 }
 
-// work runs queued ticks until the scheduler stops.
+// work runs queued ticks until it idles too long or the scheduler stops.
 func (d *Daemon) work() {
+	idle := time.NewTimer(workerLinger)
+	defer idle.Stop()
 	for {
-		q := d.sched.next()
+		q := d.sched.next(idle)
 		if q == nil {
 			return
 		}

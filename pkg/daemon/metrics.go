@@ -5,16 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"runtime"
-	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"reachd/pkg/probe"
 	"reachd/pkg/verdict"
@@ -22,9 +19,10 @@ import (
 )
 
 // metrics are the daemon's Prometheus metrics (CONTRACT.md). The per-target series are
-// collected at scrape time from the scheduler's slots, so that a reload's removed probes
-// lose their series and the config's label keys may change.
+// written at scrape time from the scheduler's slots (exposition.go), so that a reload's
+// removed probes lose their series and the config's label keys may change.
 type metrics struct {
+	d            *Daemon
 	reg          *prometheus.Registry
 	lateness     prometheus.Histogram
 	selfOverload prometheus.Counter
@@ -59,7 +57,8 @@ func newMetrics(d *Daemon, version string) *metrics {
 	build.Set(1)
 	m.reg.MustRegister(m.lateness, m.selfOverload, m.reloadOK, m.reloadTime, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&probeCollector{d: d}, &daemonCollector{d: d})
+		&daemonCollector{d: d})
+	m.d = d
 	return m
 }
 
@@ -74,7 +73,7 @@ func (m *metrics) serve(ctx context.Context, addr string, log *slog.Logger) (sto
 		return nil, fmt.Errorf("metrics.listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
+	mux.Handle("GET /metrics", m.handler(m.d, log))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	done := make(chan struct{})
@@ -92,62 +91,8 @@ func (m *metrics) serve(ctx context.Context, addr string, log *slog.Logger) (sto
 	}, nil
 }
 
-// probeCollector emits the per-target series from the scheduler's slots. Its label keys
-// follow the config (the union of all probes' labels), so it describes nothing up front.
-type probeCollector struct{ d *Daemon }
-
-func (c *probeCollector) Describe(chan<- *prometheus.Desc) {}
-
+// baseLabels are the labels of every per-target series, before the config's.
 var baseLabels = []string{"probe", "kind", "target", "family", "interface"}
-
-func (c *probeCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.d.sched
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	keys := map[string]bool{}
-	for _, sl := range s.slots {
-		for k := range sl.probe.Labels {
-			keys[k] = true
-		}
-	}
-	names := append(slices.Clone(baseLabels), slices.Sorted(maps.Keys(keys))...)
-	desc := func(name, help string, extra ...string) *prometheus.Desc {
-		return prometheus.NewDesc(name, help, append(slices.Clone(names), extra...), nil)
-	}
-	success := desc("reachd_probe_success", "1 if the target's last verdict was ok, else 0.")
-	rtt := desc("reachd_probe_rtt_seconds", "Round trips of the target's verdicts (at the wire where eBPF times them).")
-	verdicts := desc("reachd_probe_verdicts_total", "Verdicts of the target, by reason.", "reason")
-	attempts := desc("reachd_probe_attempts_total", "Attempts made for the target, retries included.")
-	last := desc("reachd_probe_last_verdict_timestamp_seconds", "When the target's last verdict was made.")
-	sent := desc("reachd_probe_packets_sent_total", "Packets sent to the target by kinds that send several an attempt (icmp, udp).")
-	received := desc("reachd_probe_packets_received_total", "Packets of the target answered (loss = 1 - received/sent).")
-	for _, sl := range s.slots {
-		for _, l := range sl.legs {
-			if !l.seen {
-				continue
-			}
-			lv := []string{sl.probe.Name, sl.probe.Kind.Name, sl.target.Raw, l.family, l.iface}
-			for _, k := range names[len(baseLabels):] {
-				lv = append(lv, sl.probe.Labels[k])
-			}
-			ok := 0.0
-			if l.ok {
-				ok = 1
-			}
-			ch <- prometheus.MustNewConstMetric(success, prometheus.GaugeValue, ok, lv...)
-			ch <- prometheus.MustNewConstHistogram(rtt, l.rtt.n, l.rtt.sum, l.rtt.cumulative(), lv...)
-			for _, r := range slices.Sorted(maps.Keys(l.verdicts)) {
-				ch <- prometheus.MustNewConstMetric(verdicts, prometheus.CounterValue, float64(l.verdicts[r]), append(slices.Clone(lv), string(r))...)
-			}
-			ch <- prometheus.MustNewConstMetric(attempts, prometheus.CounterValue, float64(l.attempts), lv...)
-			ch <- prometheus.MustNewConstMetric(last, prometheus.GaugeValue, float64(l.lastAt.UnixNano())/1e9, lv...)
-			if l.sent > 0 {
-				ch <- prometheus.MustNewConstMetric(sent, prometheus.CounterValue, float64(l.sent), lv...)
-				ch <- prometheus.MustNewConstMetric(received, prometheus.CounterValue, float64(l.received), lv...)
-			}
-		}
-	}
-}
 
 // legFamily is a leg's family label: the family it probes when that is fixed (a literal
 // address, ipv4, ipv6, each half of both), else "any" (a name resolved either way), so a

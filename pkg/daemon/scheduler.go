@@ -63,18 +63,26 @@ func (h *slotHeap) Pop() any {
 	return s
 }
 
-// scheduler ticks slots on their intervals and hands due ones to a fixed pool of workers
-// (the concurrency cap). Its loop never waits for a worker: a due slot is queued, and the
-// time it waits in the queue is its lateness.
+// scheduler ticks slots on their intervals and hands due ones to workers, at most cap at
+// once (the concurrency cap). Its loop never waits for a worker: a due slot is queued, and
+// the time it waits in the queue is its lateness. Workers come as the queue needs them and
+// go after idling for workerLinger, so their stacks (a probe's calls grow one to tens of
+// KiB) cost what the probes in flight need, not what the cap allows.
 type scheduler struct {
 	mu    sync.Mutex
 	slots map[string]*slot
 	heap  slotHeap
 	queue []*queued
-	ready *sync.Cond // signalled when the queue grows or the scheduler stops
 	wake  chan struct{}
 	// stopping: no more ticks are queued, and queued ones are dropped.
 	stopping bool
+	stopped  chan struct{} // closed by stop
+
+	// cap bounds the workers; spawn starts one (it calls work).
+	cap              int
+	spawn            func()
+	running, waiting int           // workers, and those of them idle in next
+	kick             chan struct{} // wakes an idle worker
 
 	// tick is called from the loop on each pass (the watchdog's ping); nil: none.
 	tick func()
@@ -92,10 +100,18 @@ type queued struct {
 }
 
 func newScheduler() *scheduler {
-	s := &scheduler{slots: map[string]*slot{}, wake: make(chan struct{}, 1), skipped: map[string]uint64{},
-		tickEvery: time.Second, now: time.Now}
-	s.ready = sync.NewCond(&s.mu)
-	return s
+	return &scheduler{slots: map[string]*slot{}, wake: make(chan struct{}, 1), skipped: map[string]uint64{},
+		tickEvery: time.Second, now: time.Now, stopped: make(chan struct{})}
+}
+
+// workerLinger is how long a worker with nothing to do waits for more before it goes.
+var workerLinger = 2 * time.Second
+
+// setWorkers makes the scheduler start workers with spawn, at most cap at once.
+func (s *scheduler) setWorkers(cap int, spawn func()) {
+	s.mu.Lock()
+	s.cap, s.spawn, s.kick = cap, spawn, make(chan struct{}, cap)
+	s.mu.Unlock()
 }
 
 // apply makes the scheduler run cfg: slots whose probe and target are unchanged keep their
@@ -181,7 +197,7 @@ func (s *scheduler) queueDue() time.Duration {
 		} else {
 			sl.running = true
 			s.queue = append(s.queue, &queued{s: sl, due: due})
-			s.ready.Signal()
+			s.dispatch()
 		}
 		sl.due = due.Add(sl.probe.Interval)
 		if behind := now.Sub(sl.due); behind >= 0 {
@@ -199,20 +215,71 @@ func (s *scheduler) queueDue() time.Duration {
 	return s.heap[0].due.Sub(now)
 }
 
-// next blocks until a tick is queued and returns it, or nil once the scheduler stops.
-func (s *scheduler) next() *queued {
+// dispatch gets a worker for a queued tick: an idle one, or a new one under the cap
+// (else one that is busy takes it when done). Called with mu held.
+func (s *scheduler) dispatch() {
+	switch {
+	case s.waiting > 0:
+		select {
+		case s.kick <- struct{}{}:
+		default: // kicked already
+		}
+	case s.running < s.cap && s.spawn != nil:
+		s.running++
+		s.spawn()
+	}
+}
+
+// take returns the oldest queued tick, or nil.
+func (s *scheduler) take() *queued {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.queue) == 0 && !s.stopping {
-		s.ready.Wait()
-	}
-	if s.stopping {
+	return s.takeLocked()
+}
+
+func (s *scheduler) takeLocked() *queued {
+	if len(s.queue) == 0 || s.stopping {
 		return nil
 	}
 	q := s.queue[0]
 	s.queue[0] = nil
 	s.queue = s.queue[1:]
 	return q
+}
+
+// next returns the next queued tick for a worker, waiting up to workerLinger for one; nil
+// tells the worker to go (idle too long, or the scheduler stopped).
+func (s *scheduler) next(idle *time.Timer) *queued {
+	for {
+		s.mu.Lock()
+		if q := s.takeLocked(); q != nil || s.stopping {
+			if q == nil {
+				s.running--
+			}
+			s.mu.Unlock()
+			return q
+		}
+		s.waiting++
+		s.mu.Unlock()
+		idle.Reset(workerLinger)
+		var expired bool
+		select {
+		case <-s.kick:
+			idle.Stop()
+		case <-s.stopped:
+			idle.Stop()
+		case <-idle.C:
+			expired = true
+		}
+		s.mu.Lock()
+		s.waiting--
+		if expired && (len(s.queue) == 0 || s.stopping) {
+			s.running--
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+	}
 }
 
 // done marks a slot's chain ended.
@@ -233,7 +300,7 @@ func (s *scheduler) stop() (dropped int) {
 		q.s.running = false
 	}
 	s.queue = nil
-	s.ready.Broadcast()
+	close(s.stopped)
 	return dropped
 }
 

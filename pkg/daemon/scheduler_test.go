@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -75,7 +76,7 @@ func TestTicksDoNotDrift(t *testing.T) {
 	for i := range 5 {
 		now = first.Add(time.Duration(i)*time.Second + 300*time.Millisecond) // the loop runs 300 ms late
 		s.queueDue()
-		q := s.next()
+		q := s.take()
 		if !q.due.Equal(first.Add(time.Duration(i) * time.Second)) {
 			t.Fatalf("tick %d due %v, want %v", i, q.due.Sub(first), time.Duration(i)*time.Second)
 		}
@@ -89,7 +90,7 @@ func TestTicksDoNotDrift(t *testing.T) {
 	if s.skipped["many"] != 1 || len(s.queue) != 1 {
 		t.Fatalf("skipped %d, queued %d; want 1 and 1", s.skipped["many"], len(s.queue))
 	}
-	s.next()
+	s.take()
 	s.done(sl)
 	// Stalled for 10 s: one tick runs, nine are skipped, and the phase holds.
 	now = first.Add(16*time.Second + 500*time.Millisecond)
@@ -160,4 +161,61 @@ func TestWatchdogFromTheLoop(t *testing.T) {
 	if pings.Load() <= stuck+1 {
 		t.Error("pings did not resume")
 	}
+}
+
+// TestWorkersComeAndGo: due ticks get workers up to the cap, never more; idle workers
+// go after their linger; the next tick brings one back.
+func TestWorkersComeAndGo(t *testing.T) {
+	defer func(l time.Duration) { workerLinger = l }(workerLinger)
+	workerLinger = 50 * time.Millisecond
+	cfg := manyTargets(t, 20, "1s")
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	var wg sync.WaitGroup
+	var ran, peak, busy atomic.Int64
+	release := make(chan struct{})
+	work := func() {
+		idle := time.NewTimer(workerLinger)
+		defer idle.Stop()
+		for q := s.next(idle); q != nil; q = s.next(idle) {
+			n := busy.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			<-release
+			busy.Add(-1)
+			ran.Add(1)
+			s.done(q.s)
+		}
+	}
+	s.setWorkers(3, func() { wg.Go(work) })
+	now = now.Add(time.Second) // every slot is due
+	s.queueDue()
+	close(release)
+	deadline := time.Now().Add(2 * time.Second)
+	for ran.Load() < 20 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ran.Load() != 20 || peak.Load() > 3 {
+		t.Fatalf("ran %d of 20 ticks, %d workers at once (cap 3)", ran.Load(), peak.Load())
+	}
+	time.Sleep(4 * workerLinger)
+	s.mu.Lock()
+	running := s.running
+	s.mu.Unlock()
+	if running != 0 {
+		t.Errorf("%d workers still running after idling", running)
+	}
+	now = now.Add(time.Second)
+	s.queueDue()
+	deadline = time.Now().Add(2 * time.Second)
+	for ran.Load() < 40 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ran.Load() != 40 {
+		t.Errorf("after the workers left, %d of 20 new ticks ran", ran.Load()-20)
+	}
+	s.stop()
+	wg.Wait()
 }

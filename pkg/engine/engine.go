@@ -47,7 +47,13 @@ type Engine struct {
 	cfg     Config
 	obs     *wire.Observer
 	release func() // the timestamp warm-up's socket
+	// unfollow stops following route changes (a long-running engine caches routes).
+	unfollow func()
 }
+
+// echoLinger is how long a long-running engine keeps an echo socket with no echo in
+// flight: longer than the intervals probes usually run at, so that each is opened once.
+const echoLinger = 5 * time.Minute
 
 // warmTimeout bounds the wait for the kernel to turn receive timestamps on; it is
 // milliseconds on an idle host, longer only when the machine is loaded.
@@ -66,7 +72,17 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{cfg: cfg, release: func() {}}
+	e := &Engine{cfg: cfg, release: func() {}, unfollow: func() {}}
+	if !cfg.OneShot {
+		// Asked again every interval, routes are cached until the kernel reports a change;
+		// echo sockets stay open between probes.
+		if stop, err := netctx.FollowRoutes(); err != nil {
+			cfg.Log.Warn("route changes cannot be followed: every attempt asks the kernel for its route", "err", err)
+		} else {
+			e.unfollow = stop
+		}
+		probe.KeepEchoSockets(echoLinger)
+	}
 	var needs probe.Needs
 	for _, k := range cfg.Kinds {
 		needs.Timestamps = needs.Timestamps || k.Needs.Timestamps
@@ -111,6 +127,10 @@ func (e *Engine) openWire(opt wire.Options) *wire.Observer {
 // Close releases what Open took, and says whether eBPF events were lost or dropped during
 // the run: the verdicts they belonged to are not wire-timed.
 func (e *Engine) Close() {
+	if !e.cfg.OneShot { // the echo sockets kept open go before the observer they report to
+		probe.KeepEchoSockets(0)
+		probe.CloseEchoSockets()
+	}
 	if e.obs != nil {
 		if n, err := e.obs.Lost(); err == nil && n > 0 {
 			e.cfg.Log.Warn("eBPF events lost to a full ring buffer: some verdicts are not wire-timed", "lost_events", n)
@@ -124,6 +144,7 @@ func (e *Engine) Close() {
 		e.obs.Close()
 	}
 	e.release()
+	e.unfollow()
 	netctx.Release()
 }
 

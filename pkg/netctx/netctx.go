@@ -90,6 +90,18 @@ func RouteTo(q RouteQuery) (Route, error) {
 // RouteLookup is RouteTo without the interface's name (Dev), which costs a second request:
 // probes ask it for every attempt, to know where to watch and from which address.
 func RouteLookup(q RouteQuery) (Route, error) {
+	if r, ok := cachedLookup(q); ok {
+		return r, nil
+	}
+	gen := routeCache.gen.Load() // before asking: a change meanwhile makes the answer stale
+	r, err := routeGet(q)
+	if err == nil {
+		remember(q, r, gen)
+	}
+	return r, err
+}
+
+func routeGet(q RouteQuery) (Route, error) {
 	var r Route
 	dst := q.Dst
 	opts := &netlink.RouteGetOptions{OifIndex: q.Oif, Mark: q.Mark}

@@ -54,6 +54,7 @@ type pinger struct {
 
 	mu      sync.Mutex
 	refs    int
+	idle    *time.Timer // closes the socket when kept with no echo (KeepEchoSockets)
 	nextSeq uint16
 	pending map[uint16]*echo
 	recent  map[uint16]*echo
@@ -108,7 +109,40 @@ type watch struct {
 var pingers = struct {
 	sync.Mutex
 	m map[pingerKey]*pinger
+	// linger: how long a socket nobody uses stays open for the next echo (KeepEchoSockets).
+	linger time.Duration
 }{m: map[pingerKey]*pinger{}}
+
+// KeepEchoSockets keeps an echo socket open for d after its last echo, for the next: a
+// daemon whose probes of a socket come one at a time would otherwise open and close it for
+// each (socket, options, a reader goroutine: the larger part of an echo's CPU). 0 closes
+// them with their last echo, as a one-shot run wants; CloseEchoSockets closes idle ones.
+func KeepEchoSockets(d time.Duration) {
+	pingers.Lock()
+	pingers.linger = d
+	pingers.Unlock()
+}
+
+// CloseEchoSockets closes the echo sockets kept open with no echo in flight.
+func CloseEchoSockets() {
+	pingers.Lock()
+	var idle []*pinger
+	for k, p := range pingers.m {
+		p.mu.Lock()
+		if p.refs == 0 {
+			idle = append(idle, p)
+			delete(pingers.m, k)
+			if p.idle != nil {
+				p.idle.Stop()
+			}
+		}
+		p.mu.Unlock()
+	}
+	pingers.Unlock()
+	for _, p := range idle {
+		p.close()
+	}
+}
 
 // errPermission says a privilege is missing (no echo socket kind is allowed, SO_MARK
 // needs CAP_NET_ADMIN); its message is the fix.
@@ -124,6 +158,10 @@ func acquirePinger(k pingerKey) (*pinger, error) {
 	if p := pingers.m[k]; p != nil {
 		p.mu.Lock()
 		p.refs++
+		if p.idle != nil {
+			p.idle.Stop()
+			p.idle = nil
+		}
 		p.mu.Unlock()
 		return p, nil
 	}
@@ -141,15 +179,39 @@ func (p *pinger) release() {
 	p.mu.Lock()
 	p.refs--
 	last := p.refs == 0
+	if last && pingers.linger > 0 {
+		p.idle = time.AfterFunc(pingers.linger, p.closeIdle)
+		last = false
+	}
 	p.mu.Unlock()
 	if last {
 		delete(pingers.m, p.key)
 	}
 	pingers.Unlock()
 	if last {
-		p.f.Close()
-		<-p.done
+		p.close()
 	}
+}
+
+// closeIdle closes a kept socket that no echo took again meanwhile.
+func (p *pinger) closeIdle() {
+	pingers.Lock()
+	p.mu.Lock()
+	idle := p.refs == 0 && pingers.m[p.key] == p
+	if idle {
+		delete(pingers.m, p.key)
+		p.idle = nil
+	}
+	p.mu.Unlock()
+	pingers.Unlock()
+	if idle {
+		p.close()
+	}
+}
+
+func (p *pinger) close() {
+	p.f.Close()
+	<-p.done
 }
 
 // CheckICMP says whether this process may send echo requests of a family (v6), and if not,

@@ -16,6 +16,10 @@ import (
 func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.Verdict {
 	legs := legsOf(t, o)
 	out := make([]*verdict.Verdict, len(legs))
+	if len(legs) == 1 { // on the caller's goroutine: a new one would grow a stack per probe
+		out[0] = runLeg(ctx, k, t, legs[0], o)
+		return out
+	}
 	var wg sync.WaitGroup
 	for i, l := range legs {
 		wg.Go(func() { out[i] = runLeg(ctx, k, t, l, o) })

@@ -54,7 +54,7 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 		return f, nil
 	}
 	o.keyMu.Lock()
-	err := o.maps.Flows.Put(f.key, f.token)
+	err := o.maps.Flows.Put(&f.key, &f.token)
 	o.keyMu.Unlock()
 	if err != nil {
 		o.mu.Lock()
@@ -98,8 +98,8 @@ func (f *Flow) Close() {
 	// Only ours: a later flow with the same key has another token and its own entry.
 	var tok uint64
 	o.keyMu.Lock()
-	if f.hasKey && o.maps.Flows.Lookup(f.key, &tok) == nil && tok == f.token {
-		_ = o.maps.Flows.Delete(f.key)
+	if f.hasKey && o.maps.Flows.Lookup(&f.key, &tok) == nil && tok == f.token {
+		_ = o.maps.Flows.Delete(&f.key)
 	}
 	o.keyMu.Unlock()
 	if f.cookie != 0 {
