@@ -58,8 +58,10 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 install: build ## install the binary, the systemd unit and an example config (root)
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/reachd
-	install -D -m 0644 systemd/reachd.service $(DESTDIR)/etc/systemd/system/reachd.service
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local/bin/reachd|$(PREFIX)/bin/reachd|; s|/usr/local/share/doc|$(PREFIX)/share/doc|' systemd/reachd.service > $(DESTDIR)/etc/systemd/system/reachd.service
 	install -D -m 0644 systemd/reachd.yaml $(DESTDIR)/etc/reachd/reachd.yaml.example
+	install -D -m 0644 -t $(DESTDIR)$(PREFIX)/share/doc/reachd docs/daemon.md docs/config.md docs/fleet.md docs/verdict.md docs/alerts.yml
 	@echo "installed. Without /etc/reachd/reachd.yaml reachd probes this host's gateways and nameservers;"
 	@echo "copy /etc/reachd/reachd.yaml.example there to probe your own targets, then:"
 	@echo "  systemctl daemon-reload && systemctl enable --now reachd"

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"reachd/pkg/config"
+	"reachd/pkg/probe"
 )
 
 func newConfig(stdout io.Writer) *cobra.Command {
@@ -38,7 +39,7 @@ func newConfig(stdout io.Writer) *cobra.Command {
 			if len(args) == 1 {
 				path = args[0]
 			} else if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-				c, _, err := config.LoadProfile(config.ResolvConf)
+				c, _, err := config.LoadProfile(config.ResolvConf, nil)
 				if err != nil {
 					return usageError{err}
 				}
@@ -63,7 +64,7 @@ func summary(c *config.Config) string {
 	for _, p := range c.Probes {
 		targets += len(p.Targets)
 		kinds[p.Kind.Name] += len(p.Targets)
-		legs += len(p.Targets) * max(1, len(p.Options.Interfaces)) * map[bool]int{true: 2, false: 1}[p.Options.Family == "both"]
+		legs += probe.Verdicts(p.Targets, p.Options)
 	}
 	var parts []string
 	for k, n := range kinds {

@@ -6,6 +6,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,6 +30,7 @@ const (
 	DefaultRetries     = 1
 	DefaultReminder    = time.Hour
 	DefaultConcurrency = 256
+	DefaultMaxRate     = 100
 )
 
 // Config is a checked configuration.
@@ -55,6 +57,9 @@ type Log struct {
 	Verdicts string // changes, failures, all
 	// Reminder: with verdicts: changes, how often a target that stays not ok is logged again.
 	Reminder time.Duration
+	// MaxRate bounds the verdict records logged per second over all targets (beyond a
+	// minute's worth, or a first round, at once); 0: no bound.
+	MaxRate int
 }
 
 // Verdict logging modes.
@@ -80,9 +85,26 @@ type Probe struct {
 	nameAt   ast.Node
 }
 
+// MaxSize bounds a config file: 10,000 targets take some 300 KiB.
+const MaxSize = 16 << 20
+
 // Load reads and checks the config file at path. Its errors are Errors, one per problem.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("read config: %w", err)
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("read config: %s is not a regular file", path)
+	case st.Size() > MaxSize:
+		return nil, fmt.Errorf("read config: %s is %d bytes; a config is at most %d", path, st.Size(), MaxSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
@@ -111,7 +133,7 @@ func Parse(file string, data []byte) (*Config, error) {
 // empty is a config of no probes, with every default.
 func empty(file string) *Config {
 	return &Config{File: file, Concurrency: DefaultConcurrency, Metrics: Metrics{Listen: DefaultListen},
-		Log: Log{JSON: "stdout", Journald: "auto", Verdicts: VerdictsChanges, Reminder: DefaultReminder}}
+		Log: Log{JSON: "stdout", Journald: "auto", Verdicts: VerdictsChanges, Reminder: DefaultReminder, MaxRate: DefaultMaxRate}}
 }
 
 var topKeys = []string{"defaults", "probes", "metrics", "log", "concurrency", "no_ebpf"}
@@ -193,7 +215,7 @@ func checkListen(s string) error {
 	return nil
 }
 
-var logKeys = []string{"json", "journald", "verdicts", "reminder"}
+var logKeys = []string{"json", "journald", "verdicts", "reminder", "max_rate"}
 
 func (c *Config) log(d *doc, e *entry) {
 	entries, _ := d.mapping(e.value, "log")
@@ -224,6 +246,10 @@ func (c *Config) log(d *doc, e *entry) {
 				continue
 			}
 			c.Log.Verdicts = s
+		case "max_rate":
+			if n, ok := d.intValue(&entry{key: "log.max_rate", keyAt: m.keyAt, value: m.value}, 0, 1_000_000); ok {
+				c.Log.MaxRate = n
+			}
 		case "reminder":
 			dur, err := time.ParseDuration(s)
 			if err != nil || dur < time.Minute {
@@ -247,6 +273,9 @@ func oneOf(s string, vals ...string) bool {
 }
 
 func (d *doc) intValue(e *entry, lo, hi int) (int, bool) {
+	if e.value != nil && !d.typed(e.value, e.key, "int") {
+		return 0, false
+	}
 	s, ok := d.scalar(e.value, e.key)
 	if !ok {
 		if e.value == nil {
@@ -263,6 +292,9 @@ func (d *doc) intValue(e *entry, lo, hi int) (int, bool) {
 }
 
 func (d *doc) boolValue(e *entry) (bool, bool) {
+	if e.value != nil && !d.typed(e.value, e.key, "bool") {
+		return false, false
+	}
 	s, ok := d.scalar(e.value, e.key)
 	b, err := strconv.ParseBool(s)
 	if !ok || err != nil {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -101,9 +102,9 @@ var badConfigs = []struct {
 	{"mark out of range", head + "    kind: icmp\n    targets: [198.51.100.1]\n    mark: 0x100000000\n",
 		"5:11: mark: want an integer from 0 to 4294967295 (0x10 is 16), got \"0x100000000\""},
 	{"reserved label", head + "    kind: icmp\n    targets: [198.51.100.1]\n    labels: {target: x}\n",
-		"5:14: label \"target\" is one of reachd's own metric labels (probe, kind, target, family, interface, reason, le, quantile)"},
+		"5:14: label \"target\" is one of reachd's own metric labels (probe, kind, target, family, interface, reason, le, quantile, job, instance)"},
 	{"bad label key", head + "    kind: icmp\n    targets: [198.51.100.1]\n    labels: {Site: x}\n",
-		"5:14: label \"Site\": want lower-case letters, digits and _, starting with a letter"},
+		"5:14: label \"Site\": want at most 32 lower-case letters, digits and _, starting with a letter"},
 	{"defaults with a name", "defaults: {name: x}\n" + head + "    kind: icmp\n    targets: [198.51.100.1]\n",
 		"1:12: defaults.name: each probe has its own name"},
 	{"bad listen", "metrics: {listen: localhost}\n" + head + "    kind: icmp\n    targets: [198.51.100.1]\n",
@@ -116,6 +117,14 @@ var badConfigs = []struct {
 		"1:14: concurrency: want an integer from 1 to 65536, got \"0\""},
 	{"count twice", head + "    kind: icmp\n    targets: [198.51.100.1]\n    count: 2\n    icmp: {count: 3}\n",
 		"6:12: count is set twice in this probe (also at line 5)"},
+	{"a number quoted", head + "    kind: tcp\n    targets: [\"198.51.100.1:80\"]\n    retries: \"3\"\n",
+		"5:14: retries: want an integer, got \"3\""},
+	{"a switch that is not true or false", "no_ebpf: yes\n" + head + "    kind: icmp\n    targets: [198.51.100.1]\n",
+		"1:10: no_ebpf: want true or false, got \"yes\""},
+	{"timeout of the probe, interval inherited", "defaults: {interval: 5s}\n" + head + "    kind: tcp\n    targets: [\"198.51.100.1:80\"]\n    timeout: 10s\n",
+		"6:14: timeout 10s is longer than the interval 5s: an attempt must end before the next is due"},
+	{"a kind with no options", head + "    kind: tcp\n    targets: [\"198.51.100.1:80\"]\n    tcp: {nope: 1}\n",
+		"5:11: kind tcp has no option \"nope\" (it takes no options of its own)"},
 	{"unknown alias", head + "    kind: icmp\n    targets: *t\n", "4:14: alias *t names no anchor defined before it"},
 	{"merge key", "defaults: &d {timeout: 1s}\n" + head + "    <<: *d\n    kind: icmp\n    targets: [198.51.100.1]\n",
 		"4:5: probes[0]: merge keys (<<) are not supported; shared settings go under defaults"},
@@ -187,5 +196,37 @@ func TestSettingsIdentity(t *testing.T) {
 	}
 	if base.Settings == other.Settings {
 		t.Errorf("another timeout, same settings: %s", base.Settings)
+	}
+}
+
+// TestEveryErrorOfAProbe: a probe's errors are all reported: a bad value, a bad target,
+// and its name used twice; a bad default once, not once per probe.
+func TestEveryErrorOfAProbe(t *testing.T) {
+	src := "defaults: {timeout: banana}\nprobes:\n  - {name: a, kind: icmp, targets: [198.51.100.1]}\n  - {name: a, kind: tcp, mark: -1, targets: [x]}\n"
+	_, err := Parse("f.yaml", []byte(src))
+	want := "f.yaml:1:21: timeout: want a duration such as 500ms or 3s, got \"banana\"\n" +
+		"f.yaml:4:12: probe name \"a\" is used twice (first at line 3)\n" +
+		"f.yaml:4:32: mark: want an integer from 0 to 4294967295 (0x10 is 16), got \"-1\"\n" +
+		"f.yaml:4:46: target \"x\" has no port (want HOST:PORT, e.g. x:443)"
+	if err == nil || err.Error() != want {
+		t.Errorf("got\n%v\nwant\n%s", err, want)
+	}
+}
+
+// TestLoadRefusesWhatIsNotAFile: a directory, a device or a huge file is refused with a
+// message, before anything is read into memory.
+func TestLoadRefusesWhatIsNotAFile(t *testing.T) {
+	big := t.TempDir() + "/big.yaml"
+	if err := os.WriteFile(big, make([]byte, MaxSize+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		t.TempDir(): "is not a regular file",
+		"/dev/zero": "is not a regular file",
+		big:         "a config is at most",
+	} {
+		if _, err := Load(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", path, err, want)
+		}
 	}
 }

@@ -91,16 +91,19 @@ func (d *doc) probes(e *entry, defs settings) []*Probe {
 	var out []*Probe
 	names := map[string]int{}
 	for i, item := range items {
-		p := d.probe(item, i, defs)
+		p, ok := d.probe(item, i, defs)
 		if p == nil {
 			continue
 		}
-		if line, dup := names[p.Name]; dup {
+		// A name is checked even when its probe has errors of its own: each is reported.
+		if line, dup := names[p.Name]; dup && p.Name != "" {
 			d.errorf(p.nameAt, "probe name %q is used twice (first at line %d)", p.Name, line)
 			continue
 		}
 		names[p.Name] = p.Line
-		out = append(out, p)
+		if ok {
+			out = append(out, p)
+		}
 	}
 	for _, p := range out {
 		p.nameAt = nil // the syntax tree is not kept past the parse
@@ -108,21 +111,22 @@ func (d *doc) probes(e *entry, defs settings) []*Probe {
 	return out
 }
 
-// probe reads one probe; nil when it has errors (they are recorded).
-func (d *doc) probe(n ast.Node, i int, defs settings) *Probe {
+// probe reads one probe; ok is false when it has errors (they are recorded), and p nil
+// when it is not even a mapping.
+func (d *doc) probe(n ast.Node, i int, defs settings) (p *Probe, ok bool) {
 	before := len(d.errs)
-	entries, ok := d.mapping(n, fmt.Sprintf("probes[%d]", i))
-	if !ok || len(entries) == 0 {
-		if ok {
+	entries, isMap := d.mapping(n, fmt.Sprintf("probes[%d]", i))
+	if !isMap || len(entries) == 0 {
+		if isMap {
 			d.errorf(n, "probes[%d]: empty probe", i)
 		}
-		return nil
+		return nil, false
 	}
 	// A value that could not be read (an alias to nothing) is missing from what follows:
 	// checking the rest would only report its absence again.
 	unreadable := len(d.errs) > before
 	n = entries[0].keyAt // the probe is where its first key is
-	p := &Probe{Line: n.GetToken().Position.Line}
+	p = &Probe{Line: n.GetToken().Position.Line}
 	own := settings{}
 	var nameAt, kindAt ast.Node = n, n
 	for j := range entries {
@@ -155,12 +159,9 @@ func (d *doc) probe(n ast.Node, i int, defs settings) *Probe {
 		d.errorf(n, "probe %q: no kind (want one of %s)", p.Name, kindNames())
 	}
 	if p.Kind != nil && !unreadable {
-		d.build(p, merge(p.Kind, defs, own), n)
+		d.build(p, merge(p.Kind, defs, own), own, n)
 	}
-	if len(d.errs) > before {
-		return nil
-	}
-	return p
+	return p, len(d.errs) == before
 }
 
 func valueOr(a, b ast.Node) ast.Node {
@@ -212,7 +213,7 @@ func kindFlags(k *probe.Kind) *pflag.FlagSet {
 
 // build sets the probe's flags from its settings and checks them with the kind's own
 // checks, as the command line does.
-func (d *doc) build(p *Probe, s settings, at ast.Node) {
+func (d *doc) build(p *Probe, s, own settings, at ast.Node) {
 	var flags probe.Flags
 	fs := pflag.NewFlagSet(p.Name, pflag.ContinueOnError)
 	flags.AddFlags(fs)
@@ -243,20 +244,29 @@ func (d *doc) build(p *Probe, s settings, at ast.Node) {
 		}
 	}
 	if len(d.errs) > before {
-		return // the checks below would only restate a value that was not taken
+		// The checks of values would only restate one that was not taken; the targets'
+		// form is still checked.
+		d.targets(p, s, at, false)
+		return
 	}
 	opts, err := flags.Options(p.Name)
-	if err == nil && kopts != nil {
-		err = kopts.Check(fs.Changed)
-	}
 	if err != nil {
 		d.flagError(err, bySetting, at)
+	}
+	if kopts != nil {
+		if kerr := kopts.Check(fs.Changed); kerr != nil {
+			d.flagError(kerr, bySetting, at)
+			err = kerr
+		}
+	}
+	if err != nil {
+		d.targets(p, s, at, false)
 		return
 	}
 	opts.Kind = kopts
 	p.Options = opts
-	d.interval(p, s, at)
-	d.targets(p, s, at)
+	d.interval(p, s, own, at)
+	d.targets(p, s, at, true)
 	p.Labels = d.labels(s["labels"])
 	p.Settings = settingsText(p, applied)
 }
@@ -288,7 +298,11 @@ func (d *doc) flagOf(p *Probe, key string, e *entry) (string, bool) {
 		var known []string
 		kindFlags(p.Kind).VisitAll(func(f *pflag.Flag) { known = append(known, strings.ReplaceAll(f.Name, "-", "_")) })
 		hint := suggest(sub, known)
-		if hint == "" {
+		switch {
+		case hint != "":
+		case len(known) == 0:
+			hint = " (it takes no options of its own)"
+		default:
 			hint = " (it has: " + strings.Join(known, ", ") + ")"
 		}
 		d.errorf(e.keyAt, "kind %s has no option %q%s", kind, sub, hint)
@@ -325,8 +339,22 @@ func (d *doc) flagValues(fs *pflag.FlagSet, flag, key string, e *entry) ([]strin
 		d.errorf(e.keyAt, "%s: no value (want %s)", key, typeWord(typ))
 		return nil, false
 	}
+	if !d.typed(e.value, key, typ) {
+		return nil, false
+	}
 	v, ok := d.scalar(e.value, key)
 	return []string{v}, ok
+}
+
+// typed says whether n has the YAML type a flag of type typ wants: a number for a number,
+// true or false for a switch, not a string that reads as one ("3").
+func (d *doc) typed(n ast.Node, key, typ string) bool {
+	want := map[string]ast.NodeType{"int": ast.IntegerType, "uint32": ast.IntegerType, "bool": ast.BoolType}[typ]
+	if want == ast.UnknownNodeType || n.Type() == want {
+		return true
+	}
+	d.errorf(n, "%s: want %s, got %s", key, typeWord(typ), describe(n))
+	return false
 }
 
 func typeWord(typ string) string {
@@ -362,7 +390,7 @@ func (d *doc) flagError(err error, bySetting map[string]*entry, at ast.Node) {
 }
 
 // interval reads the probe's schedule, which must leave room for an attempt.
-func (d *doc) interval(p *Probe, s settings, at ast.Node) {
+func (d *doc) interval(p *Probe, s, own settings, at ast.Node) {
 	p.Interval = DefaultInterval
 	e := s["interval"]
 	if e != nil {
@@ -378,12 +406,18 @@ func (d *doc) interval(p *Probe, s settings, at ast.Node) {
 	if budget <= p.Interval {
 		return
 	}
+	// The error is where the probe says something of it: its own interval or timeout,
+	// else what it inherits.
 	pos := at
-	for _, key := range []string{"interval", "timeout"} {
-		if e := s[key]; e != nil {
+	for _, set := range []settings{own, s} {
+		if e := set["interval"]; e != nil {
 			pos = valueOrKey(e)
-			break
+		} else if e := set["timeout"]; e != nil {
+			pos = valueOrKey(e)
+		} else {
+			continue
 		}
+		break
 	}
 	if budget == p.Options.Timeout {
 		d.errorf(pos, "timeout %s is longer than the interval %s: an attempt must end before the next is due", budget, p.Interval)
@@ -392,7 +426,8 @@ func (d *doc) interval(p *Probe, s settings, at ast.Node) {
 	d.errorf(pos, "an attempt takes up to %s (timeout and the packets' intervals), longer than the interval %s", budget, p.Interval)
 }
 
-func (d *doc) targets(p *Probe, s settings, at ast.Node) {
+// targets reads the probe's targets; checked, also against its options.
+func (d *doc) targets(p *Probe, s settings, at ast.Node, checked bool) {
 	e := s["targets"]
 	if e == nil || e.value == nil {
 		d.errorf(valueOr(nodeOf(e), at), "probe %q has no targets", p.Name)
@@ -412,7 +447,7 @@ func (d *doc) targets(p *Probe, s settings, at ast.Node) {
 			continue
 		}
 		t, err := p.Kind.ParseTarget(raw)
-		if err == nil {
+		if err == nil && checked {
 			err = probe.CheckTarget(t, p.Options)
 		}
 		switch {
@@ -434,10 +469,13 @@ func nodeOf(e *entry) ast.Node {
 	return e.keyAt
 }
 
-var labelRe = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+// labelRe: a label is a Prometheus label name and, upper-cased after REACHD_LABEL_, a
+// journald field name (at most 64 characters).
+var labelRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 
-// reservedLabels are the metrics' own labels, which a config label must not shadow.
-var reservedLabels = []string{"probe", "kind", "target", "family", "interface", "reason", "le", "quantile"}
+// reservedLabels are the metrics' own labels and the ones a scrape adds, which a config
+// label must not shadow.
+var reservedLabels = []string{"probe", "kind", "target", "family", "interface", "reason", "le", "quantile", "job", "instance"}
 
 func (d *doc) labels(e *entry) map[string]string {
 	if e == nil {
@@ -448,7 +486,7 @@ func (d *doc) labels(e *entry) map[string]string {
 	for _, m := range entries {
 		switch {
 		case !labelRe.MatchString(m.key):
-			d.errorf(m.keyAt, "label %q: want lower-case letters, digits and _, starting with a letter", m.key)
+			d.errorf(m.keyAt, "label %q: want at most 32 lower-case letters, digits and _, starting with a letter", m.key)
 		case slices.Contains(reservedLabels, m.key):
 			d.errorf(m.keyAt, "label %q is one of reachd's own metric labels (%s)", m.key, strings.Join(reservedLabels, ", "))
 		default:

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bufio"
+	"slices"
 	"bytes"
 	"fmt"
 	"net"
@@ -29,7 +30,7 @@ type Gateway struct {
 // gateways (icmp, each family) and the nameservers of resolv.conf (udp, a DNS query),
 // with the daemon's defaults. The daemon runs it when there is no config file, and re-reads
 // it when the routes or the file change.
-func Profile(gateways []Gateway, resolvConf []byte) string {
+func Profile(gateways []Gateway, nameservers []netip.Addr) string {
 	var b strings.Builder
 	b.WriteString("# reachd's gateway profile: no config file, so this host's default gateways and nameservers.\n")
 	b.WriteString("defaults: {interval: 10s, timeout: 2s, retries: 1}\nprobes:\n")
@@ -49,7 +50,7 @@ func Profile(gateways []Gateway, resolvConf []byte) string {
 		fmt.Fprintf(&b, "  - name: gateway\n    kind: icmp\n    count: 3\n    icmp: {interval: 200ms}\n    targets: [%s]\n", strings.Join(gw, ", "))
 	}
 	var ns []string
-	for _, a := range Nameservers(resolvConf) {
+	for _, a := range nameservers {
 		ns = append(ns, fmt.Sprintf("%q", netip.AddrPortFrom(a, 53).String()))
 	}
 	if len(ns) > 0 {
@@ -114,8 +115,26 @@ func isDefault(n *net.IPNet) bool {
 	return ones == 0
 }
 
-// LoadProfile builds and checks the gateway profile of this host, and returns its text.
-func LoadProfile(resolvConf string) (*Config, string, error) {
+// ProfileMemory is what a gateway profile has seen. A gateway or nameserver that goes
+// away (a withdrawn default route, a rewritten resolv.conf) stays probed: a default route
+// is withdrawn when its gateway fails, and forgetting the gateway then would hide the
+// failure. A new memory (a SIGHUP) forgets them.
+type ProfileMemory struct {
+	gateways    []Gateway
+	nameservers []netip.Addr
+}
+
+// Clone is a copy of m, to try a profile without remembering what it sees.
+func (m *ProfileMemory) Clone() *ProfileMemory {
+	return &ProfileMemory{gateways: slices.Clone(m.gateways), nameservers: slices.Clone(m.nameservers)}
+}
+
+// LoadProfile builds and checks the gateway profile of this host: its default gateways and
+// nameservers now, and those mem has seen before (mem may be nil). It returns its text.
+func LoadProfile(resolvConf string, mem *ProfileMemory) (*Config, string, error) {
+	if mem == nil {
+		mem = &ProfileMemory{}
+	}
 	gws, err := DefaultGateways()
 	if err != nil {
 		return nil, "", err
@@ -124,7 +143,17 @@ func LoadProfile(resolvConf string) (*Config, string, error) {
 	if err != nil && !os.IsNotExist(err) {
 		return nil, "", fmt.Errorf("read %s: %w", resolvConf, err)
 	}
-	text := Profile(gws, rc)
+	for _, g := range gws {
+		if !slices.Contains(mem.gateways, g) {
+			mem.gateways = append(mem.gateways, g)
+		}
+	}
+	for _, a := range Nameservers(rc) {
+		if !slices.Contains(mem.nameservers, a) {
+			mem.nameservers = append(mem.nameservers, a)
+		}
+	}
+	text := Profile(mem.gateways, mem.nameservers)
 	if text == "" {
 		return empty(ProfileName), "", nil
 	}

@@ -15,7 +15,7 @@ func TestProfile(t *testing.T) {
 		{Addr: netip.MustParseAddr("198.51.100.1"), Dev: "wan0"}, // a second default route via the same hop
 	}
 	rc := []byte("# comment\nsearch example.net\nnameserver 198.51.100.53\nnameserver 2001:db8::53\nnameserver bogus\noptions edns0\n")
-	text := Profile(gws, rc)
+	text := Profile(gws, Nameservers(rc))
 	c, err := Parse(ProfileName, []byte(text))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, text)

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -87,7 +88,8 @@ func (d *doc) errorAtToken(tk *token.Token, format string, a ...any) {
 	d.errs = append(d.errs, Error{File: d.file, Line: line, Col: col, Msg: fmt.Sprintf(format, a...)})
 }
 
-// sorted returns the errors in the order of their positions (stable for one position).
+// sorted returns the errors in the order of their positions (stable for one position),
+// each once: a default that is wrong is found again for each probe that inherits it.
 func (d *doc) sorted() Errors {
 	sort.SliceStable(d.errs, func(i, j int) bool {
 		a, b := d.errs[i], d.errs[j]
@@ -96,7 +98,7 @@ func (d *doc) sorted() Errors {
 		}
 		return a.Col < b.Col
 	})
-	return d.errs
+	return slices.Compact(d.errs)
 }
 
 // resolve looks through anchors, aliases and tags to the node that holds the value.

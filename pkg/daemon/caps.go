@@ -11,10 +11,11 @@ import (
 
 // runtimeCaps are the capabilities the daemon keeps once it runs (README, "Privileges"):
 // CAP_NET_RAW opens raw echo sockets as a reload adds probes, CAP_NET_ADMIN attaches the
-// loaded TC programs to links that appear and sets SO_MARK. Everything else served the start
-// only (CAP_BPF and CAP_PERFMON: loading every program, the layer-3 links' pair included)
-// and is dropped.
-var runtimeCaps = []uint{unix.CAP_NET_RAW, unix.CAP_NET_ADMIN}
+// loaded TC programs to links that appear and sets SO_MARK, CAP_BPF keeps the flow map
+// usable on kernels whose every bpf() call needs it while unprivileged BPF is disabled.
+// Everything else served the start only (CAP_PERFMON: loading the programs, the layer-3
+// links' pair included) and is dropped.
+var runtimeCaps = []uint{unix.CAP_NET_RAW, unix.CAP_NET_ADMIN, unix.CAP_BPF}
 
 // dropCapabilities lowers every thread's effective, permitted and inheritable sets (and so
 // the ambient one) to what the daemon keeps. It returns the names of what was dropped.

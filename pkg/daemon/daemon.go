@@ -51,6 +51,8 @@ type Daemon struct {
 	notify *notifier
 	// stopMetrics stops the metrics endpoint; swapped when a reload moves it.
 	stopMetrics func()
+	budget      atomic.Pointer[logBudget] // verdict records a second (log.max_rate)
+	suppressed  atomic.Uint64             // records over the budget, over every budget
 	// runCtx bounds every attempt; it is cancelled when the drain after SIGTERM is over.
 	runCtx    context.Context
 	cancelRun context.CancelFunc
@@ -58,8 +60,9 @@ type Daemon struct {
 	stopping chan struct{}
 	workers  sync.WaitGroup
 	// profile is the gateway profile's text while it runs (no config file), to see when
-	// the routes or resolv.conf change it.
-	profile string
+	// the routes or resolv.conf change it; profileMem what it has seen (SIGHUP forgets).
+	profile    string
+	profileMem *config.ProfileMemory
 }
 
 // ErrConfig marks errors of the configuration (exit 2): config.Errors, a sink or an
@@ -72,6 +75,14 @@ func Run(ctx context.Context, opts Options) error {
 	d := &Daemon{opts: opts, log: opts.Log, sched: newScheduler(), notify: newNotifier(), stopping: make(chan struct{})}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.opts.Signals == nil {
+		// Caught from the start: a SIGHUP while eBPF loads must not kill the daemon (it is
+		// answered once the schedule runs).
+		ch := make(chan os.Signal, 4)
+		signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+		defer signal.Stop(ch)
+		d.opts.Signals = ch
 	}
 	cfg, err := d.load()
 	if err != nil {
@@ -111,7 +122,10 @@ func (d *Daemon) loadProfile() (*config.Config, error) {
 	if rc == "" {
 		rc = config.ResolvConf
 	}
-	c, text, err := config.LoadProfile(rc)
+	if d.profileMem == nil {
+		d.profileMem = &config.ProfileMemory{}
+	}
+	c, text, err := config.LoadProfile(rc, d.profileMem)
 	if err != nil {
 		return nil, fmt.Errorf("%w: gateway profile: %w", ErrConfig, err)
 	}
@@ -164,12 +178,13 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 	}
 	d.runCtx, d.cancelRun = context.WithCancel(context.WithoutCancel(ctx))
 	d.prepare(cfg)
+	d.setBudget(cfg)
 	// What only the start needed (loading the tracepoints: CAP_PERFMON; CAP_SYS_ADMIN as
 	// root) goes now: a bug later cannot use it.
 	if dropped, err := dropCapabilities(); err != nil {
 		d.log.Warn("capabilities not dropped", "err", err)
 	} else if len(dropped) > 0 {
-		d.log.Info("capabilities dropped after start", "dropped", len(dropped), "kept", "cap_net_raw,cap_net_admin")
+		d.log.Info("capabilities dropped after start", "dropped", len(dropped), "kept", "cap_net_raw,cap_net_admin,cap_bpf")
 	}
 	d.cfg.Store(cfg)
 	d.sched.apply(cfg.Probes)
@@ -179,6 +194,16 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 	d.log.Info("reachd running", "config", cfg.File, "probes", len(cfg.Probes), "targets", targetCount(cfg),
 		"concurrency", cfg.Concurrency, "metrics", cfg.Metrics.Listen)
 	return nil
+}
+
+// setBudget bounds the verdict records a second as cfg says: log.max_rate, beyond a burst
+// of a minute's worth or a whole round of the config's verdicts, whichever is more.
+func (d *Daemon) setBudget(cfg *config.Config) {
+	legs := 0
+	for _, p := range cfg.Probes {
+		legs += probe.Verdicts(p.Targets, p.Options)
+	}
+	d.budget.Store(newLogBudget(cfg.Log.MaxRate, max(60*cfg.Log.MaxRate, legs), time.Now()))
 }
 
 // checkProbes says whether the host can run every probe (the echo sockets' privilege).
@@ -209,12 +234,6 @@ func targetCount(cfg *config.Config) int {
 // serve runs the scheduler and answers signals until a stop.
 func (d *Daemon) serve(ctx context.Context) error {
 	sigs := d.opts.Signals
-	if sigs == nil {
-		ch := make(chan os.Signal, 4)
-		signal.Notify(ch, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-		defer signal.Stop(ch)
-		sigs = ch
-	}
 	lctx, stopLoop := context.WithCancel(ctx)
 	d.sched.tick = func() { d.notify.watchdog(time.Now()) }
 	d.sched.tickEvery = min(time.Second, max(d.notify.every, 10*time.Millisecond))
@@ -232,6 +251,7 @@ func (d *Daemon) serve(ctx context.Context) error {
 			continue
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
+				d.profileMem = nil // the gateway profile forgets what is gone
 				d.reload()
 				continue
 			}
@@ -257,7 +277,8 @@ func (d *Daemon) followProfile() {
 	if rc == "" {
 		rc = config.ResolvConf
 	}
-	if _, text, err := config.LoadProfile(rc); err == nil && text != d.profile {
+	// A copy of the memory: the reload itself adds what is new.
+	if _, text, err := config.LoadProfile(rc, d.profileMem.Clone()); err == nil && text != d.profile {
 		d.reload()
 	}
 }
@@ -284,14 +305,14 @@ func (d *Daemon) work() {
 // runTick probes one due slot, or says self_overload when reachd took too long to get to
 // it: a probe that late would blame the target for reachd's own delay.
 func (d *Daemon) runTick(q *queued) {
-	p, t := q.s.probe, q.s.target
+	p, t := q.probe, q.s.target
 	late := time.Since(q.due)
 	d.m.lateness.Observe(late.Seconds())
 	var vs []*verdict.Verdict
 	if limit := lateLimit(p); late > limit {
 		vs = probe.Overloaded(p.Kind, t, p.Options, fmt.Sprintf(
-			"reachd started this probe %s after its tick (limit %s): all %d workers were busy (concurrency); nothing was sent",
-			late.Round(time.Millisecond), limit, d.cfg.Load().Concurrency))
+			"reachd started this probe %s after its tick (limit %s): reachd was overloaded (concurrency %d, %d ticks queued); nothing was sent",
+			late.Round(time.Millisecond), limit, d.cfg.Load().Concurrency, d.sched.queueLen()))
 	} else {
 		o := *p.Options
 		o.Sleep = d.sleep
@@ -351,9 +372,24 @@ func (d *Daemon) record(sl *slot, vs []*verdict.Verdict) {
 		}
 	}
 	d.sched.mu.Unlock()
+	budget := d.budget.Load()
 	for _, l := range out {
+		ok, summary := budget.take(now)
+		if summary > 0 {
+			d.log.Warn("verdict records over log.max_rate were not logged (counted in reachd_log_suppressed_total)",
+				"suppressed", summary, "max_rate", cfg.Log.MaxRate)
+		}
+		if !ok {
+			d.suppressed.Add(1)
+			continue
+		}
 		// Outputs a reload replaced meanwhile refuse it: the new ones take it.
-		for try := 0; try < 3 && !d.outputs().write(l.v, l.prio); try++ {
+		written := false
+		for try := 0; try < 3 && !written; try++ {
+			written = d.outputs().write(l.v, l.prio)
+		}
+		if !written {
+			d.log.Error("verdict not written: the outputs kept closing under it", "probe", l.v.Probe, "target", l.v.Target)
 		}
 	}
 }

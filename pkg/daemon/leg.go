@@ -15,6 +15,7 @@ type leg struct {
 	ok            bool
 	reason        verdict.Reason
 	loggedAt      time.Time
+	overloadAt    time.Time // when a self_overload verdict was last logged
 	lastAt        time.Time
 	verdicts      map[verdict.Reason]uint64
 	attempts      uint64
@@ -34,6 +35,9 @@ const (
 // changes: the first verdict, every change of reason, and while not ok a reminder every
 // reminder; failures: every verdict not ok, and the recovery that ends them; all: every one.
 func (l *leg) update(v *verdict.Verdict, lg config.Log, now time.Time) (log bool, prio int) {
+	if v.Reason == verdict.SelfOverload {
+		return l.overloaded(v, lg, now)
+	}
 	first, changed := !l.seen, l.seen && l.reason != v.Reason
 	recovery := l.seen && !l.ok && v.OK
 	l.seen, l.ok, l.reason, l.lastAt = true, v.OK, v.Reason, now
@@ -68,6 +72,23 @@ func (l *leg) update(v *verdict.Verdict, lg config.Log, now time.Time) (log bool
 		l.loggedAt = now
 	}
 	return log, prio
+}
+
+// overloaded records a self_overload verdict: reachd was late, the target said nothing.
+// It is counted, but the target's state (ok, its reason, its last verdict) and the logging
+// policy's memory of it stay as they were, so that reachd's own trouble neither marks the
+// target down nor makes a "recovery" of its next verdict. Logged (as a warning) at most
+// once a reminder under changes.
+func (l *leg) overloaded(v *verdict.Verdict, lg config.Log, now time.Time) (log bool, prio int) {
+	if l.verdicts == nil {
+		l.verdicts = map[verdict.Reason]uint64{}
+	}
+	l.verdicts[v.Reason]++
+	log = lg.Verdicts != config.VerdictsChanges || l.overloadAt.IsZero() || now.Sub(l.overloadAt) >= lg.Reminder
+	if log {
+		l.overloadAt = now
+	}
+	return log, prioNotOK
 }
 
 // rttBuckets are the RTT histogram's upper bounds, in seconds: 100 µs (a LAN) to 5 s

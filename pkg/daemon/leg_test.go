@@ -58,3 +58,57 @@ func TestHistogramCumulative(t *testing.T) {
 		t.Errorf("cumulative %v n %d", c, h.n)
 	}
 }
+
+// TestSelfOverloadLeavesTheTarget: a self_overload verdict is counted and logged, but the
+// target stays up (no reachd_probe_success 0, no "recovery" after), and under changes it
+// is not logged again before the reminder.
+func TestSelfOverloadLeavesTheTarget(t *testing.T) {
+	var l leg
+	lg := config.Log{Verdicts: config.VerdictsChanges, Reminder: time.Hour}
+	now := time.Unix(1_800_000_000, 0)
+	l.update(v(verdict.OK), lg, now)
+	for i, want := range []bool{true, false} {
+		if log, _ := l.update(v(verdict.SelfOverload), lg, now.Add(time.Duration(i+1)*time.Minute)); log != want {
+			t.Errorf("self_overload %d logged %v, want %v", i, log, want)
+		}
+	}
+	if !l.ok || l.reason != verdict.OK || l.verdicts[verdict.SelfOverload] != 2 {
+		t.Errorf("after self_overload: ok %v reason %s counts %v", l.ok, l.reason, l.verdicts)
+	}
+	if log, _ := l.update(v(verdict.OK), lg, now.Add(3*time.Minute)); log {
+		t.Error("the next ok verdict was logged as a change (a recovery from reachd's own lateness)")
+	}
+}
+
+// TestLogBudget: records beyond the burst come at the rate; the rest are suppressed and
+// summed up once a minute.
+func TestLogBudget(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	b := newLogBudget(10, 100, now)
+	taken := 0
+	for range 150 { // a burst at one instant: the burst passes
+		if ok, _ := b.take(now); ok {
+			taken++
+		}
+	}
+	if taken != 100 {
+		t.Errorf("%d of a burst of 150 taken, want 100", taken)
+	}
+	var summary uint64
+	for i := range 600 { // 10 s at 60 a second: 10 a second pass
+		ok, s := b.take(now.Add(time.Duration(i+1) * time.Second / 60))
+		if ok {
+			taken++
+		}
+		summary += s
+	}
+	if taken < 195 || taken > 205 {
+		t.Errorf("%d taken after 10 s at 10 a second, want about 200", taken)
+	}
+	if _, s := b.take(now.Add(time.Minute + time.Second)); s+summary != 50+500 {
+		t.Errorf("summaries counted %d suppressed, want 550", s+summary)
+	}
+	if ok, _ := newLogBudget(0, 0, now).take(now); !ok {
+		t.Error("a rate of 0 must not limit")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"runtime"
@@ -28,6 +29,8 @@ type metrics struct {
 	selfOverload prometheus.Counter
 	reloadOK     prometheus.Gauge
 	reloadTime   prometheus.Gauge
+	// reloadFailures counts rejected reloads (the gauge says only the last).
+	reloadFailures prometheus.Counter
 }
 
 func newMetrics(d *Daemon, version string) *metrics {
@@ -49,13 +52,17 @@ func newMetrics(d *Daemon, version string) *metrics {
 		Name: "reachd_config_last_reload_success_timestamp_seconds",
 		Help: "When a config was last applied, in seconds since the epoch.",
 	})
+	m.reloadFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "reachd_config_reload_failures_total",
+		Help: "Config reloads rejected (errors in the file, or a sink or endpoint that could not open); the running config stayed.",
+	})
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "reachd_build_info",
 		Help:        "reachd's version and Go version; always 1.",
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	m.reg.MustRegister(m.lateness, m.selfOverload, m.reloadOK, m.reloadTime, build,
+	m.reg.MustRegister(m.lateness, m.selfOverload, m.reloadOK, m.reloadTime, m.reloadFailures, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&daemonCollector{d: d})
 	m.d = d
@@ -122,6 +129,7 @@ var (
 	descWrite   = prometheus.NewDesc("reachd_log_write_errors_total", "Verdicts a sink failed to take, by sink (json, journald).", []string{"sink"}, nil)
 	descTCRuns  = prometheus.NewDesc("reachd_tc_runs_total", "Packets reachd's TC programs ran on, by direction; counted while kernel.bpf_stats_enabled=1 (off by default: it costs every BPF program a clock read).", []string{"direction"}, nil)
 	descTCTime  = prometheus.NewDesc("reachd_tc_run_seconds_total", "Time reachd's TC programs ran, by direction; its rate over reachd_tc_runs_total's is the cost per packet. Counted while kernel.bpf_stats_enabled=1.", []string{"direction"}, nil)
+	descSuppr   = prometheus.NewDesc("reachd_log_suppressed_total", "Verdict records not logged because they came faster than log.max_rate.", nil, nil)
 	descQueue   = prometheus.NewDesc("reachd_schedule_queue", "Due probes waiting for a free worker.", nil, nil)
 )
 
@@ -143,20 +151,24 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, 0)
 		}
 	}
+	// Read under the scheduler's lock, sent after it: a slow scrape must not hold it.
 	s := d.sched
 	s.mu.Lock()
 	targets := map[string]int{}
 	for _, sl := range s.slots {
 		targets[sl.probe.Name]++
 	}
-	for p, n := range s.skipped {
+	skipped := maps.Clone(s.skipped)
+	queue := len(s.queue)
+	s.mu.Unlock()
+	for p, n := range skipped {
 		ch <- prometheus.MustNewConstMetric(descSkipped, prometheus.CounterValue, float64(n), p)
 	}
-	ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(len(s.queue)))
-	s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(queue))
 	for p, n := range targets {
 		ch <- prometheus.MustNewConstMetric(descTargets, prometheus.GaugeValue, float64(n), p)
 	}
+	ch <- prometheus.MustNewConstMetric(descSuppr, prometheus.CounterValue, float64(d.suppressed.Load()))
 	for _, sink := range []string{"json", "journald"} {
 		ch <- prometheus.MustNewConstMetric(descWrite, prometheus.CounterValue, float64(d.outputs().errors()[sink]), sink)
 	}

@@ -92,8 +92,8 @@ func (o *outputs) write(v *verdict.Verdict, prio int) bool {
 		return true
 	}
 	o.mu.Lock()
-	defer o.mu.Unlock()
 	if o.closed {
+		o.mu.Unlock()
 		return false
 	}
 	if o.json != nil {
@@ -101,9 +101,14 @@ func (o *outputs) write(v *verdict.Verdict, prio int) bool {
 			o.failed("json", err)
 		}
 	}
+	o.mu.Unlock()
+	// A journal record is one datagram, never torn: no lock, so that a slow journald
+	// delays only the worker whose verdict it is.
 	if o.journal {
 		if err := journal.Send(humanLine(v), journal.Priority(prio), journalFields(v, line)); err != nil {
+			o.mu.Lock()
 			o.failed("journald", err)
+			o.mu.Unlock()
 		}
 	}
 	return true

@@ -21,6 +21,7 @@ func (d *Daemon) reload() {
 	}
 	if err != nil {
 		d.m.reloadOK.Set(0)
+		d.m.reloadFailures.Inc()
 		var cerrs config.Errors
 		n := 1
 		if errors.As(err, &cerrs) {
@@ -35,6 +36,7 @@ func (d *Daemon) reload() {
 	}
 	if err := d.applyOutputs(old, cfg); err != nil {
 		d.m.reloadOK.Set(0)
+		d.m.reloadFailures.Inc()
 		d.log.Error("config reload rejected: the previous config keeps running", "err", err)
 		d.notify.ready(d.statusLine() + "; last reload rejected")
 		return
@@ -45,6 +47,7 @@ func (d *Daemon) reload() {
 		cfg.Concurrency, cfg.NoEBPF = old.Concurrency, old.NoEBPF
 	}
 	d.prepare(cfg)
+	d.setBudget(cfg)
 	d.cfg.Store(cfg)
 	removed, added := d.sched.apply(cfg.Probes)
 	d.m.reloadOK.Set(1)
@@ -53,27 +56,45 @@ func (d *Daemon) reload() {
 	d.notify.ready(d.statusLine())
 }
 
-// applyOutputs moves the sinks and the endpoint where the new config says; the JSON file
-// is reopened in any case.
+// applyOutputs moves the sinks and the endpoint where the new config says, all or none: a
+// reload it rejects leaves the old ones in place. The JSON file is reopened in any case.
 func (d *Daemon) applyOutputs(old, cfg *config.Config) error {
+	var out *outputs
 	if old.Log != cfg.Log {
-		out, err := openOutputs(cfg.Log, d.opts.Stdout, d.log)
-		if err != nil {
+		var err error
+		if out, err = openOutputs(cfg.Log, d.opts.Stdout, d.log); err != nil {
 			return err
 		}
-		d.out.Swap(out).close()
 	} else if err := d.outputs().reopen(); err != nil {
 		return err
 	}
 	if old.Metrics.Listen != cfg.Metrics.Listen {
-		d.stopMetrics()
-		stop, err := d.m.serve(d.runCtx, cfg.Metrics.Listen, d.log)
-		if err != nil {
-			// The old endpoint is gone: serve it again rather than none.
-			d.stopMetrics, _ = d.m.serve(d.runCtx, old.Metrics.Listen, d.log)
+		if err := d.moveMetrics(old.Metrics.Listen, cfg.Metrics.Listen); err != nil {
+			if out != nil {
+				out.close()
+			}
 			return err
 		}
-		d.stopMetrics = stop
 	}
+	if out != nil {
+		d.out.Swap(out).close()
+	}
+	return nil
+}
+
+// moveMetrics serves the endpoint at to instead of from: beside the old one first, or in
+// its place when they need the same port, and back at from if to cannot be had.
+func (d *Daemon) moveMetrics(from, to string) error {
+	stop, err := d.m.serve(d.runCtx, to, d.log)
+	if err != nil {
+		d.stopMetrics()
+		if stop, err = d.m.serve(d.runCtx, to, d.log); err != nil {
+			d.stopMetrics, _ = d.m.serve(d.runCtx, from, d.log)
+			return err
+		}
+	} else {
+		d.stopMetrics()
+	}
+	d.stopMetrics = stop
 	return nil
 }

@@ -21,6 +21,9 @@ type slot struct {
 	// running: a chain is queued or in flight; a tick that finds it so is skipped.
 	running bool
 	removed bool // a reload took it out; its chain in flight still writes its verdicts
+	// successor replaced it in a reload while its chain ran: the successor's ticks are
+	// skipped until that chain ends (one chain in flight per target).
+	successor *slot
 	legs    []*leg
 	index   int // in the heap; -1 when out of it
 }
@@ -82,6 +85,7 @@ type scheduler struct {
 	cap              int
 	spawn            func()
 	running, waiting int           // workers, and those of them idle in next
+	kicks            int           // kicks sent that no idle worker has taken yet
 	kick             chan struct{} // wakes an idle worker
 
 	// tick is called from the loop on each pass (the watchdog's ping); nil: none.
@@ -95,8 +99,9 @@ type scheduler struct {
 
 // queued is a slot's tick waiting for a worker.
 type queued struct {
-	s   *slot
-	due time.Time
+	s     *slot
+	probe *config.Probe // the slot's probe when queued (a reload may replace it meanwhile)
+	due   time.Time
 }
 
 func newScheduler() *scheduler {
@@ -125,12 +130,17 @@ func (s *scheduler) apply(probes []*config.Probe) (removed, added int) {
 	for _, p := range probes {
 		for _, t := range p.Targets {
 			key := p.Name + "\x00" + t.Raw
-			if old, ok := s.slots[key]; ok && old.probe.Settings == p.Settings {
+			old, ok := s.slots[key]
+			if ok && old.probe.Settings == p.Settings {
 				old.probe = p
 				next[key] = old
 				continue
 			}
-			next[key] = &slot{key: key, probe: p, target: t, due: firstTick(now, key, p.Interval), index: -1}
+			sl := &slot{key: key, probe: p, target: t, due: firstTick(now, key, p.Interval), index: -1}
+			if ok && old.running {
+				sl.running, old.successor = true, sl
+			}
+			next[key] = sl
 			added++
 		}
 	}
@@ -196,13 +206,13 @@ func (s *scheduler) queueDue() time.Duration {
 			s.skipped[sl.probe.Name]++
 		} else {
 			sl.running = true
-			s.queue = append(s.queue, &queued{s: sl, due: due})
+			s.queue = append(s.queue, &queued{s: sl, probe: sl.probe, due: due})
 			s.dispatch()
 		}
 		sl.due = due.Add(sl.probe.Interval)
-		if behind := now.Sub(sl.due); behind >= 0 {
-			// reachd was stopped (a suspend, a stall) for more than an interval: the
-			// ticks it missed are skipped, not run in a burst.
+		if behind := now.Sub(sl.due); behind > 0 {
+			// reachd did not run for more than an interval (SIGSTOP, a stalled loop):
+			// the ticks it missed are skipped and counted, not run in a burst.
 			n := behind/sl.probe.Interval + 1
 			s.skipped[sl.probe.Name] += uint64(n)
 			sl.due = sl.due.Add(n * sl.probe.Interval)
@@ -219,11 +229,9 @@ func (s *scheduler) queueDue() time.Duration {
 // (else one that is busy takes it when done). Called with mu held.
 func (s *scheduler) dispatch() {
 	switch {
-	case s.waiting > 0:
-		select {
-		case s.kick <- struct{}{}:
-		default: // kicked already
-		}
+	case s.waiting > s.kicks: // an idle worker not yet woken for another tick
+		s.kicks++
+		s.kick <- struct{}{} // buffered for cap: never blocks
 	case s.running < s.cap && s.spawn != nil:
 		s.running++
 		s.spawn()
@@ -238,13 +246,16 @@ func (s *scheduler) take() *queued {
 }
 
 func (s *scheduler) takeLocked() *queued {
-	if len(s.queue) == 0 || s.stopping {
-		return nil
+	for len(s.queue) > 0 && !s.stopping {
+		q := s.queue[0]
+		s.queue[0] = nil
+		s.queue = s.queue[1:]
+		if !q.s.removed { // a reload took it out while it waited
+			return q
+		}
+		s.doneLocked(q.s)
 	}
-	q := s.queue[0]
-	s.queue[0] = nil
-	s.queue = s.queue[1:]
-	return q
+	return nil
 }
 
 // next returns the next queued tick for a worker, waiting up to workerLinger for one; nil
@@ -263,9 +274,11 @@ func (s *scheduler) next(idle *time.Timer) *queued {
 		s.mu.Unlock()
 		idle.Reset(workerLinger)
 		var expired bool
+		kicked := false
 		select {
 		case <-s.kick:
 			idle.Stop()
+			kicked = true
 		case <-s.stopped:
 			idle.Stop()
 		case <-idle.C:
@@ -273,6 +286,9 @@ func (s *scheduler) next(idle *time.Timer) *queued {
 		}
 		s.mu.Lock()
 		s.waiting--
+		if kicked {
+			s.kicks--
+		}
 		if expired && (len(s.queue) == 0 || s.stopping) {
 			s.running--
 			s.mu.Unlock()
@@ -285,8 +301,16 @@ func (s *scheduler) next(idle *time.Timer) *queued {
 // done marks a slot's chain ended.
 func (s *scheduler) done(sl *slot) {
 	s.mu.Lock()
-	sl.running = false
+	s.doneLocked(sl)
 	s.mu.Unlock()
+}
+
+func (s *scheduler) doneLocked(sl *slot) {
+	sl.running = false
+	// Its replacements (a reload, or several) waited for this chain to end.
+	for next := sl.successor; next != nil; next = next.successor {
+		next.running = false
+	}
 }
 
 // stop ends the queueing: workers return once their current chain ends, and ticks still

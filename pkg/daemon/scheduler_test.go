@@ -219,3 +219,72 @@ func TestWorkersComeAndGo(t *testing.T) {
 	s.stop()
 	wg.Wait()
 }
+
+// TestBurstReachesTheCap: with an idle worker waiting, a burst of due ticks still gets
+// workers up to the cap (not only the idle one).
+func TestBurstReachesTheCap(t *testing.T) {
+	cfg := manyTargets(t, 20, "1s")
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	var wg sync.WaitGroup
+	var peak, busy atomic.Int64
+	gate := make(chan struct{})
+	work := func() {
+		idle := time.NewTimer(workerLinger)
+		defer idle.Stop()
+		for q := s.next(idle); q != nil; q = s.next(idle) {
+			n := busy.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+			<-gate
+			busy.Add(-1)
+			s.done(q.s)
+		}
+	}
+	s.setWorkers(8, func() { wg.Go(work) })
+	// One worker, idle.
+	s.mu.Lock()
+	s.running++
+	s.spawn()
+	s.mu.Unlock()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		w := s.waiting
+		s.mu.Unlock()
+		if w == 1 {
+			break
+		}
+	}
+	now = now.Add(time.Second) // all 20 due at once
+	s.queueDue()
+	for deadline := time.Now().Add(time.Second); busy.Load() < 8 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	}
+	if got := peak.Load(); got != 8 {
+		t.Errorf("%d ticks ran at once with a cap of 8", got)
+	}
+	close(gate)
+	s.stop()
+	wg.Wait()
+}
+
+// TestReplacedSlotWaitsForTheOldChain: a reload that changes a probe while its chain
+// runs gives a new slot that does not start a second chain for the target until the old
+// one ends.
+func TestReplacedSlotWaitsForTheOldChain(t *testing.T) {
+	s := newScheduler()
+	s.apply(mustConfig(t, "probes:\n  - {name: a, kind: icmp, timeout: 1s, targets: [198.51.100.1]}\n").Probes)
+	old := s.slots["a\x00198.51.100.1"]
+	old.running = true
+	s.apply(mustConfig(t, "probes:\n  - {name: a, kind: icmp, timeout: 2s, targets: [198.51.100.1]}\n").Probes)
+	s.apply(mustConfig(t, "probes:\n  - {name: a, kind: icmp, timeout: 3s, targets: [198.51.100.1]}\n").Probes)
+	cur := s.slots["a\x00198.51.100.1"]
+	if cur == old || !cur.running {
+		t.Fatal("the replacement may start while the old chain runs")
+	}
+	s.done(old)
+	if cur.running {
+		t.Error("the old chain ended but its replacement stays blocked")
+	}
+}

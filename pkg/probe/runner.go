@@ -51,6 +51,15 @@ func Overloaded(k *Kind, t target.Target, o *Options, detail string) []*verdict.
 	return out
 }
 
+// Verdicts is how many verdicts a round of targets gives with o: one per leg.
+func Verdicts(targets []target.Target, o *Options) int {
+	n := 0
+	for _, t := range targets {
+		n += len(legsOf(t, o))
+	}
+	return n
+}
+
 // leg is one way a target is probed: an address family and an interface.
 type leg struct {
 	fam   Family

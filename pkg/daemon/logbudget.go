@@ -1,0 +1,47 @@
+package daemon
+
+import (
+	"sync"
+	"time"
+)
+
+// logBudget bounds the verdict records logged per second over all targets: with
+// log.verdicts changes a quiet gateway logs little, but 10,000 targets that flap would
+// flood the journal (whose own rate limit drops records without saying which). Beyond the
+// budget records are counted, not written, and a line says how many, once a minute.
+type logBudget struct {
+	mu         sync.Mutex
+	rate       float64 // records per second; 0: no limit
+	burst      float64
+	tokens     float64
+	at         time.Time
+	suppressed uint64 // since the last summary
+	summaryAt  time.Time
+}
+
+func newLogBudget(rate, burst int, now time.Time) *logBudget {
+	return &logBudget{rate: float64(rate), burst: float64(burst), tokens: float64(burst), at: now, summaryAt: now}
+}
+
+// take says whether a record may be written now; summary is the count of records
+// suppressed since the last summary, when one is due (else 0).
+func (b *logBudget) take(now time.Time) (ok bool, summary uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rate > 0 {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
+		b.at = now
+		if b.tokens >= 1 {
+			b.tokens--
+			ok = true
+		} else {
+			b.suppressed++
+		}
+	} else {
+		ok = true
+	}
+	if b.suppressed > 0 && now.Sub(b.summaryAt) >= time.Minute {
+		summary, b.suppressed, b.summaryAt = b.suppressed, 0, now
+	}
+	return ok, summary
+}
