@@ -2,12 +2,12 @@ package config
 
 import (
 	"bufio"
-	"slices"
 	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"

@@ -24,8 +24,8 @@ type slot struct {
 	// successor replaced it in a reload while its chain ran: the successor's ticks are
 	// skipped until that chain ends (one chain in flight per target).
 	successor *slot
-	legs    []*leg
-	index   int // in the heap; -1 when out of it
+	legs      []*leg
+	index     int // in the heap; -1 when out of it
 }
 
 // phase is where in its interval a slot's ticks fall: spread over the interval by a hash
