@@ -125,6 +125,7 @@ var badConfigs = []struct {
 		"6:14: timeout 10s is longer than the interval 5s: an attempt must end before the next is due"},
 	{"a kind with no options", head + "    kind: tcp\n    targets: [\"198.51.100.1:80\"]\n    tcp: {nope: 1}\n",
 		"5:11: kind tcp has no option \"nope\" (it takes no options of its own)"},
+	{"nesting", "probes: " + strings.Repeat("[", 65) + "\n", "1:1: [ and { nested deeper than 64"},
 	{"unknown alias", head + "    kind: icmp\n    targets: *t\n", "4:14: alias *t names no anchor defined before it"},
 	{"merge key", "defaults: &d {timeout: 1s}\n" + head + "    <<: *d\n    kind: icmp\n    targets: [198.51.100.1]\n",
 		"4:5: probes[0]: merge keys (<<) are not supported; shared settings go under defaults"},

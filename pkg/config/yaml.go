@@ -39,8 +39,16 @@ type doc struct {
 	errs    Errors
 }
 
+// maxFlowDepth bounds nested [ and { : the parser's time grows with the square of the
+// depth, and no config nests more than a few.
+const maxFlowDepth = 64
+
 // parse reads YAML into its syntax tree; a syntax error is the only error then.
 func (d *doc) parse(data []byte) ast.Node {
+	if line, ok := flowDepthOK(data); !ok {
+		d.errs = append(d.errs, Error{File: d.file, Line: line, Col: 1, Msg: fmt.Sprintf("[ and { nested deeper than %d", maxFlowDepth)})
+		return nil
+	}
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		var ye interface {
@@ -62,6 +70,26 @@ func (d *doc) parse(data []byte) ast.Node {
 		return nil
 	}
 	return f.Docs[0].Body
+}
+
+// flowDepthOK says whether data nests [ and { at most maxFlowDepth deep (a rough count,
+// quotes and comments included, which only a contrived file could trip), and if not, on
+// which line it goes deeper.
+func flowDepthOK(data []byte) (line int, ok bool) {
+	depth, line := 0, 1
+	for _, c := range data {
+		switch c {
+		case '[', '{':
+			if depth++; depth > maxFlowDepth {
+				return line, false
+			}
+		case ']', '}':
+			depth = max(0, depth-1)
+		case '\n':
+			line++
+		}
+	}
+	return 0, true
 }
 
 // syntaxMessage words the parser's messages the way the rest of ours read.

@@ -36,11 +36,12 @@ const routeTTL = 30 * time.Second
 const maxCachedRoutes = 1 << 16
 
 // FollowRoutes turns the route cache on for as long as the returned stop is not called.
-// It subscribes to the namespace's route, rule, address and link changes; call it from the
-// namespace whose routes are looked up.
+// It subscribes to the namespace's route, rule, nexthop, address and link changes; call it
+// from the namespace whose routes are looked up.
 func FollowRoutes() (stop func(), err error) {
 	groups := []uint{unix.RTNLGRP_LINK, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR,
-		unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE}
+		unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE,
+		unix.RTNLGRP_NEXTHOP} // routes through nexthop objects change with them
 	s, err := nl.Subscribe(unix.NETLINK_ROUTE, groups...)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to route changes: %w", err)
