@@ -290,10 +290,10 @@ func (d *Daemon) statusLine() string {
 
 // work runs queued ticks until it idles too long or the scheduler stops.
 func (d *Daemon) work() {
-	idle := time.NewTimer(workerLinger)
-	defer idle.Stop()
+	w := newWorker()
+	defer w.idle.Stop()
 	for {
-		q := d.sched.next(idle)
+		q := d.sched.next(w)
 		if q == nil {
 			return
 		}

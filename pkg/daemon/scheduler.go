@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"hash/fnv"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,11 +83,13 @@ type scheduler struct {
 	stopped  chan struct{} // closed by stop
 
 	// cap bounds the workers; spawn starts one (it calls work).
-	cap              int
-	spawn            func()
-	running, waiting int           // workers, and those of them idle in next
-	kicks            int           // kicks sent that no idle worker has taken yet
-	kick             chan struct{} // wakes an idle worker
+	cap     int
+	spawn   func()
+	running int
+	// idle are the workers waiting in next, the most recent last: a tick wakes the most
+	// recent, so that under a steady load the others idle long enough to go (woken in
+	// turn, every worker of a burst would stay).
+	idle []*worker
 
 	// tick is called from the loop on each pass (the watchdog's ping); nil: none.
 	tick func()
@@ -115,7 +118,7 @@ var workerLinger = 2 * time.Second
 // setWorkers makes the scheduler start workers with spawn, at most cap at once.
 func (s *scheduler) setWorkers(cap int, spawn func()) {
 	s.mu.Lock()
-	s.cap, s.spawn, s.kick = cap, spawn, make(chan struct{}, cap)
+	s.cap, s.spawn = cap, spawn
 	s.mu.Unlock()
 }
 
@@ -228,14 +231,28 @@ func (s *scheduler) queueDue() time.Duration {
 // dispatch gets a worker for a queued tick: an idle one, or a new one under the cap
 // (else one that is busy takes it when done). Called with mu held.
 func (s *scheduler) dispatch() {
-	switch {
-	case s.waiting > s.kicks: // an idle worker not yet woken for another tick
-		s.kicks++
-		s.kick <- struct{}{} // buffered for cap: never blocks
+	switch n := len(s.idle); {
+	case n > 0:
+		w := s.idle[n-1]
+		s.idle[n-1] = nil
+		s.idle = s.idle[:n-1]
+		w.wake <- struct{}{} // buffered: popped once, woken once
 	case s.running < s.cap && s.spawn != nil:
 		s.running++
 		s.spawn()
 	}
+}
+
+// worker is one worker's means of waiting in next.
+type worker struct {
+	wake chan struct{}
+	idle *time.Timer
+}
+
+func newWorker() *worker {
+	w := &worker{wake: make(chan struct{}, 1), idle: time.NewTimer(workerLinger)}
+	w.idle.Stop()
+	return w
 }
 
 // take returns the oldest queued tick, or nil.
@@ -258,9 +275,9 @@ func (s *scheduler) takeLocked() *queued {
 	return nil
 }
 
-// next returns the next queued tick for a worker, waiting up to workerLinger for one; nil
+// next returns the next queued tick for worker w, waiting up to workerLinger for one; nil
 // tells the worker to go (idle too long, or the scheduler stopped).
-func (s *scheduler) next(idle *time.Timer) *queued {
+func (s *scheduler) next(w *worker) *queued {
 	for {
 		s.mu.Lock()
 		if q := s.takeLocked(); q != nil || s.stopping {
@@ -270,31 +287,27 @@ func (s *scheduler) next(idle *time.Timer) *queued {
 			s.mu.Unlock()
 			return q
 		}
-		s.waiting++
+		s.idle = append(s.idle, w)
 		s.mu.Unlock()
-		idle.Reset(workerLinger)
-		var expired bool
-		kicked := false
+		w.idle.Reset(workerLinger)
 		select {
-		case <-s.kick:
-			idle.Stop()
-			kicked = true
+		case <-w.wake:
+			w.idle.Stop()
 		case <-s.stopped:
-			idle.Stop()
-		case <-idle.C:
-			expired = true
-		}
-		s.mu.Lock()
-		s.waiting--
-		if kicked {
-			s.kicks--
-		}
-		if expired && (len(s.queue) == 0 || s.stopping) {
-			s.running--
+			w.idle.Stop()
+		case <-w.idle.C:
+			s.mu.Lock()
+			if i := slices.Index(s.idle, w); i >= 0 {
+				// Still idle: no queued tick counts on it (dispatch gave each a popped
+				// or a new worker, or a busy one takes it), so it may go even now.
+				s.idle = slices.Delete(s.idle, i, i+1)
+				s.running--
+				s.mu.Unlock()
+				return nil
+			}
+			<-w.wake // dispatch popped it as the timer fired: the wake is sent
 			s.mu.Unlock()
-			return nil
 		}
-		s.mu.Unlock()
 	}
 }
 

@@ -177,9 +177,9 @@ func TestWorkersComeAndGo(t *testing.T) {
 	var ran, peak, busy atomic.Int64
 	release := make(chan struct{})
 	work := func() {
-		idle := time.NewTimer(workerLinger)
-		defer idle.Stop()
-		for q := s.next(idle); q != nil; q = s.next(idle) {
+		w := newWorker()
+		defer w.idle.Stop()
+		for q := s.next(w); q != nil; q = s.next(w) {
 			n := busy.Add(1)
 			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 			}
@@ -232,9 +232,9 @@ func TestBurstReachesTheCap(t *testing.T) {
 	var peak, busy atomic.Int64
 	gate := make(chan struct{})
 	work := func() {
-		idle := time.NewTimer(workerLinger)
-		defer idle.Stop()
-		for q := s.next(idle); q != nil; q = s.next(idle) {
+		w := newWorker()
+		defer w.idle.Stop()
+		for q := s.next(w); q != nil; q = s.next(w) {
 			n := busy.Add(1)
 			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
 			}
@@ -251,7 +251,7 @@ func TestBurstReachesTheCap(t *testing.T) {
 	s.mu.Unlock()
 	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		s.mu.Lock()
-		w := s.waiting
+		w := len(s.idle)
 		s.mu.Unlock()
 		if w == 1 {
 			break
@@ -287,4 +287,61 @@ func TestReplacedSlotWaitsForTheOldChain(t *testing.T) {
 	if cur.running {
 		t.Error("the old chain ended but its replacement stays blocked")
 	}
+}
+
+// TestSteadyLoadLetsTheBurstGo: after a burst brought workers up to the cap, a steady
+// trickle of ticks is served by the most recently idle worker, and the others go (woken in
+// turn, every one would stay, with its stack).
+func TestSteadyLoadLetsTheBurstGo(t *testing.T) {
+	defer func(l time.Duration) { workerLinger = l }(workerLinger)
+	workerLinger = 40 * time.Millisecond
+	cfg := manyTargets(t, 200, "1s")
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	var wg sync.WaitGroup
+	work := func() {
+		w := newWorker()
+		defer w.idle.Stop()
+		for q := s.next(w); q != nil; q = s.next(w) {
+			time.Sleep(time.Millisecond)
+			s.done(q.s)
+		}
+	}
+	s.setWorkers(8, func() { wg.Go(work) })
+	now = now.Add(2 * time.Second) // a burst: every slot due
+	s.queueDue()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		n := len(s.idle)
+		s.mu.Unlock()
+		if n == 8 {
+			break
+		}
+	}
+	// Then one tick at a time, 3 ms apart: 8 workers woken in turn would each see one
+	// every 24 ms, within their 40 ms linger.
+	sl := s.heap[0]
+	for range 60 {
+		s.mu.Lock()
+		sl.running = true
+		s.queue = append(s.queue, &queued{s: sl, probe: sl.probe, due: now})
+		s.dispatch()
+		s.mu.Unlock()
+		for busy := true; busy; time.Sleep(100 * time.Microsecond) {
+			s.mu.Lock()
+			busy = sl.running
+			s.mu.Unlock()
+		}
+		time.Sleep(3 * time.Millisecond)
+	}
+	s.mu.Lock()
+	running := s.running
+	s.mu.Unlock()
+	if running > 2 {
+		t.Errorf("%d of 8 workers stay for a load one serves", running)
+	}
+	s.stop()
+	wg.Wait()
 }
