@@ -158,14 +158,7 @@ func TestBenchDaemonICMPvsFping(t *testing.T) {
 	fp.Wait()
 
 	cfg := fmt.Sprintf("defaults: {interval: 1s, timeout: 900ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {json: off, journald: off}\nprobes:\n  - {name: ping, kind: icmp, targets: %s}\n", yamlList(targets))
-	d, err := l.StartDaemon(reachdBin, cfg, DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY: %s", d.Stderr())
-	}
+	d := startReady(t, l, cfg, DaemonOptions{})
 	r := steadyWindow(t, d.cmd.Process.Pid, c, 5*time.Second, window)
 	if ratio := printSides("daemon-icmp-1000@1s", r, f, "reachd", "fping", 1.0); ratio > 1.0 {
 		t.Errorf("CPU per echo %.2f× fping's, target <= 1.0", ratio)
@@ -206,14 +199,7 @@ func TestBenchDaemonTCPvsBlackbox(t *testing.T) {
 	stop()
 
 	cfg := fmt.Sprintf("defaults: {interval: 1s, timeout: 900ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {json: off, journald: off}\nprobes:\n  - {name: web, kind: tcp, targets: %s}\n", yamlList(targets))
-	d, err := l.StartDaemon(reachdBin, cfg, DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY: %s", d.Stderr())
-	}
+	d := startReady(t, l, cfg, DaemonOptions{})
 	r := steadyWindow(t, d.cmd.Process.Pid, c, 5*time.Second, window)
 	d.Kill()
 	// The floor: the least a prober can do (tcpfloor: connect, wait, reset), whose CPU is
@@ -372,14 +358,7 @@ probes:
   - {name: ping, kind: icmp, targets: %s}
   - {name: echo, kind: udp, udp: {payload_hex: "6869"}, targets: %s}
 `, metricsAddr, yamlList(tcp), yamlList(icmp), yamlList(udp))
-	d, err := l.StartDaemon(reachdBin, cfg, DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(30*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY: %s", d.Stderr())
-	}
+	d := startReady(t, l, cfg, DaemonOptions{})
 	pid := d.cmd.Process.Pid
 	start := time.Now()
 	var warmRSS, endRSS []int

@@ -27,14 +27,7 @@ const (
 // starts. The service manager hears RELOADING, then READY.
 func TestDaemonReload(t *testing.T) {
 	l := requireLab(t)
-	d, err := l.StartDaemon(reachdBin, smallConfig(probeA+probeB), DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
-	}
+	d := startReady(t, l, smallConfig(probeA+probeB), DaemonOptions{})
 	phaseA := waitPhase(t, d, "a", time.Time{})
 	// Line 7 is the unknown key.
 	broken := smallConfig(strings.Replace(probeA, "    targets", "    colour: red\n    targets", 1) + probeB)
@@ -137,14 +130,7 @@ func TestDaemonStopMidProbe(t *testing.T) {
 		targets = append(targets, fmt.Sprintf("203.0.113.%d", i))
 	}
 	cfg := fmt.Sprintf("defaults: {interval: 2s, timeout: 1500ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {verdicts: all}\nprobes:\n  - {name: lost, kind: icmp, targets: %s}\n", yamlList(targets))
-	d, err := l.StartDaemon(reachdBin, cfg, DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
-	}
+	d := startReady(t, l, cfg, DaemonOptions{})
 	time.Sleep(3200 * time.Millisecond) // a round and a half: most echoes are in flight
 	d.Signal(syscall.SIGTERM)
 	if code := d.Wait(10 * time.Second); code != 0 {
@@ -218,14 +204,7 @@ func TestDaemonNotify(t *testing.T) {
 // a verdict is then recorded once, as native fields, not also as a JSON line on stdout.
 func TestDaemonStdoutIsJournal(t *testing.T) {
 	l := requireLab(t)
-	d, err := l.StartDaemon(reachdBin, smallConfig(probeA), DaemonOptions{Journal: true, JournalStdout: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
-	}
+	d := startReady(t, l, smallConfig(probeA), DaemonOptions{Journal: true, JournalStdout: true})
 	time.Sleep(2500 * time.Millisecond)
 	recs, err := d.Journal("MESSAGE_ID=6a1e3d0c9b8f4e27a5d2c7b14f9e3a68")
 	if err != nil {
@@ -265,14 +244,7 @@ func TestDaemonDropsCapabilities(t *testing.T) {
 	if err := l.RelayLink(TunLink); err != nil {
 		t.Fatal(err)
 	}
-	d, err := l.StartDaemon(reachdBin, smallConfig(probeA), DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
-	}
+	d := startReady(t, l, smallConfig(probeA), DaemonOptions{})
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
@@ -312,14 +284,7 @@ func TestDaemonDropsCapabilities(t *testing.T) {
 // it exits the daemon's programs are still attached and its probes still wire-timed.
 func TestOneShotBesideDaemon(t *testing.T) {
 	l := requireLab(t)
-	d, err := l.StartDaemon(reachdBin, smallConfig(probeA), DaemonOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
-	}
+	d := startReady(t, l, smallConfig(probeA), DaemonOptions{})
 	tcxBefore, legacyBefore := reachdTC(t, l, ClientIf)
 	for _, env := range [][]string{nil, {"REACHD_TC=legacy"}} {
 		vs, code := probeKind(t, l, "tcp", env, "--retries", "0", ap(ServerV4, PortOpen))
@@ -335,4 +300,19 @@ func TestOneShotBesideDaemon(t *testing.T) {
 	if !ok || ln.V["timing_source"] != "wire" {
 		t.Errorf("the daemon after the one-shot runs: %v", ln.Text)
 	}
+}
+
+// startReady starts a daemon with config in the lab, to be killed when the test ends, and
+// waits for its READY.
+func startReady(t *testing.T, l *Lab, config string, opt DaemonOptions) *Daemon {
+	t.Helper()
+	d, err := l.StartDaemon(reachdBin, config, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Kill)
+	if _, ok := d.WaitNote(30*time.Second, "READY=1"); !ok {
+		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
+	}
+	return d
 }

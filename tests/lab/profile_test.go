@@ -16,14 +16,7 @@ func TestDaemonGatewayProfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := l.StartDaemon(reachdBin, "", DaemonOptions{NS: host, Profile: true, ResolvConf: "search lab.example\nnameserver " + ProfileGwV4b.String() + "\n"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Kill()
-	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
-		t.Fatalf("no READY; stderr:\n%s", d.Stderr())
-	}
+	d := startReady(t, l, "", DaemonOptions{NS: host, Profile: true, ResolvConf: "search lab.example\nnameserver " + ProfileGwV4b.String() + "\n"})
 	for _, want := range []string{"no config file", `"` + ProfileGwV4.String() + `"`, `"fe80::1%h0"`, ProfileGwV4b.String() + ":53"} {
 		if !strings.Contains(d.Stderr(), want) {
 			t.Errorf("the start does not show %s:\n%s", want, d.Stderr())
