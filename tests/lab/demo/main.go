@@ -1,7 +1,8 @@
 // Command demo builds a throwaway namespace lab, shows reachd's verdicts against its
 // fixtures (an open port, a closed one, a silent drop, an admin-prohibited reject, a host
 // that never answers ARP, a missing route; echoes with loss and odd replies; UDP replies,
-// closed and silent ports, DNS) and tears the lab down.
+// closed and silent ports, DNS), then the daemon following a fault as it comes and goes,
+// and tears the lab down.
 package main
 
 import (
@@ -90,6 +91,7 @@ func run() int {
 	show("probe", "udp", "--retries", "0", "--timeout", "1s", "--payload-hex", "7265616368640a",
 		ap(lab.ServerV4, lab.PortUDPEcho), ap(lab.ServerV4, lab.PortUDPClosed), ap(lab.ServerV6, lab.PortUDPDrop), ap(lab.AdminV4, lab.PortDNS))
 	show("probe", "udp", "--json", "--retries", "0", "--payload", "dns", ap(lab.ServerV6, lab.PortDNS))
+	daemonDemo(l, *bin)
 	if *hold > 0 {
 		fmt.Printf("\nlab held for %s (Ctrl-C ends it): nsenter --net=%s %s probe ...\n", *hold, l.Client.Path(), *bin)
 		fmt.Printf("router: %s  server: %s\n", l.Router.Path(), l.Server.Path())
@@ -97,4 +99,61 @@ func run() int {
 	}
 	fmt.Println("\nlab torn down.")
 	return 0
+}
+
+// daemonConfig is the demo daemon's config: a few targets every second.
+const daemonConfig = `defaults: {interval: 1s, timeout: 500ms, retries: 0}
+metrics: {listen: "127.0.0.1:9798"}
+log: {verdicts: changes}
+probes:
+  - name: web
+    kind: tcp
+    targets: ["203.0.113.2:80", "[2001:db8:5::2]:80"]
+    labels: {site: lab}
+  - name: ping
+    kind: icmp
+    targets: [203.0.113.2, "2001:db8:5::2"]
+`
+
+// daemonDemo runs reachd run for a few seconds: its first verdicts, the change a dropped
+// port makes (logged once, with why), its metrics, and a clean stop.
+func daemonDemo(l *lab.Lab, bin string) {
+	fmt.Println("\nThe daemon (reachd run): each target on its interval; it logs the first verdict and each change.")
+	fmt.Printf("config:\n%s", daemonConfig)
+	d, err := l.StartDaemon(bin, daemonConfig, lab.DaemonOptions{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return
+	}
+	defer d.Kill()
+	if _, ok := d.WaitNote(10*time.Second, "READY=1"); !ok {
+		fmt.Fprintf(os.Stderr, "demo: the daemon did not start:\n%s", d.Stderr())
+		return
+	}
+	printed := 0
+	flush := func(wait time.Duration) {
+		time.Sleep(wait)
+		lines := d.Lines()
+		for _, ln := range lines[printed:] {
+			fmt.Println(ln.Text)
+		}
+		printed = len(lines)
+	}
+	flush(2 * time.Second)
+	fmt.Println("\n$ nft add rule ... ip daddr 203.0.113.2 tcp dport 80 drop   # on the router")
+	if err := l.DropTCP(lab.ServerV4, lab.PortOpen); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return
+	}
+	flush(3 * time.Second)
+	if m, err := d.Metrics("127.0.0.1:9798"); err == nil {
+		fmt.Println("\n$ curl -s 127.0.0.1:9798/metrics | grep reachd_probe_success")
+		for _, line := range strings.Split(m, "\n") {
+			if strings.HasPrefix(line, "reachd_probe_success{") {
+				fmt.Println(line)
+			}
+		}
+	}
+	d.Signal(syscall.SIGTERM)
+	fmt.Printf("\nSIGTERM: in-flight probes end and write their verdicts; exit status %d\n", d.Wait(10*time.Second))
 }
