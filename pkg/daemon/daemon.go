@@ -235,7 +235,13 @@ func targetCount(cfg *config.Config) int {
 func (d *Daemon) serve(ctx context.Context) error {
 	sigs := d.opts.Signals
 	lctx, stopLoop := context.WithCancel(ctx)
-	d.sched.tick = func() { d.notify.watchdog(time.Now()) }
+	d.sched.tick = func() {
+		// The loop runs, but the watchdog also wants the workers to: a tick queued far
+		// longer than any chain takes means they are stuck, and systemd should restart us.
+		if now := time.Now(); !d.sched.stuck(now, stuckAfter(d.cfg.Load())) {
+			d.notify.watchdog(now)
+		}
+	}
 	d.sched.tickEvery = min(time.Second, max(d.notify.every, 10*time.Millisecond))
 	loopDone := make(chan struct{})
 	go func() { defer close(loopDone); d.sched.loop(lctx) }()
@@ -420,6 +426,21 @@ func (d *Daemon) stop() {
 	}
 	d.log.Info("reachd stopped", "ticks_not_started", dropped)
 	d.closeAll()
+}
+
+// stuckAfter is how long a queued tick may wait before the workers count as stuck: longer
+// than any attempt chain of cfg can take (its attempts and their backoffs), and a minute.
+func stuckAfter(cfg *config.Config) time.Duration {
+	var longest time.Duration
+	for _, p := range cfg.Probes {
+		o := p.Options
+		chain := time.Duration(o.Policy.Retries+1) * probe.AttemptBudget(p.Kind, o)
+		for i, b := 0, float64(o.Policy.Initial); i < o.Policy.Retries; i, b = i+1, b*o.Policy.Multiplier {
+			chain += time.Duration(b * (1 + o.Policy.Jitter))
+		}
+		longest = max(longest, chain)
+	}
+	return max(time.Minute, 2*longest)
 }
 
 func maxBudget(cfg *config.Config) time.Duration {

@@ -341,6 +341,14 @@ func (s *scheduler) stop() (dropped int) {
 	return dropped
 }
 
+// stuck says whether the oldest queued tick has waited longer than limit: the workers
+// (all of them, since one would have taken it) are not coming back.
+func (s *scheduler) stuck(now time.Time, limit time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) > 0 && now.Sub(s.queue[0].due) > limit
+}
+
 // queueLen is how many ticks wait for a worker.
 func (s *scheduler) queueLen() int {
 	s.mu.Lock()

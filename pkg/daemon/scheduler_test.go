@@ -345,3 +345,25 @@ func TestSteadyLoadLetsTheBurstGo(t *testing.T) {
 	s.stop()
 	wg.Wait()
 }
+
+// TestStuckWorkers: a tick left in the queue longer than the limit says the workers are
+// stuck (the daemon then stops feeding the watchdog); a fresh one does not.
+func TestStuckWorkers(t *testing.T) {
+	cfg := manyTargets(t, 1, "1s")
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	now = now.Add(time.Second)
+	s.queueDue() // queued; no worker takes it
+	if s.stuck(now.Add(30*time.Second), time.Minute) {
+		t.Error("stuck after 30 s with a limit of a minute")
+	}
+	if !s.stuck(now.Add(2*time.Minute), time.Minute) {
+		t.Error("not stuck after 2 minutes with a limit of a minute")
+	}
+	s.take()
+	if s.stuck(now.Add(2*time.Minute), time.Minute) {
+		t.Error("stuck with nothing queued")
+	}
+}
