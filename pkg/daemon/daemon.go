@@ -21,6 +21,7 @@ import (
 	"reachd/pkg/config"
 	"reachd/pkg/engine"
 	"reachd/pkg/probe"
+	"reachd/pkg/schedule"
 	"reachd/pkg/verdict"
 )
 
@@ -321,7 +322,8 @@ func (d *Daemon) runTick(q *queued) {
 			late.Round(time.Millisecond), limit, d.cfg.Load().Concurrency, d.sched.queueLen()))
 	} else {
 		o := *p.Options
-		o.Sleep = d.sleep
+		// Retries stop with reachd; the attempt in flight still ends and writes its verdict.
+		o.Sleep = schedule.StoppableSleep(d.stopping)
 		vs = d.eng.Probe(d.runCtx, p.Kind, t, &o)
 	}
 	d.record(q.s, vs)
@@ -332,23 +334,6 @@ func (d *Daemon) runTick(q *queued) {
 func lateLimit(p *config.Probe) time.Duration {
 	return min(p.Interval/2, p.Options.Timeout)
 }
-
-// sleep is the retries' sleep: it ends early when reachd stops, so that no new attempt
-// starts then (the attempt in flight still ends and writes its verdict).
-func (d *Daemon) sleep(ctx context.Context, dur time.Duration) error {
-	t := time.NewTimer(dur)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-d.stopping:
-		return errStopping
-	}
-}
-
-var errStopping = errors.New("reachd is stopping")
 
 // record keeps a slot's verdicts for the metrics and the logging policy, and logs those
 // the policy says to.

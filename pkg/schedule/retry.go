@@ -4,6 +4,7 @@ package schedule
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -33,6 +34,19 @@ type Sleeper func(ctx context.Context, d time.Duration) error
 
 // RealSleep sleeps on a timer that is released on every path.
 func RealSleep(ctx context.Context, d time.Duration) error {
+	return sleep(ctx, d, nil)
+}
+
+// ErrStopping ends a StoppableSleep whose stop channel closed.
+var ErrStopping = errors.New("stopping")
+
+// StoppableSleep is RealSleep that also ends when stop closes: a daemon that is stopping
+// starts no new attempt, while the attempt in flight (on ctx) still ends.
+func StoppableSleep(stop <-chan struct{}) Sleeper {
+	return func(ctx context.Context, d time.Duration) error { return sleep(ctx, d, stop) }
+}
+
+func sleep(ctx context.Context, d time.Duration, stop <-chan struct{}) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -40,6 +54,8 @@ func RealSleep(ctx context.Context, d time.Duration) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-stop: // nil: never
+		return ErrStopping
 	}
 }
 

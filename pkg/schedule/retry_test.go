@@ -158,3 +158,17 @@ func TestForEachBounded(t *testing.T) {
 		t.Fatalf("peak concurrency %d, want 2..%d", peak, limit)
 	}
 }
+
+// TestStoppableSleep: it ends at its time, with its context, or when stop closes.
+func TestStoppableSleep(t *testing.T) {
+	stop := make(chan struct{})
+	sleep := StoppableSleep(stop)
+	if err := sleep(context.Background(), time.Millisecond); err != nil {
+		t.Errorf("a plain sleep: %v", err)
+	}
+	close(stop)
+	start := time.Now()
+	if err := sleep(context.Background(), time.Hour); !errors.Is(err, ErrStopping) || time.Since(start) > time.Second {
+		t.Errorf("after stop: %v in %v", err, time.Since(start))
+	}
+}
