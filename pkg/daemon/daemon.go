@@ -191,7 +191,7 @@ func (d *Daemon) start(ctx context.Context, cfg *config.Config) error {
 	d.sched.apply(cfg.Probes)
 	d.m.reloadOK.Set(1)
 	d.m.reloadTime.SetToCurrentTime()
-	d.sched.setWorkers(cfg.Concurrency, func() { d.workers.Go(d.work) })
+	d.sched.setWorkers(cfg.Concurrency, d.workers.Go, d.runTick)
 	d.log.Info("reachd running", "config", cfg.File, "probes", len(cfg.Probes), "targets", targetCount(cfg),
 		"concurrency", cfg.Concurrency, "metrics", cfg.Metrics.Listen)
 	return nil
@@ -293,20 +293,6 @@ func (d *Daemon) followProfile() {
 func (d *Daemon) statusLine() string {
 	cfg := d.cfg.Load()
 	return fmt.Sprintf("probing %d targets of %d probes", targetCount(cfg), len(cfg.Probes))
-}
-
-// work runs queued ticks until it idles too long or the scheduler stops.
-func (d *Daemon) work() {
-	w := newWorker()
-	defer w.idle.Stop()
-	for {
-		q := d.sched.next(w)
-		if q == nil {
-			return
-		}
-		d.runTick(q)
-		d.sched.done(q.s)
-	}
 }
 
 // runTick probes one due slot, or says self_overload when reachd took too long to get to

@@ -82,7 +82,7 @@ type scheduler struct {
 	stopping bool
 	stopped  chan struct{} // closed by stop
 
-	// cap bounds the workers; spawn starts one (it calls work).
+	// cap bounds the workers; spawn starts one (setWorkers).
 	cap     int
 	spawn   func()
 	running int
@@ -115,11 +115,22 @@ func newScheduler() *scheduler {
 // workerLinger is how long a worker with nothing to do waits for more before it goes.
 var workerLinger = 2 * time.Second
 
-// setWorkers makes the scheduler start workers with spawn, at most cap at once.
-func (s *scheduler) setWorkers(cap int, spawn func()) {
+// setWorkers makes the scheduler start workers, at most cap at once, each a goroutine that
+// start runs (a WaitGroup's Go) and that runs queued ticks with run.
+func (s *scheduler) setWorkers(cap int, start func(func()), run func(*queued)) {
 	s.mu.Lock()
-	s.cap, s.spawn = cap, spawn
+	s.cap, s.spawn = cap, func() { start(func() { s.work(run) }) }
 	s.mu.Unlock()
+}
+
+// work is one worker: it runs queued ticks until it idles too long or the scheduler stops.
+func (s *scheduler) work(run func(*queued)) {
+	w := newWorker()
+	defer w.idle.Stop()
+	for q := s.next(w); q != nil; q = s.next(w) {
+		run(q)
+		s.done(q.s)
+	}
 }
 
 // apply makes the scheduler run cfg: slots whose probe and target are unchanged keep their

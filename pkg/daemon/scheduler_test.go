@@ -174,22 +174,15 @@ func TestWorkersComeAndGo(t *testing.T) {
 	s.now = func() time.Time { return now }
 	s.apply(cfg.Probes)
 	var wg sync.WaitGroup
-	var ran, peak, busy atomic.Int64
+	var ran atomic.Int64
+	var c concurrency
 	release := make(chan struct{})
-	work := func() {
-		w := newWorker()
-		defer w.idle.Stop()
-		for q := s.next(w); q != nil; q = s.next(w) {
-			n := busy.Add(1)
-			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-			}
-			<-release
-			busy.Add(-1)
-			ran.Add(1)
-			s.done(q.s)
-		}
-	}
-	s.setWorkers(3, func() { wg.Go(work) })
+	s.setWorkers(3, wg.Go, func(*queued) {
+		c.enter()
+		<-release
+		c.leave()
+		ran.Add(1)
+	})
 	now = now.Add(time.Second) // every slot is due
 	s.queueDue()
 	close(release)
@@ -197,8 +190,8 @@ func TestWorkersComeAndGo(t *testing.T) {
 	for ran.Load() < 20 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if ran.Load() != 20 || peak.Load() > 3 {
-		t.Fatalf("ran %d of 20 ticks, %d workers at once (cap 3)", ran.Load(), peak.Load())
+	if ran.Load() != 20 || c.peak.Load() > 3 {
+		t.Fatalf("ran %d of 20 ticks, %d workers at once (cap 3)", ran.Load(), c.peak.Load())
 	}
 	time.Sleep(4 * workerLinger)
 	s.mu.Lock()
@@ -229,21 +222,13 @@ func TestBurstReachesTheCap(t *testing.T) {
 	s.now = func() time.Time { return now }
 	s.apply(cfg.Probes)
 	var wg sync.WaitGroup
-	var peak, busy atomic.Int64
+	var c concurrency
 	gate := make(chan struct{})
-	work := func() {
-		w := newWorker()
-		defer w.idle.Stop()
-		for q := s.next(w); q != nil; q = s.next(w) {
-			n := busy.Add(1)
-			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-			}
-			<-gate
-			busy.Add(-1)
-			s.done(q.s)
-		}
-	}
-	s.setWorkers(8, func() { wg.Go(work) })
+	s.setWorkers(8, wg.Go, func(*queued) {
+		c.enter()
+		<-gate
+		c.leave()
+	})
 	// One worker, idle.
 	s.mu.Lock()
 	s.running++
@@ -259,9 +244,9 @@ func TestBurstReachesTheCap(t *testing.T) {
 	}
 	now = now.Add(time.Second) // all 20 due at once
 	s.queueDue()
-	for deadline := time.Now().Add(time.Second); busy.Load() < 8 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(time.Second); c.busy.Load() < 8 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 	}
-	if got := peak.Load(); got != 8 {
+	if got := c.peak.Load(); got != 8 {
 		t.Errorf("%d ticks ran at once with a cap of 8", got)
 	}
 	close(gate)
@@ -301,15 +286,7 @@ func TestSteadyLoadLetsTheBurstGo(t *testing.T) {
 	s.now = func() time.Time { return now }
 	s.apply(cfg.Probes)
 	var wg sync.WaitGroup
-	work := func() {
-		w := newWorker()
-		defer w.idle.Stop()
-		for q := s.next(w); q != nil; q = s.next(w) {
-			time.Sleep(time.Millisecond)
-			s.done(q.s)
-		}
-	}
-	s.setWorkers(8, func() { wg.Go(work) })
+	s.setWorkers(8, wg.Go, func(*queued) { time.Sleep(time.Millisecond) })
 	now = now.Add(2 * time.Second) // a burst: every slot due
 	s.queueDue()
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
@@ -367,3 +344,14 @@ func TestStuckWorkers(t *testing.T) {
 		t.Error("stuck with nothing queued")
 	}
 }
+
+// concurrency counts the jobs running at once, and the most there were.
+type concurrency struct{ busy, peak atomic.Int64 }
+
+func (c *concurrency) enter() {
+	n := c.busy.Add(1)
+	for p := c.peak.Load(); n > p && !c.peak.CompareAndSwap(p, n); p = c.peak.Load() {
+	}
+}
+
+func (c *concurrency) leave() { c.busy.Add(-1) }
