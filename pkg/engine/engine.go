@@ -96,7 +96,13 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		}
 	}
 	if !cfg.NoEBPF {
-		e.obs = e.openWire(wire.Options{TC: cfg.TC, NoTracepoints: !needs.Tracepoints, MaxFlows: wire.FlowsFor(cfg.Concurrency), OneShot: cfg.OneShot})
+		flows := wire.FlowsFor(cfg.Concurrency)
+		if !cfg.OneShot {
+			// A daemon keeps its echo destinations registered between ticks while the
+			// table is less than half full (see probe's watches): room for that.
+			flows = max(flows, wire.DefaultMaxFlows)
+		}
+		e.obs = e.openWire(wire.Options{TC: cfg.TC, NoTracepoints: !needs.Tracepoints, MaxFlows: flows, OneShot: cfg.OneShot})
 	}
 	return e, nil
 }

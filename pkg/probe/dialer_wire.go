@@ -66,9 +66,9 @@ func wantFor(res Result) wantEvents {
 func handshakeEvents(f *wire.Flow, w wantEvents) []wire.Event {
 	var evs []wire.Event
 	if w.tc == 0 {
-		evs = f.Sync(time.Now().Add(catchUp)) // silence: count every SYN the kernel saw
+		evs = f.Sync() // silence: count every SYN the kernel saw
 	} else {
-		evs = f.WaitFor(time.Now().Add(catchUp), func(e wire.Event) bool {
+		evs = f.WaitFor(func(e wire.Event) bool {
 			k := wire.EventKind(e.Kind)
 			return k == w.tc || (k == w.trace && (k != wire.EvState || e.StateOld == wire.TCPSynSent))
 		})

@@ -33,11 +33,16 @@ func fromKey(sa unix.Sockaddr) dstKey {
 }
 
 // watchDst registers dst's flow with the observer (once for concurrent attempts to it) so
-// that TC reports its echoes; the returned function undoes it.
+// that TC reports its echoes; the returned function undoes it, or keeps the registration
+// for dst's next attempt (see keep).
 func (p *pinger) watchDst(a Attempt) (*watch, func()) {
 	dst := keyOf(a.Addr.Addr())
 	p.mu.Lock()
 	w := p.watches[dst]
+	var kept *watch
+	if w != nil && w.refs == 0 {
+		kept, w = w, nil // kept from an earlier attempt: revalidated below
+	}
 	first := w == nil
 	if first {
 		w = &watch{ready: make(chan struct{})}
@@ -50,7 +55,9 @@ func (p *pinger) watchDst(a Attempt) (*watch, func()) {
 	// echo TC is not yet watching.
 	if first {
 		if a.Wire != nil && a.Wire.HasTC() {
-			w.flow, w.note = registerEcho(a, p.id, p.key.v6)
+			w.flow, w.reg, w.note = registerEcho(a, p.id, p.key.v6, kept)
+		} else if kept != nil {
+			kept.flow.Close()
 		}
 		if w.flow == nil {
 			// TC will not see these echoes: the kernel's transmit stamps time them.
@@ -61,46 +68,97 @@ func (p *pinger) watchDst(a Attempt) (*watch, func()) {
 		<-w.ready
 	}
 	return w, func() {
+		now := time.Now()
 		p.mu.Lock()
 		w.refs--
-		var f *wire.Flow
+		var done []*wire.Flow
 		if w.refs == 0 {
-			f = w.flow
-			delete(p.watches, dst)
+			if w.flow != nil && p.keep(a) {
+				w.idleSince = now
+			} else {
+				done = append(done, w.flow)
+				delete(p.watches, dst)
+			}
 		}
+		done = append(done, p.sweepWatches(now, false)...)
 		p.mu.Unlock()
-		if f != nil {
-			f.Close()
+		for _, f := range done {
+			if f != nil {
+				f.Close()
+			}
 		}
 	}
 }
 
+// keep says whether a destination's registration outlives its attempt, for the next: in a
+// daemon (whose echo sockets linger, see KeepEchoSockets), while the flow table is less
+// than half full, so kept registrations never crowd out an attempt's. Registering and
+// deleting a flow for each echo cost a fifth of its CPU at a thousand targets a second.
+// p.mu is held (and pingers' lock is not: it is taken before p.mu).
+func (p *pinger) keep(a Attempt) bool {
+	return pingers.linger.Load() > 0 && a.Wire.Roomy()
+}
+
+// sweepWatches removes the kept registrations idle for longer than a socket lingers (or all
+// of them), at most once a second unless all, and returns their flows to close. p.mu is
+// held.
+func (p *pinger) sweepWatches(now time.Time, all bool) []*wire.Flow {
+	if !all && now.Sub(p.swept) < time.Second {
+		return nil
+	}
+	p.swept = now
+	linger := time.Duration(pingers.linger.Load())
+	var done []*wire.Flow
+	for k, w := range p.watches {
+		if w.refs == 0 && (all || now.Sub(w.idleSince) > linger) {
+			done = append(done, w.flow)
+			delete(p.watches, k)
+		}
+	}
+	return done
+}
+
+// echoReg is where an echo flow was registered: its local address and the interface TC
+// watches it on.
+type echoReg struct {
+	src  netip.Addr
+	link int
+}
+
 // registerEcho registers the flow (local address, dst, identifier) with the TC programs
-// and attaches them to the interface the route leaves by.
-func registerEcho(a Attempt, id uint16, v6 bool) (*wire.Flow, string) {
+// and attaches them to the interface the route leaves by. A registration kept from an
+// earlier attempt is reused if the route still gives the same source and interface, and
+// closed if not.
+func registerEcho(a Attempt, id uint16, v6 bool, kept *watch) (*wire.Flow, echoReg, string) {
+	var reg echoReg
 	rt, err := attemptRoute(a)
-	if err != nil || rt.LinkIndex == 0 {
-		return nil, ""
+	if err == nil {
+		reg = echoReg{src: a.Source, link: rt.LinkIndex}
+		if !reg.src.IsValid() {
+			reg.src = rt.Src
+		}
 	}
-	src := a.Source
-	if !src.IsValid() {
-		src = rt.Src
+	if kept != nil {
+		if kept.reg == reg && err == nil && a.Wire.Attach(reg.link) == nil {
+			return kept.flow, reg, ""
+		}
+		kept.flow.Close()
 	}
-	if !src.IsValid() || a.Wire.Attach(rt.LinkIndex) != nil {
-		return nil, ""
+	if err != nil || reg.link == 0 || !reg.src.IsValid() || a.Wire.Attach(reg.link) != nil {
+		return nil, reg, ""
 	}
 	proto := uint8(wire.ProtoICMP)
 	if v6 {
 		proto = wire.ProtoICMPv6
 	}
-	f, err := a.Wire.Register(proto, netip.AddrPortFrom(src.WithZone(""), id), netip.AddrPortFrom(a.Addr.Addr().WithZone(""), 0))
+	f, err := a.Wire.Register(proto, netip.AddrPortFrom(reg.src.WithZone(""), id), netip.AddrPortFrom(a.Addr.Addr().WithZone(""), 0))
 	if errors.Is(err, wire.ErrFlowTableFull) {
-		return nil, tableFullNote(err)
+		return nil, reg, tableFullNote(err)
 	}
 	if err != nil {
-		return nil, ""
+		return nil, reg, ""
 	}
-	return f, ""
+	return f, reg, ""
 }
 
 // wantTxStamps turns the kernel's transmit timestamps on for the socket, once: an echo TC

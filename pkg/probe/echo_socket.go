@@ -62,6 +62,7 @@ type pinger struct {
 	ringLen int
 	ringPos int
 	watches map[dstKey]*watch
+	swept   time.Time // the last sweep of kept registrations (sweepWatches)
 }
 
 // echo is one echo request in flight and what answered it.
@@ -98,19 +99,22 @@ type echoCounters struct {
 // watch is a destination some attempt is probing: its registered flow (shared by
 // concurrent attempts to it) and the replies from it that no echo of ours explains.
 type watch struct {
-	refs    int
-	ready   chan struct{} // closed once flow is set (or known to stay nil)
-	flow    *wire.Flow
-	note    string // why the flow is not watched, when the verdict must say so
-	foreign atomic.Int64
-	corrupt atomic.Int64
+	refs      int
+	ready     chan struct{} // closed once flow is set (or known to stay nil)
+	flow      *wire.Flow
+	reg       echoReg   // where flow is registered
+	idleSince time.Time // refs is 0: kept for the next attempt since then (see keep)
+	note      string    // why the flow is not watched, when the verdict must say so
+	foreign   atomic.Int64
+	corrupt   atomic.Int64
 }
 
 var pingers = struct {
 	sync.Mutex
 	m map[pingerKey]*pinger
-	// linger: how long a socket nobody uses stays open for the next echo (KeepEchoSockets).
-	linger time.Duration
+	// linger: how long a socket nobody uses stays open for the next echo (KeepEchoSockets),
+	// in ns. Atomic: read under a pinger's lock, which is taken after this one's.
+	linger atomic.Int64
 }{m: map[pingerKey]*pinger{}}
 
 // KeepEchoSockets keeps an echo socket open for d after its last echo, for the next: a
@@ -118,9 +122,7 @@ var pingers = struct {
 // each (socket, options, a reader goroutine: the larger part of an echo's CPU). 0 closes
 // them with their last echo, as a one-shot run wants; CloseEchoSockets closes idle ones.
 func KeepEchoSockets(d time.Duration) {
-	pingers.Lock()
-	pingers.linger = d
-	pingers.Unlock()
+	pingers.linger.Store(int64(d))
 }
 
 // CloseEchoSockets closes the echo sockets kept open with no echo in flight.
@@ -179,8 +181,8 @@ func (p *pinger) release() {
 	p.mu.Lock()
 	p.refs--
 	last := p.refs == 0
-	if last && pingers.linger > 0 {
-		p.idle = time.AfterFunc(pingers.linger, p.closeIdle)
+	if linger := time.Duration(pingers.linger.Load()); last && linger > 0 {
+		p.idle = time.AfterFunc(linger, p.closeIdle)
 		last = false
 	}
 	p.mu.Unlock()
@@ -212,6 +214,14 @@ func (p *pinger) closeIdle() {
 func (p *pinger) close() {
 	p.f.Close()
 	<-p.done
+	p.mu.Lock()
+	kept := p.sweepWatches(time.Now(), true)
+	p.mu.Unlock()
+	for _, f := range kept {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // CheckICMP says whether this process may send echo requests of a family (v6), and if not,

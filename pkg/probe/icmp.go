@@ -203,7 +203,7 @@ func echoEvents(f *wire.Flow, echoes []*echo, stale func(seq uint16) bool) []wir
 		return true
 	}
 	if !complete(f.Events()) {
-		f.Sync(time.Now().Add(catchUp))
+		f.Sync()
 	}
 	taken := f.Take(func(ev wire.Event) bool { return ours(ev) || stale(uint16(ev.Seq)) })
 	evs := slices.DeleteFunc(taken, func(ev wire.Event) bool { return !ours(ev) })

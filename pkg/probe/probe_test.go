@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,9 +216,14 @@ func TestRunnerDoesNotRetryDefiniteAnswers(t *testing.T) {
 }
 
 func TestRunnerResolution(t *testing.T) {
-	var probed []netip.AddrPort
+	var (
+		mu     sync.Mutex // the families' legs run at once
+		probed []netip.AddrPort
+	)
 	fake := withKind(t, func(ctx context.Context, a Attempt) Result {
+		mu.Lock()
 		probed = append(probed, a.Addr)
+		mu.Unlock()
 		return Result{Reason: verdict.OK}
 	})
 	o := fastOpts()

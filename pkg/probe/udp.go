@@ -162,7 +162,7 @@ func runUDP(ctx context.Context, a Attempt) Result {
 	}
 	var evs []wire.Event
 	if flow != nil {
-		evs = flow.Sync(time.Now().Add(catchUp))
+		evs = flow.Sync()
 		slices.SortFunc(evs, func(x, y wire.Event) int { return int(int64(x.TsNs) - int64(y.TsNs)) })
 	}
 	res = u.result(evs, a, timeout)

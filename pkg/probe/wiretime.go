@@ -12,11 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// catchUp bounds how long a verdict waits for the ring-buffer reader to deliver events the
-// kernel has already written (the SYN-ACK is in the ring before connect() returns). The
-// wait ends as soon as the reader has caught up; the bound only matters if it is stuck.
-const catchUp = 5 * time.Second
-
 // registerFlow binds fd for a known 5-tuple and registers it with the TC programs (a
 // flow without TC is still returned, for the tracepoints); nil when nothing can be
 // observed. The note says why a full flow table kept the attempt from the wire.

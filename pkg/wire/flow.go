@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -63,6 +62,15 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 		return nil, fmt.Errorf("register flow %s → %s: %w", local, remote, o.tableErr(o.maps.Flows, err))
 	}
 	return f, nil
+}
+
+// Roomy says whether the flow table is less than half full, so that a registration may be
+// kept between uses without crowding out those of attempts in flight.
+func (o *Observer) Roomy() bool {
+	o.mu.Lock()
+	n := len(o.flows)
+	o.mu.Unlock()
+	return n < int(o.maps.Flows.MaxEntries())/2
 }
 
 // AddSocket registers the flow's socket by cookie (SO_COOKIE) for the TCP tracepoints. In
@@ -178,55 +186,21 @@ func (f *Flow) Events() []Event {
 	return append([]Event(nil), f.events...)
 }
 
-// WaitFor returns the flow's events once one satisfies match, or once every event the
+// WaitFor returns the flow's events once one satisfies match, or else after every event the
 // kernel had written when WaitFor was called has been delivered (then match will not come:
-// the packet was not seen), or at the deadline. The caller knows from its socket that the
-// answer has happened; the event is in the ring already, but the reader goroutine that
-// delivers it may not have run yet — under load, for tens of milliseconds.
-func (f *Flow) WaitFor(deadline time.Time, match func(Event) bool) []Event {
+// the packet was not seen). The caller knows from its socket that the answer has happened,
+// so its event is in the ring already.
+func (f *Flow) WaitFor(match func(Event) bool) []Event {
 	if evs := f.Events(); slices.ContainsFunc(evs, match) {
 		return evs
 	}
-	f.o.sync(deadline)
+	f.o.drain()
 	return f.Events()
 }
 
 // Sync returns the flow's events after every event already written by the kernel has
-// been delivered (or at the deadline).
-func (f *Flow) Sync(deadline time.Time) []Event {
-	f.o.sync(deadline)
+// been delivered.
+func (f *Flow) Sync() []Event {
+	f.o.drain()
 	return f.Events()
-}
-
-// sync waits until the reader has delivered every record that was in the ring when sync
-// was called, and reports whether that happened before the deadline. A Flush makes the
-// reader return what is in the ring and then ErrFlushed; flushes from several callers can
-// merge into one ErrFlushed, and the first one seen may belong to a pass that had read the
-// ring before our record was counted. A pass that starts after one we saw end cannot have,
-// so sync waits for two.
-func (o *Observer) sync(deadline time.Time) bool {
-	for range 2 {
-		o.flushMu.Lock()
-		seq, ch := o.flushSeq, o.flushed
-		o.flushMu.Unlock()
-		if err := o.rd.Flush(); err != nil {
-			return false
-		}
-		t := time.NewTimer(time.Until(deadline))
-		for done := false; !done; {
-			select {
-			case <-ch:
-				o.flushMu.Lock()
-				done, ch = o.flushSeq > seq, o.flushed
-				o.flushMu.Unlock()
-			case <-t.C:
-				return false
-			case <-o.readDone:
-				t.Stop()
-				return false
-			}
-		}
-		t.Stop()
-	}
-	return true
 }

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -103,14 +102,13 @@ type Observer struct {
 	full    atomic.Uint64 // registrations refused by a full flow table
 	// keyMu orders the writes of the flows map: a closing flow's lookup and delete are
 	// one step against a new flow's put of the same key.
-	keyMu    sync.Mutex
-	readDone chan struct{}
+	keyMu sync.Mutex
 
-	// Each time the reader has handed out every record that was in the ring when a Flush
-	// reached it, flushSeq goes up and flushed is closed and replaced (see sync).
-	flushMu  sync.Mutex
-	flushSeq uint64
-	flushed  chan struct{}
+	// ringMu serializes draining the ring (see ring.go); rec is the drain's buffer.
+	ringMu    sync.Mutex
+	rec       ringbuf.Record
+	drainStop chan struct{} // closed by Close: ends the background drain
+	drainDone chan struct{}
 
 	linkDone chan struct{}  // closed by Close: ends the link-update subscription
 	linkWG   sync.WaitGroup // the goroutine that follows link updates
@@ -142,7 +140,7 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Observer{spec: spec, maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, readDone: make(chan struct{}), flushed: make(chan struct{})}
+	o := &Observer{spec: spec, maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}}
 	if n, err := ReapStale(); err != nil {
 		log.Warn("delete stale reachd TC filters", "err", err)
 	} else if n > 0 {
@@ -174,11 +172,10 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 		// Neither part loaded: both reasons (REACHD_TC=off leaves only the tracepoints').
 		return nil, errors.Join(o.status.TCErr, o.status.TraceErr)
 	}
-	if o.rd, err = ringbuf.NewReader(m.Events); err != nil {
+	if err := o.openRing(); err != nil {
 		o.closeProgs()
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
-	go o.read()
 	if o.tc != nil && !opt.OneShot {
 		// A long-running observer loads the pair for layer-3 links now, not on the first
 		// such link: after its start a daemon holds no privilege to load programs.
@@ -302,8 +299,7 @@ func (o *Observer) Close() error {
 		close(o.linkDone)
 		o.linkWG.Wait()
 	}
-	o.rd.Close() // ends read()
-	<-o.readDone
+	o.closeRing()
 	o.closeProgs()
 	return errors.Join(errs...)
 }
@@ -426,41 +422,6 @@ func (o *Observer) Lost() (uint64, error) {
 		n += v
 	}
 	return n, nil
-}
-
-func (o *Observer) read() {
-	defer close(o.readDone)
-	var rec ringbuf.Record
-	for {
-		if err := o.rd.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) {
-				return
-			}
-			if errors.Is(err, ringbuf.ErrFlushed) {
-				o.flushMu.Lock()
-				o.flushSeq++
-				close(o.flushed)
-				o.flushed = make(chan struct{})
-				o.flushMu.Unlock()
-				continue
-			}
-			o.log.Warn("read eBPF events", "err", err)
-			continue
-		}
-		var e Event
-		if len(rec.RawSample) < int(unsafe.Sizeof(e)) {
-			continue
-		}
-		// The sample is the C struct, written by this host's kernel: a plain copy. (A
-		// reflective decode cost more than the rest of handling an event.)
-		e = *(*Event)(unsafe.Pointer(unsafe.SliceData(rec.RawSample)))
-		o.mu.Lock()
-		f := o.flows[e.Token]
-		o.mu.Unlock()
-		if f != nil {
-			f.add(e)
-		}
-	}
 }
 
 // monoBase pairs a CLOCK_MONOTONIC reading with Go's clock, whose monotonic part is the

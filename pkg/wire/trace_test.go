@@ -97,7 +97,7 @@ func connectTraced(t *testing.T, o *Observer, dst netip.AddrPort) (*Flow, int) {
 func waitKind(f *Flow, d time.Duration, kind EventKind, newState uint8) []Event {
 	deadline := time.Now().Add(d)
 	for {
-		evs := f.Sync(deadline)
+		evs := f.Sync()
 		for _, e := range evs {
 			if EventKind(e.Kind) == kind && (kind != EvState || e.StateNew == newState) {
 				return evs

@@ -1,10 +1,12 @@
 package lab
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"reachd/pkg/verdict"
 )
@@ -128,4 +130,68 @@ func TestMultiUplink(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDaemonEchoRouteChange: a daemon keeps an echo destination registered with TC between
+// ticks. When the route to it changes to another uplink (another interface, another local
+// address), the next echoes must be watched there — the kept registration revalidated, not
+// reused blindly — and stay wire-timed.
+func TestDaemonEchoRouteChange(t *testing.T) {
+	l := requireLab(t)
+	if err := l.SecondUplink(); err != nil {
+		t.Fatal(err)
+	}
+	const target = "203.0.113.172" // routed by the main uplink until the test adds a route
+	d := startReady(t, l, smallConfig("  - {name: moved, kind: icmp, targets: ["+target+"]}\n"), DaemonOptions{})
+	wireOK := func(since time.Time, n int) {
+		t.Helper()
+		vs, ok := waitFor(time.Duration(n+3)*time.Second, d.exited, func() ([]Line, bool) {
+			var vs []Line
+			for _, ln := range d.Lines() {
+				if ln.V != nil && !ln.At.Before(since) {
+					vs = append(vs, ln)
+				}
+			}
+			return vs[:min(n, len(vs))], len(vs) >= n
+		})
+		if !ok {
+			t.Fatalf("%d of %d verdicts since %v; stderr:\n%s", len(vs), n, since.Format(time.StampMilli), d.Stderr())
+		}
+		for _, ln := range vs {
+			if ln.V["reason"] != string(verdict.OK) || ln.V["timing_source"] != verdict.SourceWire {
+				t.Errorf("verdict %s: want ok and wire-timed", ln.Text)
+			}
+		}
+	}
+	wireOK(time.Time{}, 2) // the second one's echo uses the kept registration
+	if err := l.Client.Run("ip", "route", "add", target+"/32", "via", UplinkRouterV4.String(), "dev", UplinkClientIf); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Client.Run("ip", "route", "del", target+"/32")
+	// The route cache hears the change at once; a verdict whose attempt began before the
+	// change may still have used the old way: skip one interval.
+	wireOK(time.Now().Add(1100*time.Millisecond), 3)
+	c0, c1 := l.linkTxPackets(t, ClientIf), l.linkTxPackets(t, UplinkClientIf)
+	wireOK(time.Now(), 2)
+	if n0, n1 := l.linkTxPackets(t, ClientIf)-c0, l.linkTxPackets(t, UplinkClientIf)-c1; n1 < 2 || n0 >= n1 {
+		t.Errorf("echoes sent by %s: %d, by %s: %d; want them by the new route's %s", ClientIf, n0, UplinkClientIf, n1, UplinkClientIf)
+	}
+}
+
+// linkTxPackets is the packets the client has sent by dev.
+func (l *Lab) linkTxPackets(t *testing.T, dev string) int {
+	t.Helper()
+	out, err := l.Client.Command("ip", "-j", "-s", "link", "show", "dev", dev).Output()
+	if err != nil {
+		t.Fatalf("ip link show %s: %v", dev, err)
+	}
+	var links []struct {
+		Stats struct {
+			Tx struct{ Packets int } `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip link show %s: %v: %s", dev, err, out)
+	}
+	return links[0].Stats.Tx.Packets
 }
