@@ -29,7 +29,8 @@ FUZZTIME ?= 60s
 FUZZCOUNT ?= 20000x
 # Every fuzz target that reads bytes from the network or the user: package and name.
 FUZZ_TARGETS := probe:FuzzParseExtendedErr probe:FuzzParseICMP probe:FuzzParseQuotedEcho \
-	probe:FuzzRxControl probe:FuzzReplyChecks target:FuzzParseHostPort wire:FuzzTCParser
+	probe:FuzzRxControl probe:FuzzReplyChecks target:FuzzParseHostPort wire:FuzzTCParser \
+	config:FuzzParse
 
 test-unit: ## unit tests, no root needed, and a short run of every fuzz target
 	$(GO) test -count=1 -skip 'Bench' ./pkg/... ./cmd/... ./internal/... ./tests/

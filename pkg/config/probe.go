@@ -81,6 +81,10 @@ func (d *doc) setting(s settings, m *entry, where string) {
 }
 
 func (d *doc) probes(e *entry, defs settings) []*Probe {
+	if e.value == nil {
+		d.errorf(e.keyAt, "probes: want a list of probes, got nothing")
+		return nil
+	}
 	items, ok := d.sequence(e.value, "probes")
 	if !ok {
 		return nil
@@ -136,11 +140,13 @@ func (d *doc) probe(n ast.Node, i int, defs settings) (p *Probe, ok bool) {
 			nameAt, p.nameAt = m.value, valueOrKey(m)
 			p.Name, _ = d.scalar(m.value, "name")
 		case m.key == "kind":
-			kindAt = m.value
+			kindAt = valueOrKey(m)
 			kname, _ := d.scalar(m.value, "kind")
 			if k, ok := probe.Lookup(kname); ok {
 				p.Kind = k
-			} else if m.value != nil {
+			} else if m.value == nil {
+				d.errorf(m.keyAt, "kind: want one of %s, got nothing", kindNames())
+			} else {
 				d.errorf(m.value, "kind %q: want one of %s", kname, kindNames())
 			}
 		case slices.Contains(probeKeys(), m.key):

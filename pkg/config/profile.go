@@ -126,6 +126,9 @@ type ProfileMemory struct {
 
 // Clone is a copy of m, to try a profile without remembering what it sees.
 func (m *ProfileMemory) Clone() *ProfileMemory {
+	if m == nil {
+		return &ProfileMemory{}
+	}
 	return &ProfileMemory{gateways: slices.Clone(m.gateways), nameservers: slices.Clone(m.nameservers)}
 }
 

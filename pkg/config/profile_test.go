@@ -37,3 +37,12 @@ func TestProfile(t *testing.T) {
 		t.Error("nothing to probe gives a profile")
 	}
 }
+
+// TestProfileMemoryCloneNil: a daemon forgets its profile memory on SIGHUP (nil until the
+// profile is loaded again); following the profile meanwhile clones it.
+func TestProfileMemoryCloneNil(t *testing.T) {
+	var m *ProfileMemory
+	if c := m.Clone(); c == nil {
+		t.Fatal("Clone of nil memory: want an empty memory")
+	}
+}

@@ -105,7 +105,11 @@ func syntaxMessage(m string) string {
 }
 
 func (d *doc) errorf(n ast.Node, format string, a ...any) {
-	d.errorAtToken(n.GetToken(), format, a...)
+	var tk *token.Token
+	if n != nil { // a key without a value has none; callers name the key instead
+		tk = n.GetToken()
+	}
+	d.errorAtToken(tk, format, a...)
 }
 
 func (d *doc) errorAtToken(tk *token.Token, format string, a ...any) {

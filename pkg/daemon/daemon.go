@@ -280,6 +280,11 @@ func (d *Daemon) followProfile() {
 	if d.cfg.Load().File != config.ProfileName || d.opts.ConfigPath != "" {
 		return
 	}
+	if _, err := os.Stat(config.DefaultPath); err == nil {
+		// A config file appeared but a reload rejected it: it, not the profile, is what
+		// the next SIGHUP reads (the profile keeps running until then).
+		return
+	}
 	rc := d.opts.ResolvConf
 	if rc == "" {
 		rc = config.ResolvConf
@@ -299,7 +304,7 @@ func (d *Daemon) statusLine() string {
 // it: a probe that late would blame the target for reachd's own delay.
 func (d *Daemon) runTick(q *queued) {
 	p, t := q.probe, q.s.target
-	late := time.Since(q.due)
+	late := max(time.Since(q.due), 0) // queued early with others due then (tickAhead)
 	d.m.lateness.Observe(late.Seconds())
 	var vs []*verdict.Verdict
 	if limit := lateLimit(p); late > limit {

@@ -26,12 +26,12 @@ func mustConfig(t *testing.T, src string) *config.Config {
 
 // manyTargets is a config of n icmp targets at interval.
 func manyTargets(t *testing.T, n int, interval string) *config.Config {
-	src := "probes:\n  - name: many\n    kind: icmp\n    interval: " + interval + "\n    timeout: 500ms\n    targets:\n"
+	src := "probes:\n  - name: many\n    kind: icmp\n    interval: " + interval + "\n    timeout: 50ms\n    targets:\n"
+	if n > 250 {
+		t.Fatal("at most 250 targets")
+	}
 	for i := range n {
-		src += fmt.Sprintf("      - 198.51.100.%d\n", i%250+1) + ""
-		if i >= 250 {
-			t.Fatal("at most 250 targets")
-		}
+		src += fmt.Sprintf("      - 198.51.100.%d\n", i+1)
 	}
 	return mustConfig(t, src)
 }
@@ -102,6 +102,43 @@ func TestTicksDoNotDrift(t *testing.T) {
 		t.Errorf("next tick at +%v, want +17s", got)
 	}
 	s.stop()
+}
+
+// TestTicksGoOutTogether: a pass of the loop queues the ticks due within a probe's early
+// allowance of it (tickAhead, or a tenth of a short interval), none later, and sleeps until
+// the next; so 200 targets at 1 s wake it at most once per tickAhead, not 200 times a second.
+func TestTicksGoOutTogether(t *testing.T) {
+	for _, c := range []struct {
+		interval string
+		allow    time.Duration
+	}{{"1s", tickAhead}, {"100ms", 10 * time.Millisecond}} {
+		cfg := manyTargets(t, 200, c.interval)
+		period := cfg.Probes[0].Interval
+		now := time.Unix(1_800_000_000, 0)
+		s := newScheduler()
+		s.now = func() time.Time { return now }
+		s.apply(cfg.Probes)
+		passes, queued := 0, 0
+		for end := now.Add(period); now.Before(end); passes++ {
+			wait := s.queueDue()
+			for len(s.queue) > 0 {
+				q := s.take()
+				if q.due.After(now.Add(c.allow)) {
+					t.Fatalf("%s: tick due %v queued at %v: more than %v early", c.interval, q.due, now, c.allow)
+				}
+				s.done(q.s)
+				queued++
+			}
+			if next := s.heap[0].due; !next.After(now.Add(c.allow)) || !now.Add(wait).Equal(next) {
+				t.Fatalf("%s: at %v: next tick %v left behind or slept past (wait %v)", c.interval, now, next, wait)
+			}
+			now = now.Add(wait)
+		}
+		if most := int(period/c.allow) + 1; queued < 200 || passes > most {
+			t.Errorf("%s: %d ticks in %d passes over an interval; want 200 or more in at most %d", c.interval, queued, passes, most)
+		}
+		s.stop()
+	}
 }
 
 // TestApplyIsADiff: a reload keeps unchanged slots (their phase and state), replaces
@@ -271,6 +308,27 @@ func TestReplacedSlotWaitsForTheOldChain(t *testing.T) {
 	s.done(old)
 	if cur.running {
 		t.Error("the old chain ended but its replacement stays blocked")
+	}
+}
+
+// TestReaddedSlotWaitsForTheOldChain: a reload removes a target while its chain runs and a
+// later one adds it back before that chain ends: the new slot waits for it too, so the
+// target never has two chains at once.
+func TestReaddedSlotWaitsForTheOldChain(t *testing.T) {
+	s := newScheduler()
+	withA := mustConfig(t, "probes:\n  - {name: a, kind: icmp, targets: [198.51.100.1]}\n  - {name: b, kind: icmp, targets: [198.51.100.2]}\n").Probes
+	s.apply(withA)
+	old := s.slots["a\x00198.51.100.1"]
+	old.running = true
+	s.apply(mustConfig(t, "probes:\n  - {name: b, kind: icmp, targets: [198.51.100.2]}\n").Probes)
+	s.apply(withA)
+	cur := s.slots["a\x00198.51.100.1"]
+	if cur == old || !cur.running {
+		t.Fatal("the target added back may start a chain while the removed one's runs")
+	}
+	s.done(old)
+	if cur.running || len(s.gone) != 0 {
+		t.Errorf("the old chain ended: the new slot must be free (running %v) and nothing kept (%d gone)", cur.running, len(s.gone))
 	}
 }
 

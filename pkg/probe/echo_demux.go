@@ -99,15 +99,20 @@ func (p *pinger) keep(a Attempt) bool {
 	return pingers.linger.Load() > 0 && a.Wire.Roomy()
 }
 
-// sweepWatches removes the kept registrations idle for longer than a socket lingers (or all
-// of them), at most once a second unless all, and returns their flows to close. p.mu is
-// held.
+// keptFor bounds how long a registration nobody uses is kept: long enough for the next
+// tick of a probe every two minutes, short enough that the targets a reload removed give
+// their table entries back soon.
+const keptFor = 2 * time.Minute
+
+// sweepWatches removes the kept registrations idle for longer than keptFor or than a socket
+// lingers (or all of them), at most once a second unless all, and returns their flows to
+// close. p.mu is held.
 func (p *pinger) sweepWatches(now time.Time, all bool) []*wire.Flow {
 	if !all && now.Sub(p.swept) < time.Second {
 		return nil
 	}
 	p.swept = now
-	linger := time.Duration(pingers.linger.Load())
+	linger := min(time.Duration(pingers.linger.Load()), keptFor)
 	var done []*wire.Flow
 	for k, w := range p.watches {
 		if w.refs == 0 && (all || now.Sub(w.idleSince) > linger) {
@@ -140,6 +145,9 @@ func registerEcho(a Attempt, id uint16, v6 bool, kept *watch) (*wire.Flow, echoR
 	}
 	if kept != nil {
 		if kept.reg == reg && err == nil && a.Wire.Attach(reg.link) == nil {
+			// Nothing is in flight to dst: what the flow still holds (a late reply, the
+			// echoes of an attempt that ended early) is no attempt's any more.
+			kept.flow.Take(func(wire.Event) bool { return true })
 			return kept.flow, reg, ""
 		}
 		kept.flow.Close()

@@ -255,14 +255,15 @@ func echoResult(echoes []*echo, evs []wire.Event, a Attempt, waited time.Duratio
 		if first.ttl >= 0 {
 			ev.replyTTL = new(first.ttl)
 		}
-		res.Detail = statsDetail(ev.stats, "echo replies")
-		if len(echoes) == 1 {
+		switch {
+		case len(echoes) > 1:
+			res.Detail = statsDetail(ev.stats, "echo replies")
+		case first.ttl >= 0 && a.Addr.Addr().Is6():
+			res.Detail = fmt.Sprintf("echo reply from %s in %s, hop limit %d", first.dst, fmtRTT(replies[0].rtt), first.ttl)
+		case first.ttl >= 0:
+			res.Detail = fmt.Sprintf("echo reply from %s in %s, TTL %d", first.dst, fmtRTT(replies[0].rtt), first.ttl)
+		default:
 			res.Detail = fmt.Sprintf("echo reply from %s in %s", first.dst, fmtRTT(replies[0].rtt))
-			if first.ttl >= 0 && a.Addr.Addr().Is6() {
-				res.Detail += fmt.Sprintf(", hop limit %d", first.ttl)
-			} else if first.ttl >= 0 {
-				res.Detail += fmt.Sprintf(", TTL %d", first.ttl)
-			}
 		}
 	case lastErr != nil:
 		ee := lastErr.err

@@ -215,6 +215,24 @@ func TestRunnerDoesNotRetryDefiniteAnswers(t *testing.T) {
 	}
 }
 
+// TestRunnerStoppedBeforeRetries: a daemon stopping ends the backoff before a retry; the
+// verdict says its retries were not run rather than passing one timeout off as final.
+func TestRunnerStoppedBeforeRetries(t *testing.T) {
+	fake := withKind(t, func(ctx context.Context, a Attempt) Result {
+		return Result{Reason: verdict.Timeout, Detail: "no answer"}
+	})
+	stop := make(chan struct{})
+	close(stop)
+	o := fastOpts()
+	o.Policy.Retries = 2
+	o.Sleep = schedule.StoppableSleep(stop)
+	tg, _ := target.ParseHostPort("198.51.100.7:80")
+	v := Run(context.Background(), fake, tg, o)[0]
+	if v.Attempts != 1 || !strings.HasSuffix(v.Detail, "(reachd stopped before its retries)") {
+		t.Fatalf("attempts %d, detail %q: want 1 and the retries said not run", v.Attempts, v.Detail)
+	}
+}
+
 func TestRunnerResolution(t *testing.T) {
 	var (
 		mu     sync.Mutex // the families' legs run at once

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"sync"
 	"time"
@@ -106,6 +107,7 @@ type outcome struct {
 	resolve  time.Duration
 	total    time.Duration
 	attempts int
+	stopped  bool // the daemon stopped during a backoff: the retries left were not run
 }
 
 func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *verdict.Verdict {
@@ -116,7 +118,9 @@ func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *v
 	v.Interface = l.iface
 	out := attempts(ctx, k, t, l, o, v)
 	describe(v, out)
-	if ctx.Err() != nil && !v.OK && out.attempts < o.Policy.Retries+1 && schedule.Retryable(out.last.Reason) {
+	if cut := out.attempts < o.Policy.Retries+1 && !v.OK && schedule.Retryable(out.last.Reason); cut && out.stopped {
+		v.Detail += " (reachd stopped before its retries)"
+	} else if cut && ctx.Err() != nil {
 		v.Detail += " (probe cancelled before its retries)"
 	}
 	return v
@@ -130,7 +134,12 @@ func attempts(ctx context.Context, k *Kind, t target.Target, l leg, o *Options, 
 	}
 	kopts := k.options(o.Kind)
 	var out outcome
-	n, delays := o.Policy.Do(ctx, sleep, func(ctx context.Context, n int) bool {
+	noted := func(ctx context.Context, d time.Duration) error {
+		err := sleep(ctx, d)
+		out.stopped = errors.Is(err, schedule.ErrStopping)
+		return err
+	}
+	n, delays := o.Policy.Do(ctx, noted, func(ctx context.Context, n int) bool {
 		start := time.Now()
 		// One deadline bounds resolution and the handshake together (seed 2.1): a slow
 		// resolver eats into the attempt's budget rather than extending it. A multi-packet

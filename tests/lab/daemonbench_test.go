@@ -161,12 +161,12 @@ func printSides(name string, a, b steady, an, bn string, target float64) float64
 // CPU per echo of `reachd run` and of `fping -l` at the same period.
 //
 // The daemon spreads its targets over the interval (phases; no herd), so it sends an echo
-// every millisecond. fping is run both ways: paced the same (-i 1: one echo a millisecond),
-// which is the comparison, and as a burst of all 1,000 each period (-i 0), printed for
-// context. On this machine a burst costs fping a fifth of what the same echoes paced cost
-// it, host-wide too (the host column: every process, interrupts and softirqs): the kernel
-// batches a burst's packets, and an idle machine woken a thousand times a second pays each
-// wake-up — a cost of pacing, not of either tool.
+// every millisecond or so (in batches of ticks due within 10 ms). fping is run both ways:
+// as a burst of all 1,000 each period (-i 0), and paced as reachd is (-i 1: an echo a
+// millisecond); reachd is compared with both. On this machine a burst costs fping a fifth
+// of what the same echoes paced cost it, host-wide too (the host column: every process,
+// interrupts and softirqs): the kernel batches a burst's packets, and an idle machine woken
+// a thousand times a second pays for each wake-up.
 func TestBenchDaemonICMPvsFping(t *testing.T) {
 	l := benchOnly(t)
 	if _, err := exec.LookPath("fping"); err != nil {
@@ -191,9 +191,12 @@ func TestBenchDaemonICMPvsFping(t *testing.T) {
 	cfg := fmt.Sprintf("defaults: {interval: 1s, timeout: 900ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {json: off, journald: off}\nprobes:\n  - {name: ping, kind: icmp, targets: %s}\n", yamlList(targets))
 	d := startReady(t, l, cfg, DaemonOptions{})
 	r := steadyWindow(t, d.cmd.Process.Pid, c, 5*time.Second, window)
-	printSides("daemon-icmp-1000@1s-burst", r, burst, "reachd", "fping-i0", 1.0)
+	// The issue's target is against both: the burst as first measured, and the same pacing.
+	if ratio := printSides("daemon-icmp-1000@1s-burst", r, burst, "reachd", "fping-i0", 1.0); ratio > 1.0 {
+		t.Errorf("CPU per echo %.2f× fping's in bursts (-i 0), target <= 1.0", ratio)
+	}
 	if ratio := printSides("daemon-icmp-1000@1s", r, paced, "reachd", "fping-i1", 1.0); ratio > 1.0 {
-		t.Errorf("CPU per echo %.2f× fping's at the same pacing, target <= 1.0", ratio)
+		t.Errorf("CPU per echo %.2f× fping's at the same pacing (-i 1), target <= 1.0", ratio)
 	}
 	// fping -i 1 falls a little short of 1,000 a second (its own overhead on the 1 ms).
 	if min(r.packets, burst.packets) < int(0.95*window.Seconds()*1000) || paced.packets < int(0.8*window.Seconds()*1000) {
