@@ -105,11 +105,13 @@ func syntaxMessage(m string) string {
 }
 
 func (d *doc) errorf(n ast.Node, format string, a ...any) {
-	var tk *token.Token
-	if n != nil { // a key without a value has none; callers name the key instead
-		tk = n.GetToken()
+	if n == nil {
+		// A key without a value has no node: its callers name the key instead. Line 0
+		// marks a caller that did not (FuzzParse finds them), without a panic.
+		d.errs = append(d.errs, Error{File: d.file, Msg: fmt.Sprintf(format, a...)})
+		return
 	}
-	d.errorAtToken(tk, format, a...)
+	d.errorAtToken(n.GetToken(), format, a...)
 }
 
 func (d *doc) errorAtToken(tk *token.Token, format string, a ...any) {

@@ -280,7 +280,7 @@ func (d *Daemon) followProfile() {
 	if d.cfg.Load().File != config.ProfileName || d.opts.ConfigPath != "" {
 		return
 	}
-	if _, err := os.Stat(config.DefaultPath); err == nil {
+	if _, err := os.Stat(config.DefaultPath); !errors.Is(err, os.ErrNotExist) {
 		// A config file appeared but a reload rejected it: it, not the profile, is what
 		// the next SIGHUP reads (the profile keeps running until then).
 		return

@@ -235,9 +235,16 @@ func (s *scheduler) queueDue() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	var held []*slot
 	for len(s.heap) > 0 && !s.heap[0].due.After(now.Add(early(s.heap[0]))) {
 		sl := s.heap[0]
 		due := sl.due
+		if sl.running && due.After(now) {
+			// Early, and its chain still runs: whether its tick finds the chain running
+			// is for the tick to say, when it is due.
+			held = append(held, heap.Pop(&s.heap).(*slot))
+			continue
+		}
 		if sl.running {
 			s.skipped[sl.probe.Name]++
 		} else {
@@ -254,6 +261,9 @@ func (s *scheduler) queueDue() time.Duration {
 			sl.due = sl.due.Add(n * sl.probe.Interval)
 		}
 		heap.Fix(&s.heap, 0)
+	}
+	for _, sl := range held {
+		heap.Push(&s.heap, sl)
 	}
 	if len(s.heap) == 0 {
 		return time.Hour

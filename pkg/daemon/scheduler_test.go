@@ -134,11 +134,39 @@ func TestTicksGoOutTogether(t *testing.T) {
 			}
 			now = now.Add(wait)
 		}
+		if len(s.skipped) != 0 {
+			t.Errorf("%s: skipped %v: every chain ended before its next tick", c.interval, s.skipped)
+		}
 		if most := int(period/c.allow) + 1; queued < 200 || passes > most {
 			t.Errorf("%s: %d ticks in %d passes over an interval; want 200 or more in at most %d", c.interval, queued, passes, most)
 		}
 		s.stop()
 	}
+}
+
+// TestEarlyNeverSkips: a tick is skipped only if its chain still runs when it is due. A
+// loop that wakes late, near the next tick, queues the slot and sees its next tick within
+// the early allowance; that tick is not skipped then, but when it comes if the chain runs.
+func TestEarlyNeverSkips(t *testing.T) {
+	cfg := manyTargets(t, 1, "100ms")
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	sl := s.heap[0]
+	first := sl.due
+	now = first.Add(95 * time.Millisecond) // 5 ms before the next tick
+	if wait := s.queueDue(); len(s.queue) != 1 || len(s.skipped) != 0 || wait != 5*time.Millisecond {
+		t.Fatalf("queued %d, skipped %v, next pass in %v; want 1, none, 5ms", len(s.queue), s.skipped, wait)
+	}
+	s.take()
+	now = first.Add(100 * time.Millisecond) // due, and the chain still runs
+	s.queueDue()
+	if s.skipped["many"] != 1 {
+		t.Fatalf("skipped %v; want the tick that found its chain running", s.skipped)
+	}
+	s.done(sl)
+	s.stop()
 }
 
 // TestApplyIsADiff: a reload keeps unchanged slots (their phase and state), replaces

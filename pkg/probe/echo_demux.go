@@ -99,9 +99,10 @@ func (p *pinger) keep(a Attempt) bool {
 	return pingers.linger.Load() > 0 && a.Wire.Roomy()
 }
 
-// keptFor bounds how long a registration nobody uses is kept: long enough for the next
-// tick of a probe every two minutes, short enough that the targets a reload removed give
-// their table entries back soon.
+// keptFor bounds how long a registration nobody uses is kept while its socket is in use:
+// long enough for the next tick of a probe every two minutes, short enough that the
+// targets a reload removed give their table entries back soon. A socket nobody uses any
+// more takes its registrations with it when it closes (see KeepEchoSockets).
 const keptFor = 2 * time.Minute
 
 // sweepWatches removes the kept registrations idle for longer than keptFor or than a socket
@@ -145,8 +146,9 @@ func registerEcho(a Attempt, id uint16, v6 bool, kept *watch) (*wire.Flow, echoR
 	}
 	if kept != nil {
 		if kept.reg == reg && err == nil && a.Wire.Attach(reg.link) == nil {
-			// Nothing is in flight to dst: what the flow still holds (a late reply, the
-			// echoes of an attempt that ended early) is no attempt's any more.
+			// Nothing is in flight to dst: what the flow holds or the ring still has for it
+			// (a late reply, the echoes of an attempt that ended early) is no attempt's.
+			kept.flow.Sync()
 			kept.flow.Take(func(wire.Event) bool { return true })
 			return kept.flow, reg, ""
 		}

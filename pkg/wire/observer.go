@@ -105,10 +105,11 @@ type Observer struct {
 	keyMu sync.Mutex
 
 	// ringMu serializes draining the ring (see ring.go); rec is the drain's buffer.
-	ringMu    sync.Mutex
-	rec       ringbuf.Record
-	drainStop chan struct{} // closed by Close: ends the background drain
-	drainDone chan struct{}
+	ringMu     sync.Mutex
+	rec        ringbuf.Record
+	ringWarned bool          // a read error was logged (under ringMu)
+	drainStop  chan struct{} // closed by Close: ends the background drain
+	drainDone  chan struct{}
 
 	linkDone chan struct{}  // closed by Close: ends the link-update subscription
 	linkWG   sync.WaitGroup // the goroutine that follows link updates

@@ -81,7 +81,10 @@ func (o *Observer) drain() bool {
 			return true // the ring is empty
 		}
 		if err != nil {
-			o.log.Warn("read eBPF events", "err", err)
+			if !o.ringWarned {
+				o.ringWarned = true // per drain it would be per probe
+				o.log.Warn("read eBPF events: probes fall back to kernel or userspace timing", "err", err)
+			}
 			return false
 		}
 		o.deliver(o.rec.RawSample)
