@@ -161,7 +161,7 @@ func printSides(name string, a, b steady, an, bn string, target float64) float64
 // CPU per echo of `reachd run` and of `fping -l` at the same period.
 //
 // The daemon spreads its targets over the interval (phases; no herd), so it sends an echo
-// every millisecond or so (in batches of ticks due within 20 ms). fping is run both ways:
+// every millisecond or so (in batches of ticks due within 10 ms). fping is run both ways:
 // as a burst of all 1,000 each period (-i 0), and paced as reachd is (-i 1: an echo a
 // millisecond); reachd is compared with both. On this machine a burst costs fping a fifth
 // of what the same echoes paced cost it, host-wide too (the host column: every process,
