@@ -36,6 +36,15 @@ func manyTargets(t *testing.T, n int, interval string) *config.Config {
 	return mustConfig(t, src)
 }
 
+// clocked is a scheduler running cfg on a clock the test sets (*now).
+func clocked(cfg *config.Config) (*scheduler, *time.Time) {
+	now := time.Unix(1_800_000_000, 0)
+	s := newScheduler()
+	s.now = func() time.Time { return now }
+	s.apply(cfg.Probes)
+	return s, &now
+}
+
 // TestPhasesSpreadAndStable: the ticks of many targets spread over the interval (no herd),
 // and the same config gives the same phases in another scheduler (a restart).
 func TestPhasesSpreadAndStable(t *testing.T) {
@@ -67,14 +76,11 @@ func TestPhasesSpreadAndStable(t *testing.T) {
 // stalled are skipped, not run in a burst.
 func TestTicksDoNotDrift(t *testing.T) {
 	cfg := manyTargets(t, 1, "1s")
-	now := time.Unix(1_800_000_000, 0)
-	s := newScheduler()
-	s.now = func() time.Time { return now }
-	s.apply(cfg.Probes)
+	s, now := clocked(cfg)
 	sl := s.heap[0]
 	first := sl.due
 	for i := range 5 {
-		now = first.Add(time.Duration(i)*time.Second + 300*time.Millisecond) // the loop runs 300 ms late
+		*now = first.Add(time.Duration(i)*time.Second + 300*time.Millisecond) // the loop runs 300 ms late
 		s.queueDue()
 		q := s.take()
 		if !q.due.Equal(first.Add(time.Duration(i) * time.Second)) {
@@ -83,9 +89,9 @@ func TestTicksDoNotDrift(t *testing.T) {
 		s.done(sl)
 	}
 	// A tick that finds the chain running is skipped.
-	now = first.Add(5 * time.Second)
+	*now = first.Add(5 * time.Second)
 	s.queueDue()
-	now = first.Add(6 * time.Second)
+	*now = first.Add(6 * time.Second)
 	s.queueDue()
 	if s.skipped["many"] != 1 || len(s.queue) != 1 {
 		t.Fatalf("skipped %d, queued %d; want 1 and 1", s.skipped["many"], len(s.queue))
@@ -93,7 +99,7 @@ func TestTicksDoNotDrift(t *testing.T) {
 	s.take()
 	s.done(sl)
 	// Stalled for 10 s: one tick runs, nine are skipped, and the phase holds.
-	now = first.Add(16*time.Second + 500*time.Millisecond)
+	*now = first.Add(16*time.Second + 500*time.Millisecond)
 	s.queueDue()
 	if len(s.queue) != 1 || s.skipped["many"] != 1+9 {
 		t.Fatalf("after a stall: queued %d skipped %d; want 1 and 10", len(s.queue), s.skipped["many"])
@@ -114,10 +120,7 @@ func TestTicksGoOutTogether(t *testing.T) {
 	}{{"1s", tickAhead}, {"100ms", 10 * time.Millisecond}} {
 		cfg := manyTargets(t, 200, c.interval)
 		period := cfg.Probes[0].Interval
-		now := time.Unix(1_800_000_000, 0)
-		s := newScheduler()
-		s.now = func() time.Time { return now }
-		s.apply(cfg.Probes)
+		s, now := clocked(cfg)
 		passes, queued := 0, 0
 		for end := now.Add(period); now.Before(end); passes++ {
 			wait := s.queueDue()
@@ -132,7 +135,7 @@ func TestTicksGoOutTogether(t *testing.T) {
 			if next := s.heap[0].due; !next.After(now.Add(c.allow)) || !now.Add(wait).Equal(next) {
 				t.Fatalf("%s: at %v: next tick %v left behind or slept past (wait %v)", c.interval, now, next, wait)
 			}
-			now = now.Add(wait)
+			*now = now.Add(wait)
 		}
 		if len(s.skipped) != 0 {
 			t.Errorf("%s: skipped %v: every chain ended before its next tick", c.interval, s.skipped)
@@ -149,18 +152,15 @@ func TestTicksGoOutTogether(t *testing.T) {
 // the early allowance; that tick is not skipped then, but when it comes if the chain runs.
 func TestEarlyNeverSkips(t *testing.T) {
 	cfg := manyTargets(t, 1, "100ms")
-	now := time.Unix(1_800_000_000, 0)
-	s := newScheduler()
-	s.now = func() time.Time { return now }
-	s.apply(cfg.Probes)
+	s, now := clocked(cfg)
 	sl := s.heap[0]
 	first := sl.due
-	now = first.Add(95 * time.Millisecond) // 5 ms before the next tick
+	*now = first.Add(95 * time.Millisecond) // 5 ms before the next tick
 	if wait := s.queueDue(); len(s.queue) != 1 || len(s.skipped) != 0 || wait != 5*time.Millisecond {
 		t.Fatalf("queued %d, skipped %v, next pass in %v; want 1, none, 5ms", len(s.queue), s.skipped, wait)
 	}
 	s.take()
-	now = first.Add(100 * time.Millisecond) // due, and the chain still runs
+	*now = first.Add(100 * time.Millisecond) // due, and the chain still runs
 	s.queueDue()
 	if s.skipped["many"] != 1 {
 		t.Fatalf("skipped %v; want the tick that found its chain running", s.skipped)
@@ -234,10 +234,7 @@ func TestWorkersComeAndGo(t *testing.T) {
 	defer func(l time.Duration) { workerLinger = l }(workerLinger)
 	workerLinger = 50 * time.Millisecond
 	cfg := manyTargets(t, 20, "1s")
-	now := time.Unix(1_800_000_000, 0)
-	s := newScheduler()
-	s.now = func() time.Time { return now }
-	s.apply(cfg.Probes)
+	s, now := clocked(cfg)
 	var wg sync.WaitGroup
 	var ran atomic.Int64
 	var c concurrency
@@ -248,7 +245,7 @@ func TestWorkersComeAndGo(t *testing.T) {
 		c.leave()
 		ran.Add(1)
 	})
-	now = now.Add(time.Second) // every slot is due
+	*now = now.Add(time.Second) // every slot is due
 	s.queueDue()
 	close(release)
 	deadline := time.Now().Add(2 * time.Second)
@@ -265,7 +262,7 @@ func TestWorkersComeAndGo(t *testing.T) {
 	if running != 0 {
 		t.Errorf("%d workers still running after idling", running)
 	}
-	now = now.Add(time.Second)
+	*now = now.Add(time.Second)
 	s.queueDue()
 	deadline = time.Now().Add(2 * time.Second)
 	for ran.Load() < 40 && time.Now().Before(deadline) {
@@ -282,10 +279,7 @@ func TestWorkersComeAndGo(t *testing.T) {
 // workers up to the cap (not only the idle one).
 func TestBurstReachesTheCap(t *testing.T) {
 	cfg := manyTargets(t, 20, "1s")
-	now := time.Unix(1_800_000_000, 0)
-	s := newScheduler()
-	s.now = func() time.Time { return now }
-	s.apply(cfg.Probes)
+	s, now := clocked(cfg)
 	var wg sync.WaitGroup
 	var c concurrency
 	gate := make(chan struct{})
@@ -307,7 +301,7 @@ func TestBurstReachesTheCap(t *testing.T) {
 			break
 		}
 	}
-	now = now.Add(time.Second) // all 20 due at once
+	*now = now.Add(time.Second) // all 20 due at once
 	s.queueDue()
 	for deadline := time.Now().Add(time.Second); c.busy.Load() < 8 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 	}
@@ -367,13 +361,10 @@ func TestSteadyLoadLetsTheBurstGo(t *testing.T) {
 	defer func(l time.Duration) { workerLinger = l }(workerLinger)
 	workerLinger = 40 * time.Millisecond
 	cfg := manyTargets(t, 200, "1s")
-	now := time.Unix(1_800_000_000, 0)
-	s := newScheduler()
-	s.now = func() time.Time { return now }
-	s.apply(cfg.Probes)
+	s, now := clocked(cfg)
 	var wg sync.WaitGroup
 	s.setWorkers(8, wg.Go, func(*queued) { time.Sleep(time.Millisecond) })
-	now = now.Add(2 * time.Second) // a burst: every slot due
+	*now = now.Add(2 * time.Second) // a burst: every slot due
 	s.queueDue()
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		s.mu.Lock()
@@ -389,7 +380,7 @@ func TestSteadyLoadLetsTheBurstGo(t *testing.T) {
 	for range 60 {
 		s.mu.Lock()
 		sl.running = true
-		s.queue = append(s.queue, &queued{s: sl, probe: sl.probe, due: now})
+		s.queue = append(s.queue, &queued{s: sl, probe: sl.probe, due: *now})
 		s.dispatch()
 		s.mu.Unlock()
 		for busy := true; busy; time.Sleep(100 * time.Microsecond) {
@@ -413,11 +404,8 @@ func TestSteadyLoadLetsTheBurstGo(t *testing.T) {
 // stuck (the daemon then stops feeding the watchdog); a fresh one does not.
 func TestStuckWorkers(t *testing.T) {
 	cfg := manyTargets(t, 1, "1s")
-	now := time.Unix(1_800_000_000, 0)
-	s := newScheduler()
-	s.now = func() time.Time { return now }
-	s.apply(cfg.Probes)
-	now = now.Add(time.Second)
+	s, now := clocked(cfg)
+	*now = now.Add(time.Second)
 	s.queueDue() // queued; no worker takes it
 	if s.stuck(now.Add(30*time.Second), time.Minute) {
 		t.Error("stuck after 30 s with a limit of a minute")
