@@ -163,10 +163,10 @@ func printSides(name string, a, b steady, an, bn string, target float64) float64
 // The daemon spreads its targets over the interval (phases; no herd), so it sends an echo
 // every millisecond or so (in batches of ticks due within 10 ms). fping is run both ways:
 // as a burst of all 1,000 each period (-i 0), and paced as reachd is (-i 1: an echo a
-// millisecond); reachd is compared with both. On this machine a burst costs fping a fifth
-// of what the same echoes paced cost it, host-wide too (the host column: every process,
-// interrupts and softirqs): the kernel batches a burst's packets, and an idle machine woken
-// a thousand times a second pays for each wake-up.
+// millisecond); reachd is compared with both. On this machine a burst costs fping a third
+// to a sixth of what the same echoes paced cost it, host-wide too (the host column: every
+// process, interrupts and softirqs) — likely because the kernel batches a burst's packets,
+// and an idle machine woken a thousand times a second pays for each wake-up.
 func TestBenchDaemonICMPvsFping(t *testing.T) {
 	l := benchOnly(t)
 	if _, err := exec.LookPath("fping"); err != nil {
