@@ -204,7 +204,12 @@ func (d *Daemon) setBudget(cfg *config.Config) {
 	for _, p := range cfg.Probes {
 		legs += probe.Verdicts(p.Targets, p.Options)
 	}
-	d.budget.Store(newLogBudget(cfg.Log.MaxRate, max(60*cfg.Log.MaxRate, legs), time.Now()))
+	rate, burst := cfg.Log.MaxRate, max(60*cfg.Log.MaxRate, legs)
+	if b := d.budget.Load(); b != nil {
+		b.configure(rate, burst, time.Now())
+		return
+	}
+	d.budget.Store(newLogBudget(rate, burst, time.Now()))
 }
 
 // checkProbes says whether the host can run every probe (the echo sockets' privilege).

@@ -111,4 +111,12 @@ func TestLogBudget(t *testing.T) {
 	if ok, _ := newLogBudget(0, 0, now).take(now); !ok {
 		t.Error("a rate of 0 must not limit")
 	}
+	// A reload reconfigures the budget: what was suppressed before it is still summarised.
+	b = newLogBudget(1, 1, now)
+	b.take(now)
+	b.take(now) // suppressed
+	b.configure(10, 100, now.Add(time.Second))
+	if _, s := b.take(now.Add(time.Minute)); s != 1 {
+		t.Errorf("after a reload the summary counts %d suppressed, want the 1 from before it", s)
+	}
 }

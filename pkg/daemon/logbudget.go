@@ -23,6 +23,15 @@ func newLogBudget(rate, burst int, now time.Time) *logBudget {
 	return &logBudget{rate: float64(rate), burst: float64(burst), tokens: float64(burst), at: now, summaryAt: now}
 }
 
+// configure gives the budget a reload's rate and burst, with the burst's tokens for the new
+// config's first round. The count not yet summarised stays: a reload does not hide what
+// was suppressed before it.
+func (b *logBudget) configure(rate, burst int, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rate, b.burst, b.tokens, b.at = float64(rate), float64(burst), float64(burst), now
+}
+
 // take says whether a record may be written now; summary is the count of records
 // suppressed since the last summary, when one is due (else 0).
 func (b *logBudget) take(now time.Time) (ok bool, summary uint64) {
