@@ -13,22 +13,6 @@ import (
 // phase and state, removed ones stop (their series go), new ones start at their phase. A
 // config with errors is rejected whole, its errors logged and counted, and the running
 // one goes on. The JSON log file is reopened either way (logrotate).
-// loadChecked reads and checks the new config. A panic there is a bug of reachd's, but it
-// must not end a daemon that has a good config running (and exit 2 would keep systemd from
-// restarting it): the reload is rejected instead, with the panic and its stack logged.
-func (d *Daemon) loadChecked() (cfg *config.Config, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			d.log.Error("BUG: reading the config panicked; please report it with this message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			cfg, err = nil, fmt.Errorf("reachd failed to read the config (a bug): %v", r)
-		}
-	}()
-	if cfg, err = d.load(); err == nil {
-		err = checkProbes(cfg)
-	}
-	return cfg, err
-}
-
 func (d *Daemon) reload() {
 	d.notify.reloading()
 	old := d.cfg.Load()
@@ -68,6 +52,22 @@ func (d *Daemon) reload() {
 	d.m.reloadTime.SetToCurrentTime()
 	d.log.Info("config reloaded", "probes", len(cfg.Probes), "targets", targetCount(cfg), "removed", removed, "added", added)
 	d.notify.ready(d.statusLine())
+}
+
+// loadChecked reads and checks the new config. A panic there is a bug of reachd's, but it
+// must not end a daemon that has a good config running (and exit 2 would keep systemd from
+// restarting it): the reload is rejected instead, with the panic and its stack logged.
+func (d *Daemon) loadChecked() (cfg *config.Config, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.log.Error("BUG: reading the config panicked; please report it with this message", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			cfg, err = nil, fmt.Errorf("reachd failed to read the config (a bug): %v", r)
+		}
+	}()
+	if cfg, err = d.load(); err == nil {
+		err = checkProbes(cfg)
+	}
+	return cfg, err
 }
 
 // applyOutputs moves the sinks and the endpoint where the new config says, all or none: a

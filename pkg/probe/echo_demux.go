@@ -148,8 +148,7 @@ func registerEcho(a Attempt, id uint16, v6 bool, kept *watch) (*wire.Flow, echoR
 		if kept.reg == reg && err == nil && a.Wire.Attach(reg.link) == nil {
 			// Nothing is in flight to dst: what the flow holds or the ring still has for it
 			// (a late reply, the echoes of an attempt that ended early) is no attempt's.
-			kept.flow.Sync()
-			kept.flow.Take(func(wire.Event) bool { return true })
+			kept.flow.Discard()
 			return kept.flow, reg, ""
 		}
 		kept.flow.Close()

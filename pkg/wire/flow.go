@@ -198,6 +198,16 @@ func (f *Flow) WaitFor(match func(Event) bool) []Event {
 	return f.Events()
 }
 
+// Discard drops the flow's events, those already delivered and those still in the ring:
+// a flow kept between users (an echo destination between ticks) starts each use empty.
+func (f *Flow) Discard() {
+	f.o.drain()
+	f.mu.Lock()
+	clear(f.events)
+	f.events = f.events[:0]
+	f.mu.Unlock()
+}
+
 // Sync returns the flow's events after every event already written by the kernel has
 // been delivered.
 func (f *Flow) Sync() []Event {
