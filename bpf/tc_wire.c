@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
-/* TC ingress/egress: report the probe's own SYN, SYN-ACK, RST, UDP datagrams, ICMP echoes and
- * the ICMP errors that quote them. A gateway forwards other people's traffic through here,
- * so everything else must leave after at most one map lookup: TCP segments that are not
- * SYN or RST leave before any lookup at all. */
+/* TC ingress/egress: report the probe's own SYN, SYN-ACK, RST, UDP datagrams, ICMP echoes,
+ * the ICMP errors that quote them, and the payload segments of application probes' flows.
+ * A gateway forwards other people's traffic through here, so everything else must leave
+ * after at most one map lookup: TCP segments that are not SYN or RST leave after one array
+ * load (payload_gate), before any hash lookup. */
 /* No CO-RE here: the headers these programs read are wire formats and __sk_buff is UAPI, the
  * same on every kernel and architecture. Without CO-RE relocations, loading them needs no
  * kernel BTF, whose parsing cost a one-shot run tens of milliseconds of CPU. */
@@ -130,9 +131,9 @@ static __always_inline int parse_ipv6(struct cursor *c, struct flow_key *k, int 
 	return -1; /* too many extension headers to follow */
 }
 
-static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u64 token, __u8 kind,
-				 int egress, __u32 seq, __u32 ack, __u8 itype, __u8 icode, const __u8 *from,
-				 int from_len)
+static __always_inline void emit_len(struct __sk_buff *skb, struct flow_key *k, __u64 token, __u8 kind,
+				     int egress, __u32 seq, __u32 ack, __u8 itype, __u8 icode, const __u8 *from,
+				     int from_len, __u32 len)
 {
 	struct wire_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -154,11 +155,41 @@ static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u6
 	e->state_old = 0;
 	e->state_new = 0;
 	__builtin_memset(e->pad2, 0, sizeof(e->pad2));
+	e->len = len;
 	if (from_len == 4)
 		__builtin_memcpy(e->from, from, 4);
 	else if (from_len == 16)
 		__builtin_memcpy(e->from, from, 16);
 	submit_event(e);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u64 token, __u8 kind,
+				 int egress, __u32 seq, __u32 ack, __u8 itype, __u8 icode, const __u8 *from,
+				 int from_len)
+{
+	emit_len(skb, k, token, kind, egress, seq, ack, itype, icode, from, from_len, 0);
+}
+
+/* A TCP segment that is not a SYN or RST, of a flow whose payload is watched: report it if
+ * it carries payload and its direction's budget is not spent. ip_len is the IP packet's
+ * length from its header (0 for a GSO packet too big for the field: then the skb's). */
+static __always_inline void payload_event(struct __sk_buff *skb, struct flow_key *k, __u8 *l4, int egress,
+					  __u32 l4_off, __u32 ip_end)
+{
+	__u32 doff = (l4[12] >> 4) * 4;
+	if (ip_end <= l4_off + doff)
+		return;
+	struct payload_watch *w = bpf_map_lookup_elem(&payload_flows, k);
+	if (!w)
+		return;
+	/* Read, then add: the add's old value needs BPF v3 atomics. Segments of one flow on
+	 * several CPUs at once may overshoot the budget by a few; it bounds, it does not count. */
+	__u32 *used = egress ? &w->used_tx : &w->used_rx;
+	if (*used >= (egress ? w->max_tx : w->max_rx))
+		return;
+	__sync_fetch_and_add(used, 1);
+	emit_len(skb, k, w->token, egress ? EV_DATA_TX : EV_DATA_RX, egress, bpf_ntohl(*(__be32 *)(l4 + 4)),
+		 bpf_ntohl(*(__be32 *)(l4 + 8)), 0, 0, 0, 0, ip_end - l4_off - doff);
 }
 
 /* Make the first want bytes of the packet (or all of it, if shorter) readable. Headers are
@@ -284,6 +315,7 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 	void *end = (void *)(long)skb->data_end;
 	struct flow_key k = {.proto = proto};
 	const __u8 *src;
+	__u32 ip_len;
 	if (v6) {
 		struct ipv6hdr *ip6 = data + ip_off;
 		if ((void *)(ip6 + 1) > end)
@@ -292,6 +324,7 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		__builtin_memcpy(k.laddr, egress ? &ip6->saddr : &ip6->daddr, 16);
 		__builtin_memcpy(k.raddr, egress ? &ip6->daddr : &ip6->saddr, 16);
 		src = (const __u8 *)&ip6->saddr;
+		ip_len = ip6->payload_len ? 40 + bpf_ntohs(ip6->payload_len) : 0;
 	} else {
 		struct iphdr *ip4 = data + ip_off;
 		if ((void *)(ip4 + 1) > end)
@@ -300,6 +333,7 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		__builtin_memcpy(k.laddr, egress ? &ip4->saddr : &ip4->daddr, 4);
 		__builtin_memcpy(k.raddr, egress ? &ip4->daddr : &ip4->saddr, 4);
 		src = (const __u8 *)&ip4->saddr;
+		ip_len = bpf_ntohs(ip4->tot_len);
 	}
 	__u8 *l4 = data + l4_off;
 
@@ -307,6 +341,9 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		if ((void *)(l4 + 20) > end)
 			return 0;
 		__u8 flags = l4[13];
+		__be16 *ports = (__be16 *)l4;
+		k.lport = egress ? ports[0] : ports[1];
+		k.rport = egress ? ports[1] : ports[0];
 		__u8 kind;
 		if (egress && (flags & 0x12) == 0x02)
 			kind = EV_SYN;
@@ -314,11 +351,16 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 			kind = EV_SYNACK;
 		else if (!egress && (flags & 0x04))
 			kind = EV_RST;
-		else
-			return 0; /* the common case on a gateway: no lookup */
-		__be16 *ports = (__be16 *)l4;
-		k.lport = egress ? ports[0] : ports[1];
-		k.rport = egress ? ports[1] : ports[0];
+		else {
+			/* The common case on a gateway: one array load, no hash lookup. */
+			__u32 gate = (__u16)(ports[0] ^ ports[1]);
+			__u8 *open = bpf_map_lookup_elem(&payload_gate, &gate);
+			if (!open || !*open)
+				return 0;
+			__u32 ip_end = ip_len ? ip_off + ip_len : skb->len;
+			payload_event(skb, &k, l4, egress, l4_off, ip_end);
+			return 0;
+		}
 		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
 		if (tok)
 			emit(skb, &k, *tok, kind, egress, bpf_ntohl(*(__be32 *)(l4 + 4)), bpf_ntohl(*(__be32 *)(l4 + 8)),

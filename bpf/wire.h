@@ -44,6 +44,9 @@ enum event_kind {
 	EV_STATE = 9,      /* inet_sock_set_state: state_old → state_new */
 	EV_RETRANSMIT = 10, /* tcp_retransmit_skb: state_new is the socket's state (SYN_SENT: a SYN) */
 	EV_RESET_RX = 11,  /* tcp_receive_reset */
+	/* TCP segments carrying payload, of flows in payload_flows (application probes): */
+	EV_DATA_TX = 12,
+	EV_DATA_RX = 13,
 };
 
 struct wire_event {
@@ -61,7 +64,8 @@ struct wire_event {
 	__u8 from[16];/* sender of an ICMP error: the outer source address */
 	__u8 state_old; /* TCP states (TCP_SYN_SENT = 2, ...) for tracepoint events */
 	__u8 state_new;
-	__u8 pad2[6];
+	__u8 pad2[2];
+	__u32 len;    /* EV_DATA_*: TCP payload bytes (of a GSO packet, all its segments') */
 };
 
 /* Registered flows. A plain hash, not LRU: an LRU map would evict a live flow silently when
@@ -88,6 +92,36 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } socks SEC(".maps");
+
+/* Flows whose TCP payload is reported (the request and response of an application probe),
+ * each with a budget of events per direction: enough for a handshake and the first and
+ * last bytes of a small response, and a bound on what a large one costs the ring. Sized
+ * and reported as flows. */
+struct payload_watch {
+	__u64 token;
+	__u32 max_tx;
+	__u32 max_rx;
+	__u32 used_tx;
+	__u32 used_rx;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, struct payload_watch);
+} payload_flows SEC(".maps");
+
+/* The gate in front of payload_flows, indexed by the XOR of a segment's two ports: nonzero
+ * while some watched flow has that port pair. A TCP segment that is not a SYN or RST (the
+ * bulk of what a gateway forwards) pays one array load here and nothing more unless it
+ * collides with a watched flow's ports. Userspace keeps the counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} payload_gate SEC(".maps");
 
 /* Events lost to a full ring buffer, per CPU. */
 struct {

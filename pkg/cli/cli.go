@@ -162,10 +162,7 @@ func newProbe(stdout io.Writer, status *int) *cobra.Command {
 
 // newKind is the command of one kind: the common flags, and the kind's own.
 func newKind(k *probe.Kind, pf *probeFlags, stdout io.Writer, status *int) *cobra.Command {
-	use := k.Name + " HOST:PORT... [flags]"
-	if k.HostOnly {
-		use = k.Name + " HOST... [flags]"
-	}
+	use := k.Name + " " + k.TargetForm() + "... [flags]"
 	var kopts probe.KindOptions
 	if k.NewOptions != nil {
 		kopts = k.NewOptions()
@@ -200,7 +197,7 @@ func kindList() string {
 func (pf *probeFlags) job(k *probe.Kind, kopts probe.KindOptions, set func(string) bool, args []string) (engine.Job, error) {
 	j := engine.Job{Kind: k}
 	if len(args) == 0 {
-		return j, usagef("no target given (want reachd probe %s %s...)", k.Name, map[bool]string{true: "HOST", false: "HOST:PORT"}[k.HostOnly])
+		return j, usagef("no target given (want reachd probe %s %s...)", k.Name, k.TargetForm())
 	}
 	opts, err := pf.options()
 	if err != nil {

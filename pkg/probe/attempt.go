@@ -1,10 +1,13 @@
 package probe
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
 
+	"reachd/pkg/target"
 	"reachd/pkg/verdict"
 	"reachd/pkg/wire"
 )
@@ -12,6 +15,7 @@ import (
 // Attempt is what a kind's run gets for one attempt: the part every kind shares, and the
 // kind's own options.
 type Attempt struct {
+	Target    target.Target  // as parsed: the name (for SNI and Host) and, for URLs, the URL
 	Addr      netip.AddrPort // the address to probe; link-local ones carry their zone
 	Interface string         // SO_BINDTODEVICE; "" for none
 	Mark      uint32         // SO_MARK; 0 for none
@@ -20,6 +24,19 @@ type Attempt struct {
 	Timeout   time.Duration // how long one packet's answer is awaited
 	Opts      KindOptions   // the kind's own; nil means its defaults
 	Log       *slog.Logger  // debug lines (why an attempt is not wire-timed); nil: none
+	// Resolver and Family resolve another host the attempt must reach (a redirect's) as
+	// the runner resolved the target (see resolve).
+	Resolver Resolver
+	Family   Family
+}
+
+// resolve resolves host as the attempt's target was: a failure is a Result with a reason.
+func (a Attempt) resolve(ctx context.Context, host string) (netip.Addr, Result) {
+	t, err := target.ParseHost(host)
+	if err != nil {
+		return netip.Addr{}, fail(verdict.DNSNXDomain, fmt.Sprintf("%s is not a host name or address", host))
+	}
+	return resolveAddr(ctx, t, leg{fam: a.Family, iface: a.Interface}, &Options{Resolver: a.Resolver})
 }
 
 func (a Attempt) log() *slog.Logger {

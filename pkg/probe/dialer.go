@@ -26,35 +26,61 @@ import (
 // count comes from TCP_INFO; and the prober's own lateness is told apart from the target's
 // (self_overload). A context without a deadline bounds the handshake by a.Timeout.
 func DialTCP(ctx context.Context, a Attempt) (net.Conn, Result) {
+	conn, res, d := dialTCP(ctx, a)
+	if d.flow != nil {
+		d.flow.Close()
+	}
+	return conn, res
+}
+
+// dialed is what a wire-timed dial leaves its caller besides the connection: the flow,
+// still registered so that the connection's payload can be timed (the caller closes it),
+// and the clocks of the moment connect() was issued, to place the flow's events.
+type dialed struct {
+	flow      *wire.Flow
+	startWall time.Time
+	startMono int64
+}
+
+// wall turns an event's CLOCK_MONOTONIC stamp into wall time.
+func (d dialed) wall(ns uint64) time.Time {
+	return d.startWall.Add(time.Duration(int64(ns) - d.startMono))
+}
+
+func dialTCP(ctx context.Context, a Attempt) (conn net.Conn, res Result, d dialed) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(a.Timeout)
 	}
 	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if !ok {
-		return nil, res
+		return nil, res, d
 	}
 	defer f.Close() // a returned conn holds a duplicate
 	if res, ok := setupSocket(fd, a, sockStreamStamps); !ok {
-		return nil, res
+		return nil, res, d
 	}
-	var flow *wire.Flow
 	var note string
 	if a.Wire != nil {
-		if flow, note = registerTCP(fd, a); flow != nil {
-			defer flow.Close()
+		if d.flow, note = registerTCP(fd, a); d.flow != nil {
+			defer func() {
+				if conn == nil {
+					d.flow.Close()
+					d.flow = nil
+				}
+			}()
 		}
 	}
 	if !time.Now().Before(deadline) {
-		return nil, fail(verdict.SelfOverload, "the attempt's deadline passed before connect() was issued: the prober is overloaded")
+		return nil, fail(verdict.SelfOverload, "the attempt's deadline passed before connect() was issued: the prober is overloaded"), d
 	}
-	startMono, start := wire.Monotonic(), time.Now()
+	d.startMono, d.startWall = wire.Monotonic(), time.Now()
 	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) && !errors.Is(err, unix.EINTR) {
-		return nil, sendError("connect", err, a)
+		return nil, sendError("connect", err, a), d
 	}
-	res = tcpOutcome(ctx, f, fd, deadline, start, a)
-	if flow != nil {
-		res = applyWire(res, flow, start, startMono)
+	res = tcpOutcome(ctx, f, fd, deadline, d.startWall, a)
+	if d.flow != nil {
+		res = applyWire(res, d.flow, d.startWall, d.startMono)
 	}
 	if res.Connect == 0 && res.HasRTT {
 		res.Connect = res.RTT
@@ -63,13 +89,13 @@ func DialTCP(ctx context.Context, a Attempt) (net.Conn, Result) {
 		res.Detail += "; " + note
 	}
 	if res.Reason != verdict.OK {
-		return nil, res
+		return nil, res, d
 	}
-	conn, err := net.FileConn(f)
+	c, err := net.FileConn(f)
 	if err != nil {
-		return nil, fail(verdict.LocalError, fmt.Sprintf("handshake completed, but the socket cannot be used: %v", err))
+		return nil, fail(verdict.LocalError, fmt.Sprintf("handshake completed, but the socket cannot be used: %v", err)), d
 	}
-	return conn, res
+	return c, res, d
 }
 
 // tcpResult is what a handshake tells beyond the common result: how many SYNs went, and
@@ -78,6 +104,10 @@ type tcpResult struct {
 	synRetransmits *int
 	syns           []time.Time // every SYN sent, first one first
 	synack, rst    time.Time
+	// The initial sequence numbers of both sides, from the SYN and SYN-ACK seen at TC: they
+	// place a byte of the connection's streams in the packets that carried it.
+	isn, peerISN uint32
+	hasISN       bool
 }
 
 func (r *tcpResult) fill(v *verdict.Verdict, since func(time.Time) *verdict.Millis) {

@@ -42,6 +42,8 @@ type tcpTimeline struct {
 	syns   []uint64
 	answer uint64 // 0: no answer seen
 	from   netip.Addr
+	// TC only: the SYN's and the SYN-ACK's sequence numbers.
+	isn, peerISN uint32
 }
 
 // wantEvents are the events that answer a handshake as its socket ended it: at TC, and at
@@ -139,6 +141,7 @@ func applyWire(res Result, f *wire.Flow, startWall time.Time, startMono int64) R
 	switch w.tc {
 	case wire.EvSYNACK:
 		tr.synack = wall(tl.answer)
+		tr.isn, tr.peerISN, tr.hasISN = tl.isn, tl.peerISN, source == verdict.SourceWire
 		if n > 0 {
 			res.Detail = fmt.Sprintf("handshake completed after %d SYN retransmission(s): the SYN-ACK answered the last SYN in %s; the earlier SYN(s) got no answer",
 				n, rtt.Round(time.Microsecond))
@@ -162,8 +165,10 @@ func tcTimeline(evs []wire.Event, want wire.EventKind) tcpTimeline {
 		switch k := wire.EventKind(e.Kind); {
 		case k == wire.EvSYN:
 			tl.syns = append(tl.syns, e.TsNs)
+			tl.isn = e.Seq
 		case k == want && want != 0:
 			tl.answer = e.TsNs
+			tl.peerISN = e.Seq
 			if k == wire.EvICMPError {
 				tl.from = e.FromAddr()
 			}

@@ -16,8 +16,9 @@ type Kind struct {
 	Order   int    // where it is listed among the kinds (help, usage messages)
 	Summary string // one line: what an attempt does
 	Example string // command-line examples, indented
-	// HostOnly: targets are hosts, without a port (echo); else HOST:PORT.
+	// HostOnly: targets are hosts, without a port (echo); URL: http(s) URLs; else HOST:PORT.
 	HostOnly bool
+	URL      bool
 	Needs    Needs
 	// NewOptions returns the kind's own options at their defaults (nil: it has none).
 	NewOptions func() KindOptions
@@ -71,6 +72,17 @@ func Kinds() []*Kind {
 func Lookup(name string) (*Kind, bool) {
 	k, ok := registry[name]
 	return k, ok
+}
+
+// TargetForm says how the kind's targets are written, for usage lines and messages.
+func (k *Kind) TargetForm() string {
+	switch {
+	case k.HostOnly:
+		return "HOST"
+	case k.URL:
+		return "URL"
+	}
+	return "HOST:PORT"
 }
 
 // options returns o, or the kind's defaults when o is nil.

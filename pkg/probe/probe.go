@@ -155,10 +155,13 @@ func CheckZone(t target.Target) error {
 	return nil
 }
 
-// ParseTarget parses a target of kind k: a host, or a host and port.
+// ParseTarget parses a target of kind k: a host, a host and port, or a URL.
 func (k *Kind) ParseTarget(s string) (target.Target, error) {
-	if k.HostOnly {
+	switch {
+	case k.HostOnly:
 		return target.ParseHost(s)
+	case k.URL:
+		return target.ParseURL(s)
 	}
 	return target.ParseHostPort(s)
 }

@@ -147,9 +147,10 @@ func attempts(ctx context.Context, k *Kind, t target.Target, l leg, o *Options, 
 		actx, cancel := context.WithDeadline(ctx, start.Add(attemptBudget(o.Timeout, kopts)))
 		defer cancel()
 		var res Result
-		out.addr, res = resolveAddr(actx, t, l, o)
+		out.addr, res = resolveAddr(actx, pinned(t, kopts), l, o)
 		out.resolve = time.Since(start)
 		out.attempt = Attempt{
+			Target:    t,
 			Addr:      netip.AddrPortFrom(out.addr, t.Port),
 			Interface: l.iface,
 			Mark:      o.Mark,
@@ -158,6 +159,8 @@ func attempts(ctx context.Context, k *Kind, t target.Target, l leg, o *Options, 
 			Timeout:   o.Timeout,
 			Opts:      kopts,
 			Log:       o.Log,
+			Resolver:  o.Resolver,
+			Family:    l.fam,
 		}
 		if res.Reason == "" {
 			res = k.run(actx, out.attempt)
@@ -172,6 +175,19 @@ func attempts(ctx context.Context, k *Kind, t target.Target, l leg, o *Options, 
 	}
 	out.attempts = n
 	return out
+}
+
+// pinner is a kind's options that name the address to probe instead of the target's host
+// (http's --connect-to, curl's --resolve habit): the host still names the server for SNI,
+// Host and the certificate.
+type pinner interface{ pinnedAddr() netip.Addr }
+
+// pinned returns t with its host's address when kopts pins one, so that nothing resolves it.
+func pinned(t target.Target, kopts KindOptions) target.Target {
+	if p, ok := kopts.(pinner); ok && p.pinnedAddr().IsValid() {
+		t.Addr = p.pinnedAddr()
+	}
+	return t
 }
 
 // describe writes the final attempt's result into v.

@@ -1,5 +1,5 @@
-// Package target parses probe targets as users write them: HOST, HOST:PORT, [V6]:PORT, and
-// link-local addresses with their zone.
+// Package target parses probe targets as users write them: HOST, HOST:PORT, [V6]:PORT,
+// link-local addresses with their zone, and http(s) URLs.
 package target
 
 import (
@@ -7,16 +7,18 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 )
 
-// Target is a parsed HOST[:PORT]. Exactly one of Name and Addr is set.
+// Target is a parsed HOST[:PORT] or URL. Exactly one of Name and Addr is set.
 type Target struct {
 	Raw  string     // as the user wrote it
 	Name string     // a host name to resolve, without trailing dot handling
 	Addr netip.Addr // an address literal, zone included (fe80::1%eth0)
 	Port uint16     // 0 when the kind takes no port
+	URL  *url.URL   // the whole URL, for kinds whose targets are URLs; else nil
 }
 
 // IsLiteral reports whether the host is an address literal (no resolution needed).

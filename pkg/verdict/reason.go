@@ -43,6 +43,7 @@ const (
 	DNSNoAnswer         Reason = "dns_no_answer"
 	TLSHandshake        Reason = "tls_handshake"
 	CertExpired         Reason = "cert_expired"
+	CertExpiring        Reason = "cert_expiring"
 	CertNotYetValid     Reason = "cert_not_yet_valid"
 	CertUntrusted       Reason = "cert_untrusted"
 	CertHostname        Reason = "cert_hostname"
@@ -61,8 +62,8 @@ const (
 var layers = map[Reason][]Layer{
 	OK:                  {LayerOK},
 	Refused:             {LayerTransport},
-	Timeout:             {LayerTransport, LayerNetwork},
-	Reset:               {LayerTransport},
+	Timeout:             {LayerTransport, LayerNetwork, LayerTLS, LayerApplication},
+	Reset:               {LayerTransport, LayerTLS, LayerApplication},
 	HostUnreachable:     {LayerNetwork, LayerLink, LayerLocal},
 	NetUnreachable:      {LayerNetwork, LayerLocal},
 	AdminProhibited:     {LayerNetwork, LayerLocal},
@@ -83,6 +84,7 @@ var layers = map[Reason][]Layer{
 	DNSNoAnswer:         {LayerResolve},
 	TLSHandshake:        {LayerTLS},
 	CertExpired:         {LayerTLS},
+	CertExpiring:        {LayerTLS},
 	CertNotYetValid:     {LayerTLS},
 	CertUntrusted:       {LayerTLS},
 	CertHostname:        {LayerTLS},

@@ -76,6 +76,8 @@ type Verdict struct {
 	Labels map[string]string `json:"labels,omitempty"`
 	Stats  *Stats            `json:"stats,omitempty"`
 	UDP    *UDP              `json:"udp,omitempty"`
+	TLS    *TLS              `json:"tls,omitempty"`
+	HTTP   *HTTP             `json:"http,omitempty"`
 }
 
 // Stats summarise a multi-packet attempt (ICMP echoes, UDP datagrams), like fping -C.
@@ -102,11 +104,18 @@ type UDP struct {
 	Reply    string `json:"reply,omitempty"` // the first reply's first bytes, printable or hex
 }
 
-// Timings are the phases of the final attempt.
+// Timings are the phases of the final attempt. Consecutive phases meet: each ends where
+// the next begins, so they add up to the total.
 type Timings struct {
-	Resolve *Millis `json:"resolve,omitempty"`
-	Connect *Millis `json:"connect,omitempty"`
-	Total   *Millis `json:"total,omitempty"`
+	Resolve  *Millis `json:"resolve,omitempty"`
+	Connect  *Millis `json:"connect,omitempty"`
+	TLS      *Millis `json:"tls,omitempty"`
+	Request  *Millis `json:"request,omitempty"`
+	TTFB     *Millis `json:"ttfb,omitempty"`
+	Transfer *Millis `json:"transfer,omitempty"`
+	Total    *Millis `json:"total,omitempty"`
+	// Wire names the phases whose both ends were stamped at TC (http and tls probes).
+	Wire []string `json:"wire,omitempty"`
 }
 
 // Wire is what was seen of the probe's packets: instants from eBPF at TC (ms after the

@@ -26,6 +26,7 @@ type Flow struct {
 	events []Event
 	// reserved: events kept beyond maxFlowEvents, for the multi-packet attempts using it.
 	reserved int
+	payload  bool // WatchPayload registered it (under mu)
 }
 
 // Register makes the TC programs report proto packets between local and remote. Call it
@@ -105,9 +106,16 @@ func (f *Flow) Close() {
 	}
 	// Only ours: a later flow with the same key has another token and its own entry.
 	var tok uint64
+	f.mu.Lock()
+	payload := f.payload
+	f.payload = false
+	f.mu.Unlock()
 	o.keyMu.Lock()
 	if f.hasKey && o.maps.Flows.Lookup(&f.key, &tok) == nil && tok == f.token {
 		_ = o.maps.Flows.Delete(&f.key)
+	}
+	if payload {
+		f.unwatchPayload()
 	}
 	o.keyMu.Unlock()
 	if f.cookie != 0 {
@@ -213,4 +221,51 @@ func (f *Flow) Discard() {
 func (f *Flow) Sync() []Event {
 	f.o.drain()
 	return f.Events()
+}
+
+// WatchPayload makes the TC programs report the flow's TCP segments that carry payload, up
+// to tx leaving and rx arriving (the budget bounds what a large response costs the ring;
+// the flow keeps that many events more). Close ends it.
+func (f *Flow) WatchPayload(tx, rx uint32) error {
+	if !f.hasKey || f.key.Proto != ProtoTCP {
+		return errors.New("payload is watched at TC, for TCP flows it watches")
+	}
+	o := f.o
+	w := tcWirePayloadWatch{Token: f.token, MaxTx: tx, MaxRx: rx}
+	slot := f.gateSlot()
+	o.keyMu.Lock()
+	defer o.keyMu.Unlock()
+	if err := o.maps.PayloadFlows.Put(&f.key, &w); err != nil {
+		return fmt.Errorf("watch payload: %w", o.tableErr(o.maps.PayloadFlows, err))
+	}
+	if o.gate[slot]++; o.gate[slot] == 1 {
+		if err := o.maps.PayloadGate.Put(slot, uint8(1)); err != nil {
+			o.gate[slot]--
+			_ = o.maps.PayloadFlows.Delete(&f.key)
+			return fmt.Errorf("open payload gate: %w", err)
+		}
+	}
+	f.mu.Lock()
+	f.payload = true
+	f.reserved += int(tx + rx)
+	f.mu.Unlock()
+	return nil
+}
+
+// gateSlot is the flow's slot in the payload gate: the XOR of its ports as the packet
+// carries them (network order), which is the same both ways.
+func (f *Flow) gateSlot() uint32 { return uint32(f.key.Lport ^ f.key.Rport) }
+
+// unwatchPayload ends WatchPayload, under keyMu.
+func (f *Flow) unwatchPayload() {
+	o := f.o
+	var w tcWirePayloadWatch
+	if o.maps.PayloadFlows.Lookup(&f.key, &w) == nil && w.Token == f.token {
+		_ = o.maps.PayloadFlows.Delete(&f.key)
+	}
+	slot := f.gateSlot()
+	if o.gate[slot]--; o.gate[slot] <= 0 {
+		delete(o.gate, slot)
+		_ = o.maps.PayloadGate.Put(slot, uint8(0))
+	}
 }

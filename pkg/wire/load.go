@@ -42,7 +42,8 @@ func loadMaps(spec *ebpf.CollectionSpec) (*maps, error) {
 }
 
 func (m *maps) replacements() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{"events": m.Events, "flows": m.Flows, "lost_events": m.LostEvents, "socks": m.Socks}
+	return map[string]*ebpf.Map{"events": m.Events, "flows": m.Flows, "lost_events": m.LostEvents, "socks": m.Socks,
+		"payload_flows": m.PayloadFlows, "payload_gate": m.PayloadGate}
 }
 
 // tcPair is the ingress and egress programs for one kind of device.

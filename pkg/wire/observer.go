@@ -101,8 +101,11 @@ type Observer struct {
 	dropped atomic.Uint64
 	full    atomic.Uint64 // registrations refused by a full flow table
 	// keyMu orders the writes of the flows map: a closing flow's lookup and delete are
-	// one step against a new flow's put of the same key.
+	// one step against a new flow's put of the same key. It also guards gate.
 	keyMu sync.Mutex
+	// gate counts the payload-watched flows per slot of the payload gate (their ports'
+	// XOR); a slot is open in the kernel while its count is above zero.
+	gate map[uint32]int
 
 	// ringMu serializes draining the ring (see ring.go); rec is the drain's buffer.
 	ringMu     sync.Mutex
@@ -134,14 +137,14 @@ func Open(log *slog.Logger, opt Options) (*Observer, error) {
 	if maxFlows <= 0 {
 		maxFlows = DefaultMaxFlows
 	}
-	for _, name := range []string{"flows", "socks"} {
+	for _, name := range []string{"flows", "socks", "payload_flows"} {
 		spec.Maps[name].MaxEntries = uint32(maxFlows)
 	}
 	m, err := loadMaps(spec)
 	if err != nil {
 		return nil, err
 	}
-	o := &Observer{spec: spec, maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}}
+	o := &Observer{spec: spec, maps: m, log: log, tcMode: opt.TC, links: map[int]attachment{}, failed: map[int]error{}, flows: map[uint64]*Flow{}, gate: map[uint32]int{}}
 	if n, err := ReapStale(); err != nil {
 		log.Warn("delete stale reachd TC filters", "err", err)
 	} else if n > 0 {

@@ -24,6 +24,15 @@ type sockTraceFlowKey struct {
 	Raddr  [16]uint8
 }
 
+type sockTracePayloadWatch struct {
+	_      structs.HostLayout
+	Token  uint64
+	MaxTx  uint32
+	MaxRx  uint32
+	UsedTx uint32
+	UsedRx uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -31,6 +40,8 @@ const (
 	sockTraceMapEvents               = "events"
 	sockTraceMapFlows                = "flows"
 	sockTraceMapLostEvents           = "lost_events"
+	sockTraceMapPayloadFlows         = "payload_flows"
+	sockTraceMapPayloadGate          = "payload_gate"
 	sockTraceMapSocks                = "socks"
 	sockTraceProgReachdSockState     = "reachd_sock_state"
 	sockTraceProgReachdTcpReset      = "reachd_tcp_reset"
@@ -88,10 +99,12 @@ type sockTraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockTraceMapSpecs struct {
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Flows      *ebpf.MapSpec `ebpf:"flows"`
-	LostEvents *ebpf.MapSpec `ebpf:"lost_events"`
-	Socks      *ebpf.MapSpec `ebpf:"socks"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Flows        *ebpf.MapSpec `ebpf:"flows"`
+	LostEvents   *ebpf.MapSpec `ebpf:"lost_events"`
+	PayloadFlows *ebpf.MapSpec `ebpf:"payload_flows"`
+	PayloadGate  *ebpf.MapSpec `ebpf:"payload_gate"`
+	Socks        *ebpf.MapSpec `ebpf:"socks"`
 }
 
 // sockTraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -120,10 +133,12 @@ func (o *sockTraceObjects) Close() error {
 //
 // It can be passed to loadSockTraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockTraceMaps struct {
-	Events     *ebpf.Map `ebpf:"events"`
-	Flows      *ebpf.Map `ebpf:"flows"`
-	LostEvents *ebpf.Map `ebpf:"lost_events"`
-	Socks      *ebpf.Map `ebpf:"socks"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Flows        *ebpf.Map `ebpf:"flows"`
+	LostEvents   *ebpf.Map `ebpf:"lost_events"`
+	PayloadFlows *ebpf.Map `ebpf:"payload_flows"`
+	PayloadGate  *ebpf.Map `ebpf:"payload_gate"`
+	Socks        *ebpf.Map `ebpf:"socks"`
 }
 
 func (m *sockTraceMaps) Close() error {
@@ -131,6 +146,8 @@ func (m *sockTraceMaps) Close() error {
 		m.Events,
 		m.Flows,
 		m.LostEvents,
+		m.PayloadFlows,
+		m.PayloadGate,
 		m.Socks,
 	)
 }

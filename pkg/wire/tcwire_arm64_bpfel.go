@@ -27,6 +27,8 @@ const (
 	tcWireEventKindEV_STATE        tcWireEventKind = 9
 	tcWireEventKindEV_RETRANSMIT   tcWireEventKind = 10
 	tcWireEventKindEV_RESET_RX     tcWireEventKind = 11
+	tcWireEventKindEV_DATA_TX      tcWireEventKind = 12
+	tcWireEventKindEV_DATA_RX      tcWireEventKind = 13
 )
 
 type tcWireFlowKey struct {
@@ -38,6 +40,15 @@ type tcWireFlowKey struct {
 	Pad    uint16
 	Laddr  [16]uint8
 	Raddr  [16]uint8
+}
+
+type tcWirePayloadWatch struct {
+	_      structs.HostLayout
+	Token  uint64
+	MaxTx  uint32
+	MaxRx  uint32
+	UsedTx uint32
+	UsedRx uint32
 }
 
 type tcWireWireEvent struct {
@@ -55,7 +66,8 @@ type tcWireWireEvent struct {
 	From     [16]uint8
 	StateOld uint8
 	StateNew uint8
-	Pad2     [6]uint8
+	Pad2     [2]uint8
+	Len      uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -65,6 +77,8 @@ const (
 	tcWireMapEvents             = "events"
 	tcWireMapFlows              = "flows"
 	tcWireMapLostEvents         = "lost_events"
+	tcWireMapPayloadFlows       = "payload_flows"
+	tcWireMapPayloadGate        = "payload_gate"
 	tcWireMapSocks              = "socks"
 	tcWireProgReachdTcEgress    = "reachd_tc_egress"
 	tcWireProgReachdTcEgressL3  = "reachd_tc_egress_l3"
@@ -126,10 +140,12 @@ type tcWireProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcWireMapSpecs struct {
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Flows      *ebpf.MapSpec `ebpf:"flows"`
-	LostEvents *ebpf.MapSpec `ebpf:"lost_events"`
-	Socks      *ebpf.MapSpec `ebpf:"socks"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Flows        *ebpf.MapSpec `ebpf:"flows"`
+	LostEvents   *ebpf.MapSpec `ebpf:"lost_events"`
+	PayloadFlows *ebpf.MapSpec `ebpf:"payload_flows"`
+	PayloadGate  *ebpf.MapSpec `ebpf:"payload_gate"`
+	Socks        *ebpf.MapSpec `ebpf:"socks"`
 }
 
 // tcWireVariableSpecs contains global variables before they are loaded into the kernel.
@@ -160,10 +176,12 @@ func (o *tcWireObjects) Close() error {
 //
 // It can be passed to loadTcWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcWireMaps struct {
-	Events     *ebpf.Map `ebpf:"events"`
-	Flows      *ebpf.Map `ebpf:"flows"`
-	LostEvents *ebpf.Map `ebpf:"lost_events"`
-	Socks      *ebpf.Map `ebpf:"socks"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Flows        *ebpf.Map `ebpf:"flows"`
+	LostEvents   *ebpf.Map `ebpf:"lost_events"`
+	PayloadFlows *ebpf.Map `ebpf:"payload_flows"`
+	PayloadGate  *ebpf.Map `ebpf:"payload_gate"`
+	Socks        *ebpf.Map `ebpf:"socks"`
 }
 
 func (m *tcWireMaps) Close() error {
@@ -171,6 +189,8 @@ func (m *tcWireMaps) Close() error {
 		m.Events,
 		m.Flows,
 		m.LostEvents,
+		m.PayloadFlows,
+		m.PayloadGate,
 		m.Socks,
 	)
 }

@@ -28,6 +28,8 @@ const (
 	EvState       = EventKind(tcWireEventKindEV_STATE)
 	EvRetransmit  = EventKind(tcWireEventKindEV_RETRANSMIT)
 	EvResetRx     = EventKind(tcWireEventKindEV_RESET_RX)
+	EvDataTx      = EventKind(tcWireEventKindEV_DATA_TX)
+	EvDataRx      = EventKind(tcWireEventKindEV_DATA_RX)
 )
 
 // TCP states, as the kernel numbers them (include/net/tcp_states.h), for EvState events.

@@ -1,0 +1,192 @@
+package probe
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"reachd/pkg/target"
+	"reachd/pkg/verdict"
+)
+
+// response is what one request got back.
+type response struct {
+	status          int
+	proto, location string
+	addr            string
+	body            []byte // the first BodyLimit bytes
+	bodyBytes       int64  // read in all
+	truncated       bool
+	end             time.Time // the last byte read
+}
+
+// run sends one request of an attempt (its first, or a redirect's) over a connection of its
+// own and reads the response. Without a response, the Result says why, at the layer that
+// failed (resolve, transport, tls, application). Its phases are added to ev.
+func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, body string, begin time.Time, ev *tlsEvidence) (Result, *response) {
+	addr := p.addr
+	if !addr.IsValid() {
+		var res Result
+		if addr, res = a.resolve(ctx, p.url.Hostname()); res.Reason != "" {
+			return res, nil
+		}
+	}
+	port, _ := strconv.Atoi(p.url.Port())
+	if port == 0 {
+		port = map[string]int{"http": 80, "https": 443}[p.url.Scheme]
+	}
+	ha := a
+	ha.Addr = netip.AddrPortFrom(addr, uint16(port))
+	if t, err := target.ParseURL(p.url.String()); err == nil {
+		ha.Target = t
+	}
+	s, res := dialSession(ctx, ha)
+	if s == nil {
+		return res, nil
+	}
+	defer s.close()
+	s.marks.begin = mark{at: begin}
+	ev.tcp, _ = s.tcp.Kind.(*tcpResult)
+	conn := net.Conn(s.conn)
+	if p.url.Scheme == "https" {
+		tc, hs := s.startTLS(ctx, &o.TLSOptions, serverName(ha, &o.TLSOptions), alpnFor)
+		ev.tls = hs.summary
+		if hs.res.Reason != verdict.OK {
+			s.finish(ev)
+			return s.outcome(hs.res, ev), nil
+		}
+		conn = tc
+	}
+	req, err := newRequest(ctx, p.url, o, method, body)
+	if err != nil {
+		return s.outcome(fail(verdict.LocalError, err.Error()), ev), nil
+	}
+	resp, res := s.exchange(ctx, conn, req, o)
+	s.finish(ev)
+	if resp != nil {
+		resp.addr = addr.String()
+	}
+	return s.outcome(res, ev), resp
+}
+
+// finish places the session's instants on the wire and adds its phases.
+func (s *session) finish(ev *tlsEvidence) {
+	s.place(&s.marks)
+	ev.phases.add(s.marks)
+}
+
+// outcome is r with what the session's TCP handshake measured: the verdict's round trip,
+// local address and timing source are the connection's.
+func (s *session) outcome(r Result, ev *tlsEvidence) Result {
+	r.Kind, r.Local, r.TimingSource = ev, s.tcp.Local, s.tcp.TimingSource
+	r.RTT, r.HasRTT, r.Connect, r.sent = s.tcp.RTT, s.tcp.HasRTT, s.tcp.Connect, true
+	if r.Reason == verdict.OK && r.Detail == "" {
+		r.Detail = s.tcp.Detail
+	}
+	return r
+}
+
+func newRequest(ctx context.Context, u interface{ String() string }, o *HTTPOptions, method, body string) (*http.Request, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return nil, fmt.Errorf("build the request: %w", err)
+	}
+	for k, v := range o.Headers {
+		req.Header[k] = v
+	}
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", "reachd")
+	}
+	if o.Host != "" {
+		req.Host = o.Host
+	}
+	return req, nil
+}
+
+// exchange sends req over conn and reads the response, its body up to the limit. It
+// notes the stream offsets of the request's first byte and the response's first and last,
+// for place to find the packets that carried them.
+func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request, o *HTTPOptions) (*response, Result) {
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	tx, rx := s.conn.counts()
+	s.marks.sentTx, s.marks.firstRx = tx, rx
+	var firstChunk chunk
+	trace := &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) {
+			if !s.marks.sent.set() {
+				s.marks.sent = mark{at: time.Now()}
+			}
+		},
+		GotFirstResponseByte: func() {
+			s.marks.first = mark{at: time.Now()}
+			firstChunk, _ = s.conn.lastChunk()
+		},
+	}
+	t := transportFor(conn)
+	defer t.CloseIdleConnections()
+	hr, err := t.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	if err != nil {
+		return nil, exchangeFailure(err, s.a.Timeout, "waiting for the response")
+	}
+	defer hr.Body.Close()
+	if hr.ProtoMajor == 2 {
+		// HTTP/2 frames interleave (the server's SETTINGS may come first): the response's
+		// first byte is in the read that delivered its HEADERS frame.
+		s.marks.firstRx = firstChunk.off
+	}
+	resp := &response{status: hr.StatusCode, proto: hr.Proto, location: hr.Header.Get("Location")}
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(hr.Body, o.BodyLimit))
+	resp.body, resp.bodyBytes = buf.Bytes(), n
+	if err == nil && n == o.BodyLimit {
+		var one [1]byte
+		if k, _ := hr.Body.Read(one[:]); k > 0 {
+			resp.truncated = true
+		}
+	}
+	resp.end = time.Now()
+	_, rx = s.conn.counts()
+	s.marks.end, s.marks.endRx = mark{at: resp.end}, rx-1
+	if err != nil {
+		res := exchangeFailure(err, s.a.Timeout, "reading the body")
+		res.Detail = fmt.Sprintf("%s %d: %s (%d body bytes read)", hr.Proto, hr.StatusCode, res.Detail, n)
+		return resp, res
+	}
+	return resp, Result{Reason: verdict.OK}
+}
+
+// exchangeFailure classifies an error of the request or the response: the connection's end
+// (timeout, reset, closed), or an answer that is not HTTP.
+func exchangeFailure(err error, timeout time.Duration, doing string) Result {
+	if res := ioFailure(err, verdict.LayerApplication, doing, timeout); res.Reason != "" {
+		return res
+	}
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &rhe) {
+		return Result{Reason: verdict.TLSHandshake, Detail: handshakeDetail(err), sent: true}
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "malformed HTTP") || strings.Contains(msg, "HTTP/1.x transport connection broken") {
+		return Result{Reason: verdict.ProtocolMismatch, Detail: "the server's answer is not HTTP: " + msg, sent: true}
+	}
+	if strings.Contains(msg, "server closed") || strings.Contains(msg, "EOF") {
+		return Result{Reason: verdict.Reset, Layer: verdict.LayerApplication, Detail: "the server closed the connection without a response", sent: true}
+	}
+	return Result{Reason: verdict.ProtocolMismatch, Detail: msg, sent: true}
+}

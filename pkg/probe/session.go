@@ -1,0 +1,160 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"reachd/pkg/verdict"
+)
+
+// session is one TCP connection of an application probe (tls, http, and later line):
+// dialed by the wire-timed dialer, its bytes counted both ways so that a byte of either
+// stream can be placed in the packet TC saw carry it, and the instants that bound its
+// phases (phases.go).
+type session struct {
+	a    Attempt
+	conn *meter
+	tcp  Result // the TCP handshake, evidence included
+	d    dialed
+	// start is when the session's phases begin: the attempt's start after resolution.
+	start time.Time
+	marks marks
+}
+
+// dialSession connects to a.Addr. Without a session, res says why (the TCP probe's
+// reasons and evidence: refused, a timeout with the SYNs seen, an ICMP error and who sent
+// it).
+func dialSession(ctx context.Context, a Attempt) (*session, Result) {
+	start := time.Now()
+	conn, res, d := dialTCP(ctx, a)
+	if conn == nil {
+		return nil, res
+	}
+	// Closed with a reset, by whoever closes it (an HTTP transport too): a prober that
+	// runs thousands of probes keeps no TIME_WAIT entries.
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	s := &session{a: a, conn: &meter{Conn: conn}, tcp: res, d: d, start: start}
+	s.marks = marks{begin: mark{at: start}, resolved: s.firstSYN(), connected: s.handshakeEnd(),
+		securedRx: -1, sentTx: -1, firstRx: -1, endRx: -1}
+	if d.flow != nil {
+		if err := d.flow.WatchPayload(payloadTx, payloadRx); err != nil {
+			a.log().Debug("payload not watched: its phases are timed in userspace", "dst", a.Addr, "err", err)
+		}
+	}
+	return s, res
+}
+
+// close closes the connection (with a reset: see dialSession) and the flow.
+func (s *session) close() {
+	_ = s.conn.Close()
+	if s.d.flow != nil {
+		s.d.flow.Close()
+	}
+}
+
+// firstSYN is when the first SYN left, at TC if seen, else when connect() was issued: the
+// connect phase runs from it, as the tcp probe's does, and the socket's set-up before it
+// counts with resolution.
+func (s *session) firstSYN() mark {
+	if tr, ok := s.tcp.Kind.(*tcpResult); ok && len(tr.syns) > 0 && s.tcp.TimingSource == verdict.SourceWire {
+		return mark{at: tr.syns[0], wire: true}
+	}
+	return mark{at: s.d.startWall}
+}
+
+// handshakeEnd is when the SYN-ACK arrived: at TC if seen, else when connect() returned.
+func (s *session) handshakeEnd() mark {
+	if tr, ok := s.tcp.Kind.(*tcpResult); ok && !tr.synack.IsZero() && s.tcp.TimingSource == verdict.SourceWire {
+		return mark{at: tr.synack, wire: true}
+	}
+	return mark{at: s.d.startWall.Add(s.tcp.Connect)}
+}
+
+// ioFailure classifies an error of the connection after its handshake: what layer was
+// speaking (tls, application) and what it was doing say where it failed.
+func ioFailure(err error, layer verdict.Layer, doing string, timeout time.Duration) Result {
+	res := Result{Layer: layer, sent: true}
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		res.Reason = verdict.Timeout
+		res.Detail = fmt.Sprintf("no answer within the attempt's %s while %s", timeout, doing)
+	case errors.Is(err, context.Canceled):
+		res.Reason = verdict.LocalError
+		res.Detail = "probe cancelled while " + doing
+	case errors.Is(err, syscall.ECONNRESET):
+		res.Reason = verdict.Reset
+		res.Detail = "the server reset the connection while " + doing
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		res.Reason = verdict.Reset
+		res.Detail = "the server closed the connection while " + doing
+	default:
+		return Result{}
+	}
+	return res
+}
+
+// meter is a connection that counts the bytes read and written, and remembers when each
+// read returned (the first few hundred), so that a moment seen in userspace (the response's
+// first byte handed to the HTTP client) can be traced to the stream offset that carried it.
+type meter struct {
+	net.Conn
+	mu     sync.Mutex
+	tx, rx int64
+	reads  []chunk
+}
+
+// chunk is one read: the stream offset it started at, and when it returned.
+type chunk struct {
+	off int64
+	at  time.Time
+}
+
+const maxChunks = 256
+
+func (m *meter) Read(b []byte) (int, error) {
+	n, err := m.Conn.Read(b)
+	if n > 0 {
+		now := time.Now()
+		m.mu.Lock()
+		if len(m.reads) < maxChunks {
+			m.reads = append(m.reads, chunk{m.rx, now})
+		}
+		m.rx += int64(n)
+		m.mu.Unlock()
+	}
+	return n, err
+}
+
+func (m *meter) Write(b []byte) (int, error) {
+	n, err := m.Conn.Write(b)
+	m.mu.Lock()
+	m.tx += int64(n)
+	m.mu.Unlock()
+	return n, err
+}
+
+// counts returns the bytes written and read so far.
+func (m *meter) counts() (tx, rx int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tx, m.rx
+}
+
+// lastChunk returns the offset where the latest read started, and when it returned.
+func (m *meter) lastChunk() (chunk, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.reads) == 0 {
+		return chunk{}, false
+	}
+	return m.reads[len(m.reads)-1], true
+}
