@@ -269,8 +269,8 @@ func judge(res Result, resp *response, o *HTTPOptions, ev *tlsEvidence) Result {
 		if resp.location != "" {
 			res.Detail += ", Location " + resp.location
 		}
-		if ev.tls != nil && ev.tls.DaysLeft != nil {
-			res.Detail += fmt.Sprintf("; certificate expires in %.0f days", *ev.tls.DaysLeft)
+		if ev.tlsDetail != "" {
+			res.Detail += "; " + ev.tlsDetail
 		}
 	}
 	if resp.truncated {

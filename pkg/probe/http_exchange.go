@@ -41,6 +41,7 @@ func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, bod
 			return res, nil
 		}
 	}
+	resolved := time.Now()
 	port, _ := strconv.Atoi(p.url.Port())
 	if port == 0 {
 		port = map[string]int{"http": 80, "https": 443}[p.url.Scheme]
@@ -55,12 +56,12 @@ func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, bod
 		return res, nil
 	}
 	defer s.close()
-	s.marks.begin = mark{at: begin}
+	s.marks.begin, s.marks.resolved = mark{at: begin}, mark{at: resolved}
 	ev.tcp, _ = s.tcp.Kind.(*tcpResult)
 	conn := net.Conn(s.conn)
 	if p.url.Scheme == "https" {
 		tc, hs := s.startTLS(ctx, &o.TLSOptions, serverName(ha, &o.TLSOptions), alpnFor)
-		ev.tls = hs.summary
+		ev.tls, ev.tlsDetail = hs.summary, hs.detail
 		if hs.res.Reason != verdict.OK {
 			s.finish(ev)
 			return s.outcome(hs.res, ev), nil
@@ -74,7 +75,9 @@ func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, bod
 	resp, res := s.exchange(ctx, conn, req, o)
 	s.finish(ev)
 	if resp != nil {
-		resp.addr = addr.String()
+		// A redirect's next request begins where this one ended, as placed on the wire, so
+		// the phases of all of them add up to the whole.
+		resp.addr, resp.end = addr.String(), s.marks.end.at
 	}
 	return s.outcome(res, ev), resp
 }
@@ -161,13 +164,14 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 		}
 	}
 	resp.end = time.Now()
-	_, rx = s.conn.counts()
-	s.marks.end, s.marks.endRx = mark{at: resp.end}, rx-1
-	if err != nil {
+	s.marks.end = mark{at: resp.end}
+	if err != nil { // the attempt ends when the read failed, not with the last byte
 		res := exchangeFailure(err, s.a.Timeout, "reading the body")
 		res.Detail = fmt.Sprintf("%s %d: %s (%d body bytes read)", hr.Proto, hr.StatusCode, res.Detail, n)
 		return resp, res
 	}
+	_, rx = s.conn.counts()
+	s.marks.endRx = rx - 1
 	return resp, Result{Reason: verdict.OK}
 }
 

@@ -3,7 +3,6 @@ package probe
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"log"
 	"net"
@@ -18,42 +17,19 @@ import (
 	"github.com/spf13/pflag"
 
 	"reachd/internal/testpki"
+	"reachd/internal/testweb"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
 )
 
-// httpMux is the test server's paths: each answers as its name says.
-func httpMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "ready %s", r.Proto) })
-	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "/moved2", http.StatusMovedPermanently)
-	})
-	mux.HandleFunc("/moved2", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ok", http.StatusFound) })
-	mux.HandleFunc("/loop", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/loop", http.StatusFound) })
-	mux.HandleFunc("/missing", http.NotFound)
-	mux.HandleFunc("/down", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) })
-	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "100")
-		w.WriteHeader(200)
-		fmt.Fprint(w, "the first bytes")
-		w.(http.Flusher).Flush()
-		select {
-		case <-time.After(3 * time.Second):
-		case <-r.Context().Done():
-		}
-	})
-	return mux
-}
-
-// serveHTTP serves httpMux on 127.0.0.1, with TLS (HTTP/2 offered) when cfg is not nil.
+// serveHTTP serves testweb.Mux on 127.0.0.1, with TLS (HTTP/2 offered) when cfg is not nil.
 func serveHTTP(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: httpMux(), ReadHeaderTimeout: 2 * time.Second,
+	srv := &http.Server{Handler: testweb.Mux(), ReadHeaderTimeout: 2 * time.Second,
 		ErrorLog: log.New(io.Discard, "", 0)} // probes reset their connections
 	scheme := "http"
 	if cfg != nil {
@@ -158,7 +134,7 @@ func checkPhases(t *testing.T, ev *tlsEvidence) {
 		}
 		sum += d
 	}
-	sum += ev.phases.d["resolve"] + ev.phases.d["tls"]
+	sum += ev.phases.d["resolve"] + ev.phases.d["setup"] + ev.phases.d["tls"]
 	if sum != ev.phases.span {
 		t.Fatalf("phases %v add up to %s, span %s", ev.phases.d, sum, ev.phases.span)
 	}

@@ -7,7 +7,7 @@ import (
 	"reachd/pkg/wire"
 )
 
-// The phases of an application probe (resolve, connect, tls, request, ttfb, transfer) run
+// The phases of an application probe (resolve, setup, connect, tls, request, ttfb, transfer) run
 // between instants that mark a connection's progress. Each instant is taken at TC when the
 // packet that made it was seen there — the SYN-ACK, the server's last handshake byte, the
 // request's first byte leaving, the response's first and last bytes arriving — and in
@@ -25,20 +25,20 @@ func (m mark) set() bool { return !m.at.IsZero() }
 // marks are a connection's instants, and the stream offsets that tell which packet made
 // each (placed on the wire by session.place).
 type marks struct {
-	begin, resolved, connected, secured, sent, first, end mark
+	begin, resolved, syn, connected, secured, sent, first, end mark
 	// Stream offsets (bytes before the one meant): the server's last handshake byte, the
 	// request's first byte, the response's first and last bytes. -1: not known.
 	securedRx, sentTx, firstRx, endRx int64
 }
 
 // phaseNames lists the phases in order, each with the instants it runs between.
-var phaseNames = []string{"resolve", "connect", "tls", "request", "ttfb", "transfer"}
+var phaseNames = []string{"resolve", "setup", "connect", "tls", "request", "ttfb", "transfer"}
 
 // durations returns each phase's length, keyed as phaseNames, and whether both its
 // instants were taken at TC; an instant not taken (no TLS) merges its phase into the next
 // one's, and an instant earlier than the one before it (two clocks) counts as that one.
 func (m marks) durations() (map[string]time.Duration, map[string]bool) {
-	seq := []mark{m.begin, m.resolved, m.connected, m.secured, m.sent, m.first, m.end}
+	seq := []mark{m.begin, m.resolved, m.syn, m.connected, m.secured, m.sent, m.first, m.end}
 	d := map[string]time.Duration{}
 	w := map[string]bool{}
 	prev := seq[0]
@@ -98,6 +98,7 @@ func (p *phases) fill(v *verdict.Verdict) {
 	}
 	resolve += p.d["resolve"]
 	t.Resolve = verdict.MsPtr(resolve)
+	set(&t.Setup, "setup")
 	set(&t.Connect, "connect")
 	set(&t.TLS, "tls")
 	set(&t.Request, "request")

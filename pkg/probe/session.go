@@ -43,7 +43,7 @@ func dialSession(ctx context.Context, a Attempt) (*session, Result) {
 		_ = tc.SetLinger(0)
 	}
 	s := &session{a: a, conn: &meter{Conn: conn}, tcp: res, d: d, start: start}
-	s.marks = marks{begin: mark{at: start}, resolved: s.firstSYN(), connected: s.handshakeEnd(),
+	s.marks = marks{begin: mark{at: start}, resolved: mark{at: start}, syn: s.firstSYN(), connected: s.handshakeEnd(),
 		securedRx: -1, sentTx: -1, firstRx: -1, endRx: -1}
 	if d.flow != nil {
 		if err := d.flow.WatchPayload(payloadTx, payloadRx); err != nil {
@@ -62,8 +62,8 @@ func (s *session) close() {
 }
 
 // firstSYN is when the first SYN left, at TC if seen, else when connect() was issued: the
-// connect phase runs from it, as the tcp probe's does, and the socket's set-up before it
-// counts with resolution.
+// connect phase runs from it, as the tcp probe's does; the prober's own set-up before it
+// (the socket, the flow's registration) is a phase of its own.
 func (s *session) firstSYN() mark {
 	if tr, ok := s.tcp.Kind.(*tcpResult); ok && len(tr.syns) > 0 && s.tcp.TimingSource == verdict.SourceWire {
 		return mark{at: tr.syns[0], wire: true}

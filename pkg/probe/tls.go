@@ -102,8 +102,9 @@ func loadRoots(path string) (*x509.CertPool, error) {
 
 // tlsEvidence is what a tls (or https) attempt tells beyond the common result.
 type tlsEvidence struct {
-	tcp    *tcpResult
-	tls    *verdict.TLS
+	tcp       *tcpResult
+	tls       *verdict.TLS
+	tlsDetail string // what the TLS checks found, when they passed
 	phases phases
 	http   *verdict.HTTP
 }

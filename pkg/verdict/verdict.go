@@ -108,6 +108,7 @@ type UDP struct {
 // the next begins, so they add up to the total.
 type Timings struct {
 	Resolve  *Millis `json:"resolve,omitempty"`
+	Setup    *Millis `json:"setup,omitempty"`
 	Connect  *Millis `json:"connect,omitempty"`
 	TLS      *Millis `json:"tls,omitempty"`
 	Request  *Millis `json:"request,omitempty"`

@@ -1,0 +1,130 @@
+package lab
+
+import (
+	"crypto/tls"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"reachd/internal/testpki"
+	"reachd/internal/testweb"
+	"reachd/pkg/verdict"
+)
+
+const (
+	portWeb    = 9480 // plain HTTP (testweb.Mux)
+	portWebTLS = 9481 // the same over TLS, HTTP/2 offered
+)
+
+// urlOf is scheme://addr:port+path, the address bracketed when IPv6.
+func urlOf(scheme string, a netip.Addr, port int, path string) string {
+	return fmt.Sprintf("%s://%s%s", scheme, netip.AddrPortFrom(a, uint16(port)), path)
+}
+
+// TestHTTPProbe: statuses, redirects, a body too slow for the timeout, a body that does
+// not match, HTTP/2, and failures below HTTP that keep their own reasons and evidence, over
+// IPv4 and IPv6. Every phase of an answered request is wire-timed, and the phases add up to
+// the total.
+func TestHTTPProbe(t *testing.T) {
+	l := requireLab(t)
+	pki, ca := labPKI(t)
+	cert, err := pki.Issue(testLeaf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveWeb(t, l, portWeb, nil, testweb.Mux())
+	serveWeb(t, l, portWebTLS, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}, testweb.Mux())
+	type hcase struct {
+		name, url string
+		args      []string
+		reason    verdict.Reason
+		layer     verdict.Layer
+		detail    string
+		status    float64
+		from      netip.Addr
+	}
+	for _, fam := range []struct {
+		srv, admin, router netip.Addr
+	}{{ServerV4, AdminV4, RouterClientV4}, {ServerV6, AdminV6, RouterClientV6}} {
+		web := func(path string) string { return urlOf("http", fam.srv, portWeb, path) }
+		cases := []hcase{
+			{"200", web(testweb.OK), nil, verdict.OK, verdict.LayerOK, "HTTP/1.1 200", 200, netip.Addr{}},
+			{"301 chain to 200", web(testweb.Moved), nil, verdict.OK, verdict.LayerOK, "after 2 redirect(s)", 200, netip.Addr{}},
+			{"404", web(testweb.Missing), nil, verdict.OK, verdict.LayerOK, "client error", 404, netip.Addr{}},
+			{"503", web(testweb.Down), nil, verdict.HTTPStatus, verdict.LayerApplication, "status not accepted", 503, netip.Addr{}},
+			{"slow body", web(testweb.Slow), []string{"--timeout", "1s"}, verdict.Timeout, verdict.LayerApplication, "reading the body", 200, netip.Addr{}},
+			{"body regex", web(testweb.OK), []string{"--body-regex", "^steady"}, verdict.BodyMismatch, verdict.LayerApplication, `does not match "^steady"`, 200, netip.Addr{}},
+			{"http2", urlOf("https", fam.srv, portWebTLS, testweb.OK), []string{"--ca", ca, "--body-regex", "^ready HTTP/2"}, verdict.OK, verdict.LayerOK, "HTTP/2.0 200", 200, netip.Addr{}},
+			{"refused", urlOf("http", fam.srv, PortClosed, "/"), nil, verdict.Refused, verdict.LayerTransport, "RST", 0, netip.Addr{}},
+			{"admin prohibited", urlOf("http", fam.admin, PortOpen, "/"), nil, verdict.AdminProhibited, verdict.LayerNetwork, "from " + fam.router.String(), 0, fam.router},
+			{"syn dropped", urlOf("http", fam.srv, PortDrop, "/"), []string{"--timeout", "1500ms"}, verdict.Timeout, verdict.LayerTransport, "SYN transmission(s) seen leaving on the wire", 0, netip.Addr{}},
+		}
+		for _, c := range cases {
+			t.Run(familyOf(fam.srv.String())+"/"+c.name, func(t *testing.T) {
+				t.Parallel()
+				args := withErrorSource(t, l, c.from, append([]string{"--retries", "0"}, c.args...))
+				vs, code := probeKind(t, l, "http", nil, append(args, c.url)...)
+				if len(vs) != 1 {
+					t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
+				}
+				v := vs[0]
+				t.Logf("%s → %s/%s [%s]: %s %v", c.url, v["reason"], v["layer"], v["timing_source"], v["detail"], v["timings_ms"])
+				if v["reason"] != string(c.reason) || v["layer"] != string(c.layer) || !strings.Contains(v["detail"].(string), c.detail) {
+					t.Fatalf("got %v/%v %q; want %s/%s ~%q", v["reason"], v["layer"], v["detail"], c.reason, c.layer, c.detail)
+				}
+				if c.from.IsValid() && icmpFrom(v) != c.from.String() {
+					t.Errorf("ICMP from %q, want %s", icmpFrom(v), c.from)
+				}
+				if c.status != 0 {
+					if h, _ := v["http"].(map[string]any); h == nil || h["status"] != c.status {
+						t.Errorf("http: %v, want status %v", v["http"], c.status)
+					}
+				}
+				if c.reason == verdict.OK {
+					checkHTTPPhases(t, v)
+				}
+				if c.name == "301 chain to 200" {
+					rs := v["http"].(map[string]any)["redirects"].([]any)
+					if len(rs) != 2 || rs[0].(map[string]any)["status"] != float64(301) || rs[0].(map[string]any)["addr"] != fam.srv.String() {
+						t.Errorf("redirects: %v", rs)
+					}
+				}
+			})
+		}
+	}
+}
+
+// testLeaf is a server certificate for webName and the server's addresses.
+func testLeaf() testpki.Leaf {
+	return testpki.Leaf{Names: []string{webName}, IPs: []net.IP{ServerV4.AsSlice(), ServerV6.AsSlice()}}
+}
+
+// checkHTTPPhases: every phase is there and wire-timed, and they add up to the total
+// within 1 %.
+func checkHTTPPhases(t *testing.T, v map[string]any) {
+	t.Helper()
+	tm := v["timings_ms"].(map[string]any)
+	wired, _ := tm["wire"].([]any)
+	want := []string{"connect", "request", "ttfb", "transfer"}
+	if strings.HasPrefix(v["target"].(string), "https") {
+		want = append(want, "tls")
+	}
+	var sum float64
+	for _, name := range []string{"resolve", "setup", "connect", "tls", "request", "ttfb", "transfer"} {
+		x, _ := tm[name].(float64)
+		sum += x
+	}
+	for _, name := range want {
+		if _, ok := tm[name]; !ok || !slices.Contains(wired, any(name)) {
+			t.Errorf("phase %s missing or not wire-timed: %v", name, tm)
+		}
+	}
+	total := tm["total"].(float64)
+	if math.Abs(sum-total) > total/100 {
+		t.Errorf("phases add up to %.3f ms, total %.3f ms", sum, total)
+	}
+}
