@@ -22,7 +22,9 @@ const (
 func Mux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc(OK, func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "ready %s", r.Proto) })
-	mux.HandleFunc(Moved, func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/moved2", http.StatusMovedPermanently) })
+	mux.HandleFunc(Moved, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/moved2", http.StatusMovedPermanently)
+	})
 	mux.HandleFunc("/moved2", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, OK, http.StatusFound) })
 	mux.HandleFunc(Loop, func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, Loop, http.StatusFound) })
 	mux.HandleFunc(Missing, http.NotFound)

@@ -105,8 +105,8 @@ type tlsEvidence struct {
 	tcp       *tcpResult
 	tls       *verdict.TLS
 	tlsDetail string // what the TLS checks found, when they passed
-	phases phases
-	http   *verdict.HTTP
+	phases    phases
+	http      *verdict.HTTP
 }
 
 func (e *tlsEvidence) fill(v *verdict.Verdict, since func(time.Time) *verdict.Millis) {
