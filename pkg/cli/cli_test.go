@@ -57,6 +57,16 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"config", "check", "/nonexistent/reachd.yaml"},
 		{"run", "--config", "/nonexistent/reachd.yaml"},
 		{"run", "extra"},
+		{"probe", "http", "example.net/health"},
+		{"probe", "http", "https:///health"},
+		{"probe", "http", "ftp://example.net/"},
+		{"probe", "http", "--ca", "/nonexistent/ca.pem", "https://example.net/"},
+		{"probe", "http", "--body-regex", "(", "http://127.0.0.1:1/"},
+		{"probe", "http", "--expect-status", "2zz", "http://127.0.0.1:1/"},
+		{"probe", "http", "--header", "no colon", "http://127.0.0.1:1/"},
+		{"probe", "tls", "--ca", "/nonexistent/ca.pem", "127.0.0.1:443"},
+		{"probe", "tls", "--warn-days", "-3", "127.0.0.1:443"},
+		{"probe", "tls", "https://example.net/"},
 	}
 	for _, c := range cases {
 		code, out, errs := run(c...)

@@ -38,6 +38,13 @@ func ParseHostPort(s string) (Target, error) {
 	if s == "" {
 		return t, errors.New("empty target (want HOST:PORT)")
 	}
+	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		host := strings.SplitN(rest, "/", 2)[0]
+		if _, _, err := net.SplitHostPort(host); err != nil {
+			host = net.JoinHostPort(strings.Trim(host, "[]"), map[string]string{"http": "80"}[scheme]+map[string]string{"https": "443"}[scheme])
+		}
+		return t, fmt.Errorf("target %q is a URL; this kind takes HOST:PORT (e.g. %s), and URLs are for the http kind", s, host)
+	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		var ae *net.AddrError
