@@ -70,3 +70,49 @@ func TestFlowTableFullFailsVisibly(t *testing.T) {
 		t.Errorf("the first flow is gone from the table: %v", err)
 	}
 }
+
+// TestPayloadGateCounts: flows whose ports share a gate slot keep it open until the last of
+// them closes, and a closed flow's watch is gone.
+func TestPayloadGateCounts(t *testing.T) {
+	requireBPF(t)
+	o, err := Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), Options{TC: TCOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	local, remote := netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.2")
+	// Two flows whose ports XOR alike: (p, q) and (p^x, q^x).
+	a, err := o.Register(ProtoTCP, ap(local, 40000), ap(remote, 443))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := o.Register(ProtoTCP, ap(local, 40000^0x0f0f), ap(remote, 443^0x0f0f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := a.gateSlot()
+	if b.gateSlot() != slot {
+		t.Fatalf("slots %d and %d: the test wants them equal", slot, b.gateSlot())
+	}
+	gate := func() uint8 {
+		var v uint8
+		if err := o.maps.PayloadGate.Lookup(slot, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, f := range []*Flow{a, b} {
+		if err := f.WatchPayload(4, 8); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Close()
+	var w tcWirePayloadWatch
+	if gate() != 1 || o.maps.PayloadFlows.Lookup(&a.key, &w) == nil {
+		t.Fatalf("after the first close: gate %d, its watch still there: %v", gate(), o.maps.PayloadFlows.Lookup(&a.key, &w) == nil)
+	}
+	b.Close()
+	if gate() != 0 || len(o.gate) != 0 {
+		t.Fatalf("after the last close: gate %d, counts %v", gate(), o.gate)
+	}
+}

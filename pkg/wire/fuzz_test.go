@@ -60,6 +60,21 @@ func fuzzSetup(t testing.TB) (*Objects, *ringbuf.Reader, map[FlowKey]uint64) {
 				return
 			}
 			o.flows[k] = f.token
+			// The IPv6 TCP flow's payload is watched; the IPv4 one's gate slot is open
+			// with no watch behind it (another flow's ports colliding), which must cost a
+			// lookup and emit nothing.
+			if f.proto == ProtoTCP {
+				if f.local.Addr().Is6() {
+					w := tcWirePayloadWatch{Token: f.token, MaxTx: 1 << 31, MaxRx: 1 << 31}
+					if o.err = o.objs.PayloadFlows.Put(&k, &w); o.err != nil {
+						return
+					}
+					modelPayload[k] = true
+				}
+				if o.err = o.objs.PayloadGate.Put(uint32(k.Lport^k.Rport), uint8(1)); o.err != nil {
+					return
+				}
+			}
 		}
 	})
 	if o.err != nil {
@@ -115,6 +130,10 @@ func FuzzTCParser(f *testing.F) {
 	}
 	f.Add(syn(false))
 	f.Add(syn(true))
+	// Payload segments of the watched IPv6 flow, both ways, and of the unwatched IPv4 one.
+	f.Add(append(eth(0x86dd), ipv6(cli6, srv6, 6, append(tcp(40001, 443, flagACK|0x08, 8, 10), []byte("GET / HTTP/1.1\r\n")...))...))
+	f.Add(append(eth(0x86dd), ipv6(srv6, cli6, 6, append(tcp(443, 40001, flagACK, 10, 24), []byte("HTTP/1.1 200 OK")...), extHdr(60, 0))...))
+	f.Add(append(eth(0x0800), ipv4(cli4, srv4, 6, append(tcp(40000, 80, flagACK, 8, 10), []byte("GET")...), nil, 0)...))
 	f.Add(append(eth(0x0800, 100), ipv4(srv4, cli4, 6, tcp(80, 40000, flagSYN|flagACK, 9, 8), nil, 0)...))
 	f.Add(append(eth(0x0800), ipv4(cli4, srv4, 17, udp(40003, 53, []byte("q")), []byte{1, 1, 1, 0}, 0x2000)...))
 	f.Add(append(eth(0x86dd), ipv6(srv6, cli6, 17, udp(53, 40004, []byte("a")), fragHdr(0, true))...))
@@ -169,9 +188,9 @@ func compareEvent(e Event, m modelEvent) string {
 		return fmt.Sprintf("kind %d token %d, the model's %d %d", e.Kind, e.Token, m.kind, m.token)
 	case (e.Egress == 1) != m.egress || e.Seq != m.seq || e.Key.Family != m.keyFamily:
 		return fmt.Sprintf("egress %d seq %d family %d, the model's %v %d %d", e.Egress, e.Seq, e.Key.Family, m.egress, m.seq, m.keyFamily)
-	case m.kind == EvSYN || m.kind == EvSYNACK || m.kind == EvRST:
-		if e.Ack != m.ack {
-			return "TCP ack differs from the model's"
+	case m.kind == EvSYN || m.kind == EvSYNACK || m.kind == EvRST || m.kind == EvDataTx || m.kind == EvDataRx:
+		if e.Ack != m.ack || e.Len != m.length {
+			return fmt.Sprintf("TCP ack %d len %d, the model's %d %d", e.Ack, e.Len, m.ack, m.length)
 		}
 	case e.IcmpType != m.itype || e.IcmpCode != m.icode:
 		return "ICMP type/code differ from the model's"

@@ -13,6 +13,7 @@ import (
 // modelEvent is the part of an event the model predicts.
 type modelEvent struct {
 	kind      EventKind
+	length    uint32 // EvDataTx/Rx: payload bytes
 	token     uint64
 	egress    bool
 	seq       uint32
@@ -32,7 +33,12 @@ type packetKey struct {
 	l4             []byte // the bytes from the L4 header on
 	src            netip.Addr
 	fragmentOffset bool // a later fragment: no L4 header
+	ipEnd          int  // where the IP packet ends by its header (0: its length field is 0)
 }
+
+// modelPayload holds the flows whose payload is watched (payload_flows, with a budget the
+// fuzzer never spends): their TCP segments with payload are reported.
+var modelPayload = map[FlowKey]bool{}
 
 // modelL2 strips Ethernet and up to two VLAN tags; it returns the ethertype and the rest.
 func modelL2(b []byte) (uint16, []byte, bool) {
@@ -70,12 +76,16 @@ func modelIP(v6 bool, b []byte, egress bool) (packetKey, bool) {
 		k.family, k.proto = 4, b[9]
 		src, dst = netip.AddrFrom4([4]byte(b[12:16])), netip.AddrFrom4([4]byte(b[16:20]))
 		k.l4 = b[hl:]
+		k.ipEnd = int(binary.BigEndian.Uint16(b[2:4]))
 	} else {
 		if len(b) < 40 {
 			return k, false
 		}
 		k.family = 6
 		src, dst = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
+		if pl := int(binary.BigEndian.Uint16(b[4:6])); pl > 0 {
+			k.ipEnd = 40 + pl
+		}
 		nh, rest, ok := modelExtHeaders(b[6], b[40:])
 		if !ok {
 			return k, false
@@ -165,7 +175,14 @@ func modelIPPacket(b []byte, et uint16, rest []byte, egress bool, flows map[Flow
 	l4 := k.l4
 	switch {
 	case k.proto == 6:
-		return modelTCP(k, l4, egress, lookup)
+		// Offsets in the frame, as the C has them: the IP packet's end by its header (the
+		// whole frame when the header says 0), and the TCP header's start.
+		if k.ipEnd > 0 {
+			k.ipEnd += len(b) - len(rest)
+		} else {
+			k.ipEnd = len(b)
+		}
+		return modelTCP(k, l4, len(b)-len(l4), egress, lookup)
 	case k.proto == 17:
 		if len(l4) < 8 {
 			return modelEvent{}, false
@@ -191,26 +208,35 @@ func ports(l4 []byte, egress bool) (local, remote uint16) {
 	return d, s
 }
 
-func modelTCP(k packetKey, l4 []byte, egress bool, lookup func(packetKey) (uint64, bool)) (modelEvent, bool) {
+func modelTCP(k packetKey, l4 []byte, l4Off int, egress bool, lookup func(packetKey) (uint64, bool)) (modelEvent, bool) {
 	if len(l4) < 20 {
 		return modelEvent{}, false
 	}
 	flags := l4[13]
-	var kind EventKind
+	k.lport, k.rport = ports(l4, egress)
+	ev := modelEvent{egress: egress, keyFamily: k.family, seq: binary.BigEndian.Uint32(l4[4:8]), ack: binary.BigEndian.Uint32(l4[8:12])}
 	switch {
 	case egress && flags&0x12 == 0x02:
-		kind = EvSYN
+		ev.kind = EvSYN
 	case !egress && flags&0x12 == 0x12:
-		kind = EvSYNACK
+		ev.kind = EvSYNACK
 	case !egress && flags&0x04 != 0:
-		kind = EvRST
+		ev.kind = EvRST
 	default:
-		return modelEvent{}, false
+		// Payload of a watched flow: the length the headers give, in 32 bits as the C has it.
+		fk, err := k.flowKey()
+		doff := int(l4[12]>>4) * 4
+		if err != nil || !modelPayload[fk] || uint32(k.ipEnd) <= uint32(l4Off+doff) {
+			return modelEvent{}, false
+		}
+		ev.kind, ev.length = EvDataRx, uint32(k.ipEnd-l4Off-doff)
+		if egress {
+			ev.kind = EvDataTx
+		}
 	}
-	k.lport, k.rport = ports(l4, egress)
 	tok, ok := lookup(k)
-	return modelEvent{kind: kind, token: tok, egress: egress, keyFamily: k.family,
-		seq: binary.BigEndian.Uint32(l4[4:8]), ack: binary.BigEndian.Uint32(l4[8:12])}, ok
+	ev.token = tok
+	return ev, ok
 }
 
 // modelICMP: an echo of a registered flow, or an error quoting one. quoteOff is where the

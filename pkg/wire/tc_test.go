@@ -261,3 +261,49 @@ func TestLostEventsCounted(t *testing.T) {
 	}
 	t.Logf("%d of %d events lost to a full ring (it holds %d)", lost, runs, runs-lost)
 }
+
+// TestPayloadEvents: a watched flow's segments with payload are reported, each way up to
+// its budget, with the payload length its headers give (an Ethernet frame's padding is
+// not payload); its bare ACKs are not, nor are another flow's segments whose ports open
+// the same gate slot.
+func TestPayloadEvents(t *testing.T) {
+	objs, rd := requireBPF(t)
+	in, out := objs.ReachdTcIngress, objs.ReachdTcEgress
+	register(t, objs, ProtoTCP, ap(cli4, 40000), ap(srv4, 80), 31)
+	k, _ := Key(ProtoTCP, ap(cli4, 40000), ap(srv4, 80))
+	if err := objs.PayloadFlows.Put(&k, &tcWirePayloadWatch{Token: 31, MaxTx: 1, MaxRx: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := objs.PayloadGate.Put(uint32(k.Lport^k.Rport), uint8(1)); err != nil {
+		t.Fatal(err)
+	}
+	seg := func(egress bool, seq uint32, payload []byte) []byte {
+		if egress {
+			return append(eth(0x0800), ipv4(cli4, srv4, 6, append(tcp(40000, 80, flagACK, seq, 1), payload...), nil, 0)...)
+		}
+		return append(eth(0x0800), ipv4(srv4, cli4, 6, append(tcp(80, 40000, flagACK, seq, 1), payload...), nil, 0)...)
+	}
+	e := one(t, run(t, out, rd, seg(true, 1001, []byte("GET / HTTP/1.1\r\n\r\n"))), EvDataTx, 31)
+	if e.Seq != 1001 || e.Len != 18 || e.Egress != 1 {
+		t.Errorf("request segment: seq %d len %d egress %d", e.Seq, e.Len, e.Egress)
+	}
+	if evs := run(t, out, rd, seg(true, 1019, []byte("more"))); len(evs) != 0 {
+		t.Errorf("past the egress budget of 1: %d events", len(evs))
+	}
+	if evs := run(t, in, rd, seg(false, 5001, nil)); len(evs) != 0 {
+		t.Errorf("a bare ACK: %d events", len(evs))
+	}
+	padded := append(seg(false, 5001, []byte("HTTP")), make([]byte, 6)...) // a short frame, padded
+	if e := one(t, run(t, in, rd, padded), EvDataRx, 31); e.Len != 4 || e.Seq != 5001 {
+		t.Errorf("response segment: seq %d len %d, want 5001 4", e.Seq, e.Len)
+	}
+	one(t, run(t, in, rd, seg(false, 5005, []byte("/1.1"))), EvDataRx, 31)
+	if evs := run(t, in, rd, seg(false, 5009, []byte(" 200"))); len(evs) != 0 {
+		t.Errorf("past the ingress budget of 2: %d events", len(evs))
+	}
+	// Same ports, another server: the gate is open for them, the watch is not.
+	other := append(eth(0x0800), ipv4(netip.MustParseAddr("203.0.113.99"), cli4, 6, append(tcp(80, 40000, flagACK, 1, 1), []byte("x")...), nil, 0)...)
+	if evs := run(t, in, rd, other); len(evs) != 0 {
+		t.Errorf("an unwatched flow behind an open gate: %d events", len(evs))
+	}
+}
