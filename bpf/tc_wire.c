@@ -16,6 +16,17 @@ char LICENSE[] SEC("license") = "GPL";
 const enum event_kind *unused_event_kind __attribute__((unused));
 const struct wire_event *unused_wire_event __attribute__((unused));
 
+/* The gate in front of payload_flows, indexed by the XOR of a segment's two ports: nonzero
+ * while some watched flow has that port pair. A global, so that reading it is one load
+ * (no map lookup): a TCP segment that is not a SYN or RST (the bulk of what a gateway
+ * forwards) pays that load and nothing more unless it collides with a watched flow's
+ * ports. Userspace keeps the counts and writes the bytes through the map's memory. */
+volatile __u8 payload_gate[65536];
+/* Nonzero while any flow's payload is watched: checked first, so that while none is (no
+ * application probe in flight) a segment's ports do not even index the gate, whose 64 KiB
+ * random ports would spread over the cache. */
+volatile __u8 payload_any;
+
 #define MAX_VLAN 2
 #define MAX_EXTHDR 6
 
@@ -170,9 +181,27 @@ static __always_inline void emit(struct __sk_buff *skb, struct flow_key *k, __u6
 	emit_len(skb, k, token, kind, egress, seq, ack, itype, icode, from, from_len, 0);
 }
 
+/* Where the IP packet at ip (ip_off into the packet) ends by its header's length field; a
+ * GSO packet too big for the field has 0 there, and then ends with the skb. Read only on
+ * the payload path, not for every packet. */
+static __always_inline __u32 ip_end(struct __sk_buff *skb, void *ip, void *end, int v6, __u32 ip_off)
+{
+	__u32 len = 0;
+	if (v6) {
+		struct ipv6hdr *ip6 = ip;
+		if ((void *)(ip6 + 1) <= end && ip6->payload_len)
+			len = 40 + bpf_ntohs(ip6->payload_len);
+	} else {
+		struct iphdr *ip4 = ip;
+		if ((void *)(ip4 + 1) <= end)
+			len = bpf_ntohs(ip4->tot_len);
+	}
+	return len ? ip_off + len : skb->len;
+}
+
 /* A TCP segment that is not a SYN or RST, of a flow whose payload is watched: report it if
- * it carries payload and its direction's budget is not spent. ip_len is the IP packet's
- * length from its header (0 for a GSO packet too big for the field: then the skb's). */
+ * it carries payload and its direction's budget is not spent. ip_end: where the IP packet
+ * ends (see ip_end()). */
 static __always_inline void payload_event(struct __sk_buff *skb, struct flow_key *k, __u8 *l4, int egress,
 					  __u32 l4_off, __u32 ip_end)
 {
@@ -315,7 +344,6 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 	void *end = (void *)(long)skb->data_end;
 	struct flow_key k = {.proto = proto};
 	const __u8 *src;
-	__u32 ip_len;
 	if (v6) {
 		struct ipv6hdr *ip6 = data + ip_off;
 		if ((void *)(ip6 + 1) > end)
@@ -324,7 +352,6 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		__builtin_memcpy(k.laddr, egress ? &ip6->saddr : &ip6->daddr, 16);
 		__builtin_memcpy(k.raddr, egress ? &ip6->daddr : &ip6->saddr, 16);
 		src = (const __u8 *)&ip6->saddr;
-		ip_len = ip6->payload_len ? 40 + bpf_ntohs(ip6->payload_len) : 0;
 	} else {
 		struct iphdr *ip4 = data + ip_off;
 		if ((void *)(ip4 + 1) > end)
@@ -333,7 +360,6 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		__builtin_memcpy(k.laddr, egress ? &ip4->saddr : &ip4->daddr, 4);
 		__builtin_memcpy(k.raddr, egress ? &ip4->daddr : &ip4->saddr, 4);
 		src = (const __u8 *)&ip4->saddr;
-		ip_len = bpf_ntohs(ip4->tot_len);
 	}
 	__u8 *l4 = data + l4_off;
 
@@ -342,8 +368,6 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 			return 0;
 		__u8 flags = l4[13];
 		__be16 *ports = (__be16 *)l4;
-		k.lport = egress ? ports[0] : ports[1];
-		k.rport = egress ? ports[1] : ports[0];
 		__u8 kind;
 		if (egress && (flags & 0x12) == 0x02)
 			kind = EV_SYN;
@@ -352,15 +376,17 @@ __attribute__((noinline)) int l4_event(struct __sk_buff *skb, __u32 ip_off, __u3
 		else if (!egress && (flags & 0x04))
 			kind = EV_RST;
 		else {
-			/* The common case on a gateway: one array load, no hash lookup. */
-			__u32 gate = (__u16)(ports[0] ^ ports[1]);
-			__u8 *open = bpf_map_lookup_elem(&payload_gate, &gate);
-			if (!open || !*open)
+			/* The common case on a gateway: one load while no payload is watched, two
+			 * while some is, and a lookup only for a watched flow's port pair. */
+			if (!payload_any || !payload_gate[(__u16)(ports[0] ^ ports[1])])
 				return 0;
-			__u32 ip_end = ip_len ? ip_off + ip_len : skb->len;
-			payload_event(skb, &k, l4, egress, l4_off, ip_end);
+			k.lport = egress ? ports[0] : ports[1];
+			k.rport = egress ? ports[1] : ports[0];
+			payload_event(skb, &k, l4, egress, l4_off, ip_end(skb, data + ip_off, end, v6, ip_off));
 			return 0;
 		}
+		k.lport = egress ? ports[0] : ports[1];
+		k.rport = egress ? ports[1] : ports[0];
 		__u64 *tok = bpf_map_lookup_elem(&flows, &k);
 		if (tok)
 			emit(skb, &k, *tok, kind, egress, bpf_ntohl(*(__be32 *)(l4 + 4)), bpf_ntohl(*(__be32 *)(l4 + 8)),

@@ -112,17 +112,6 @@ struct {
 	__type(value, struct payload_watch);
 } payload_flows SEC(".maps");
 
-/* The gate in front of payload_flows, indexed by the XOR of a segment's two ports: nonzero
- * while some watched flow has that port pair. A TCP segment that is not a SYN or RST (the
- * bulk of what a gateway forwards) pays one array load here and nothing more unless it
- * collides with a watched flow's ports. Userspace keeps the counts. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u8);
-} payload_gate SEC(".maps");
-
 /* Events lost to a full ring buffer, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -239,8 +239,14 @@ func (f *Flow) WatchPayload(tx, rx uint32) error {
 		return fmt.Errorf("watch payload: %w", o.tableErr(o.maps.PayloadFlows, err))
 	}
 	if o.gate[slot]++; o.gate[slot] == 1 {
-		if err := o.maps.PayloadGate.Put(slot, uint8(1)); err != nil {
-			o.gate[slot]--
+		err := o.maps.setGate(int(slot), true)
+		if err == nil && len(o.gate) == 1 {
+			err = o.maps.setGate(-1, true)
+		}
+		if err != nil {
+			if o.gate[slot]--; o.gate[slot] == 0 {
+				delete(o.gate, slot)
+			}
 			_ = o.maps.PayloadFlows.Delete(&f.key)
 			return fmt.Errorf("open payload gate: %w", err)
 		}
@@ -266,6 +272,9 @@ func (f *Flow) unwatchPayload() {
 	slot := f.gateSlot()
 	if o.gate[slot]--; o.gate[slot] <= 0 {
 		delete(o.gate, slot)
-		_ = o.maps.PayloadGate.Put(slot, uint8(0))
+		_ = o.maps.setGate(int(slot), false)
+		if len(o.gate) == 0 {
+			_ = o.maps.setGate(-1, false)
+		}
 	}
 }

@@ -30,6 +30,9 @@ var fuzzFlows = []struct {
 	{ProtoUDP, ap(cli6, 40004), ap(srv6, 53), 6},
 }
 
+// fuzzGate is the payload gate the fuzzer's programs run with.
+var fuzzGate [65536]byte
+
 var fuzzObjs struct {
 	once  sync.Once
 	objs  *Objects
@@ -71,10 +74,11 @@ func fuzzSetup(t testing.TB) (*Objects, *ringbuf.Reader, map[FlowKey]uint64) {
 					}
 					modelPayload[k] = true
 				}
-				if o.err = o.objs.PayloadGate.Put(uint32(k.Lport^k.Rport), uint8(1)); o.err != nil {
-					return
-				}
+				fuzzGate[k.Lport^k.Rport] = 1
 			}
+		}
+		if o.err = o.objs.PayloadGate.Set(fuzzGate); o.err == nil {
+			o.err = o.objs.PayloadAny.Set(uint8(1))
 		}
 	})
 	if o.err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // LoadObjects loads the maps and the TC programs into the kernel, through the verifier. A
@@ -28,22 +29,79 @@ func VerifierLog(err error) string {
 	return ""
 }
 
-// maps are shared by the TC and the tracepoint programs.
-type maps = tcWireMaps
+// maps are shared by the TC and the tracepoint programs, and the TC programs' globals
+// (.bss: the payload gate), shared by the pairs for L2 and L3 devices.
+type maps struct {
+	tcWireMaps
+	bss     *ebpf.Map
+	gate    *ebpf.Memory // bss, mapped: a gate slot is written as one byte
+	gateOff int64        // where payload_gate starts in it
+	anyOff  int64        // where payload_any is
+}
 
 // loadMaps creates the maps from the TC object's spec (the tracepoint object declares the
 // same ones and is given these instead).
 func loadMaps(spec *ebpf.CollectionSpec) (*maps, error) {
 	var m maps
-	if err := spec.LoadAndAssign(&m, nil); err != nil {
+	if err := spec.LoadAndAssign(&m.tcWireMaps, nil); err != nil {
 		return nil, fmt.Errorf("load eBPF maps: %w", err)
+	}
+	bss, ok := spec.Maps[".bss"]
+	v, okv := spec.Variables["payload_gate"]
+	va, oka := spec.Variables["payload_any"]
+	if !ok || !okv || !oka {
+		m.Close()
+		return nil, errors.New("the TC object has no payload gate")
+	}
+	m.gateOff, m.anyOff = int64(v.Offset), int64(va.Offset)
+	mapped := bss.Copy()
+	mapped.Flags |= unix.BPF_F_MMAPABLE
+	var err error
+	if m.bss, err = ebpf.NewMap(mapped); err == nil {
+		if m.gate, err = m.bss.Memory(); err != nil {
+			m.bss.Close()
+		}
+	}
+	if err != nil {
+		// Kernels before 5.5 cannot map a map's memory: the gate stays shut, and
+		// application probes' payload is timed in userspace.
+		if m.bss, err = ebpf.NewMap(bss); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("load the TC programs' globals: %w", err)
+		}
+		m.gate = nil
 	}
 	return &m, nil
 }
 
+func (m *maps) Close() {
+	m.tcWireMaps.Close()
+	if m.bss != nil {
+		m.bss.Close()
+	}
+}
+
+// setGate writes one slot of the payload gate, or with slot -1 the flag that any is open.
+// Single bytes: the programs never see a value half written.
+func (m *maps) setGate(slot int, open bool) error {
+	if m.gate == nil {
+		return errors.New("this kernel cannot map eBPF globals (5.5 and later can)")
+	}
+	b := []byte{0}
+	if open {
+		b[0] = 1
+	}
+	off := m.anyOff
+	if slot >= 0 {
+		off = m.gateOff + int64(slot)
+	}
+	_, err := m.gate.WriteAt(b, off)
+	return err
+}
+
 func (m *maps) replacements() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{"events": m.Events, "flows": m.Flows, "lost_events": m.LostEvents, "socks": m.Socks,
-		"payload_flows": m.PayloadFlows, "payload_gate": m.PayloadGate}
+		"payload_flows": m.PayloadFlows}
 }
 
 // tcPair is the ingress and egress programs for one kind of device.
@@ -69,7 +127,9 @@ func loadTC(spec *ebpf.CollectionSpec, m *maps, l3 bool) (*tcPair, error) {
 	// Only the two named programs are loaded and verified (a collection of just them).
 	sub := spec.Copy()
 	sub.Programs = map[string]*ebpf.ProgramSpec{in: spec.Programs[in], eg: spec.Programs[eg]}
-	coll, err := ebpf.NewCollectionWithOptions(sub, ebpf.CollectionOptions{MapReplacements: m.replacements()})
+	repl := m.replacements()
+	repl[".bss"] = m.bss
+	coll, err := ebpf.NewCollectionWithOptions(sub, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}

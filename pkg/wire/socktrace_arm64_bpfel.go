@@ -41,7 +41,6 @@ const (
 	sockTraceMapFlows                = "flows"
 	sockTraceMapLostEvents           = "lost_events"
 	sockTraceMapPayloadFlows         = "payload_flows"
-	sockTraceMapPayloadGate          = "payload_gate"
 	sockTraceMapSocks                = "socks"
 	sockTraceProgReachdSockState     = "reachd_sock_state"
 	sockTraceProgReachdTcpReset      = "reachd_tcp_reset"
@@ -103,7 +102,6 @@ type sockTraceMapSpecs struct {
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	LostEvents   *ebpf.MapSpec `ebpf:"lost_events"`
 	PayloadFlows *ebpf.MapSpec `ebpf:"payload_flows"`
-	PayloadGate  *ebpf.MapSpec `ebpf:"payload_gate"`
 	Socks        *ebpf.MapSpec `ebpf:"socks"`
 }
 
@@ -137,7 +135,6 @@ type sockTraceMaps struct {
 	Flows        *ebpf.Map `ebpf:"flows"`
 	LostEvents   *ebpf.Map `ebpf:"lost_events"`
 	PayloadFlows *ebpf.Map `ebpf:"payload_flows"`
-	PayloadGate  *ebpf.Map `ebpf:"payload_gate"`
 	Socks        *ebpf.Map `ebpf:"socks"`
 }
 
@@ -147,7 +144,6 @@ func (m *sockTraceMaps) Close() error {
 		m.Flows,
 		m.LostEvents,
 		m.PayloadFlows,
-		m.PayloadGate,
 		m.Socks,
 	)
 }

@@ -274,7 +274,12 @@ func TestPayloadEvents(t *testing.T) {
 	if err := objs.PayloadFlows.Put(&k, &tcWirePayloadWatch{Token: 31, MaxTx: 1, MaxRx: 2}); err != nil {
 		t.Fatal(err)
 	}
-	if err := objs.PayloadGate.Put(uint32(k.Lport^k.Rport), uint8(1)); err != nil {
+	var gate [65536]byte
+	gate[k.Lport^k.Rport] = 1
+	if err := objs.PayloadGate.Set(gate); err != nil {
+		t.Fatal(err)
+	}
+	if err := objs.PayloadAny.Set(uint8(1)); err != nil {
 		t.Fatal(err)
 	}
 	seg := func(egress bool, seq uint32, payload []byte) []byte {

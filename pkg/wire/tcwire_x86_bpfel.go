@@ -78,12 +78,13 @@ const (
 	tcWireMapFlows              = "flows"
 	tcWireMapLostEvents         = "lost_events"
 	tcWireMapPayloadFlows       = "payload_flows"
-	tcWireMapPayloadGate        = "payload_gate"
 	tcWireMapSocks              = "socks"
 	tcWireProgReachdTcEgress    = "reachd_tc_egress"
 	tcWireProgReachdTcEgressL3  = "reachd_tc_egress_l3"
 	tcWireProgReachdTcIngress   = "reachd_tc_ingress"
 	tcWireProgReachdTcIngressL3 = "reachd_tc_ingress_l3"
+	tcWireVarPayloadAny         = "payload_any"
+	tcWireVarPayloadGate        = "payload_gate"
 	tcWireVarUnusedEventKind    = "unused_event_kind"
 	tcWireVarUnusedWireEvent    = "unused_wire_event"
 )
@@ -144,7 +145,6 @@ type tcWireMapSpecs struct {
 	Flows        *ebpf.MapSpec `ebpf:"flows"`
 	LostEvents   *ebpf.MapSpec `ebpf:"lost_events"`
 	PayloadFlows *ebpf.MapSpec `ebpf:"payload_flows"`
-	PayloadGate  *ebpf.MapSpec `ebpf:"payload_gate"`
 	Socks        *ebpf.MapSpec `ebpf:"socks"`
 }
 
@@ -152,6 +152,8 @@ type tcWireMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcWireVariableSpecs struct {
+	PayloadAny      *ebpf.VariableSpec `ebpf:"payload_any"`
+	PayloadGate     *ebpf.VariableSpec `ebpf:"payload_gate"`
 	UnusedEventKind *ebpf.VariableSpec `ebpf:"unused_event_kind"`
 	UnusedWireEvent *ebpf.VariableSpec `ebpf:"unused_wire_event"`
 }
@@ -180,7 +182,6 @@ type tcWireMaps struct {
 	Flows        *ebpf.Map `ebpf:"flows"`
 	LostEvents   *ebpf.Map `ebpf:"lost_events"`
 	PayloadFlows *ebpf.Map `ebpf:"payload_flows"`
-	PayloadGate  *ebpf.Map `ebpf:"payload_gate"`
 	Socks        *ebpf.Map `ebpf:"socks"`
 }
 
@@ -190,7 +191,6 @@ func (m *tcWireMaps) Close() error {
 		m.Flows,
 		m.LostEvents,
 		m.PayloadFlows,
-		m.PayloadGate,
 		m.Socks,
 	)
 }
@@ -199,6 +199,8 @@ func (m *tcWireMaps) Close() error {
 //
 // It can be passed to loadTcWireObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcWireVariables struct {
+	PayloadAny      *ebpf.Variable `ebpf:"payload_any"`
+	PayloadGate     *ebpf.Variable `ebpf:"payload_gate"`
 	UnusedEventKind *ebpf.Variable `ebpf:"unused_event_kind"`
 	UnusedWireEvent *ebpf.Variable `ebpf:"unused_wire_event"`
 }
