@@ -265,6 +265,12 @@ func TestBenchDaemonTCPvsBlackbox(t *testing.T) {
 // pool of workers in this process (their CPU is not the exporter's), until stop.
 func driveBlackbox(t *testing.T, l *Lab, addr string, targets []string, period time.Duration) (stop func()) {
 	t.Helper()
+	return driveBlackboxModule(t, l, addr, "tcp_connect", targets, period)
+}
+
+// driveBlackboxModule is driveBlackbox with the exporter's module named.
+func driveBlackboxModule(t *testing.T, l *Lab, addr, module string, targets []string, period time.Duration) (stop func()) {
+	t.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: 128, DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
 		return l.Client.Dial(network, a)
 	}}
@@ -276,7 +282,7 @@ func driveBlackbox(t *testing.T, l *Lab, addr string, targets []string, period t
 	for range 128 {
 		wg.Go(func() {
 			for target := range jobs {
-				resp, err := client.Get("http://" + addr + "/probe?module=tcp_connect&target=" + url.QueryEscape(target))
+				resp, err := client.Get("http://" + addr + "/probe?module=" + module + "&target=" + url.QueryEscape(target))
 				if err != nil {
 					failed.Add(1)
 					continue
