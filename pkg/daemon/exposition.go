@@ -87,6 +87,11 @@ var targetFamilies = []family{
 			e.sample("", "", "", float64(l.received))
 		}
 	}},
+	{"reachd_probe_tls_earliest_cert_expiry_timestamp_seconds", "When the earliest-expiring certificate of the target's chain expires, from its last completed TLS handshake (tls, https).", "gauge", func(e *seriesWriter, l *leg) {
+		if !l.certExpiry.IsZero() {
+			e.sample("", "", "", float64(l.certExpiry.Unix()))
+		}
+	}},
 }
 
 // seriesWriter writes one family's samples for one leg at a time.

@@ -33,6 +33,7 @@ func TestExposition(t *testing.T) {
 		rtt := verdict.Millis(1.5)
 		v.RTTMs = &rtt
 		v.Stats = &verdict.Stats{Count: 3, Received: 2}
+		v.TLS = &verdict.TLS{Expiry: "2027-01-02T03:04:05Z"}
 		l.update(v, config.Log{Verdicts: config.VerdictsAll}, now)
 		sl.legs = []*leg{l}
 	}
@@ -71,6 +72,9 @@ func TestExposition(t *testing.T) {
 		}
 		if got := mfs["reachd_probe_packets_received_total"]; got == nil || got.Metric[0].Counter.GetValue() != 2 {
 			t.Errorf("packets received: %v", got)
+		}
+		if got := mfs["reachd_probe_tls_earliest_cert_expiry_timestamp_seconds"]; got == nil || got.Metric[0].Gauge.GetValue() != 1798859045 {
+			t.Errorf("certificate expiry: %v", got)
 		}
 		for name := range mfs {
 			if !model.IsValidLegacyMetricName(name) {

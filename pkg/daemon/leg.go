@@ -22,6 +22,9 @@ type leg struct {
 	rtt           histogram
 	// sent, received: packets of multi-packet kinds (icmp, udp), for loss over time.
 	sent, received uint64
+	// certExpiry: when the earliest-expiring certificate of the last chain seen expires
+	// (tls, https); zero before any handshake completed.
+	certExpiry time.Time
 }
 
 // journald priorities of verdict records (CONTRACT.md): ok, not ok, a recovery.
@@ -52,6 +55,11 @@ func (l *leg) update(v *verdict.Verdict, lg config.Log, now time.Time) (log bool
 	if v.Stats != nil {
 		l.sent += uint64(v.Stats.Count)
 		l.received += uint64(v.Stats.Received)
+	}
+	if v.TLS != nil && v.TLS.Expiry != "" {
+		if t, err := time.Parse(time.RFC3339, v.TLS.Expiry); err == nil {
+			l.certExpiry = t
+		}
 	}
 	prio = prioNotOK
 	switch {
