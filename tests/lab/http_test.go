@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"reachd/internal/testpki"
 	"reachd/internal/testweb"
@@ -127,4 +128,63 @@ func checkHTTPPhases(t *testing.T, v map[string]any) {
 	if math.Abs(sum-total) > total/100 {
 		t.Errorf("phases add up to %.3f ms, total %.3f ms", sum, total)
 	}
+}
+
+// TestDaemonHTTP: the daemon runs http and tls probes from its config: https through
+// --connect-to with the test CA, a 503, a chain the system's roots do not trust; their verdicts are
+// logged, their phases wire-timed, and the certificate's expiry is a metric promtool reads.
+func TestDaemonHTTP(t *testing.T) {
+	l := requireLab(t)
+	pki, ca := labPKI(t)
+	cert, err := pki.Issue(testLeaf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const port = 9482
+	serveWeb(t, l, port, &tls.Config{Certificates: []tls.Certificate{cert}}, testweb.Mux())
+	secure := fmt.Sprintf("https://%s:%d%s", webName, port, testweb.OK)
+	const plain = 9483
+	down := urlOf("http", ServerV6, plain, testweb.Down)
+	certTarget := ap(ServerV4, port)
+	cfg := fmt.Sprintf("defaults: {interval: 1s, timeout: 900ms, retries: 0}\nmetrics: {listen: %q}\nlog: {json: stdout, journald: off, verdicts: all}\n"+
+		"probes:\n"+
+		"  - {name: web, kind: http, targets: [%q], http: {ca: %s, connect_to: %s}}\n"+
+		"  - {name: down, kind: http, targets: [%q]}\n"+
+		"  - {name: cert, kind: tls, targets: [%q], tls: {server_name: %s, warn_days: 120}}\n",
+		metricsAddr, secure, ca, ServerV4, down, certTarget, webName)
+	serveWeb(t, l, plain, nil, testweb.Mux())
+	d := startReady(t, l, cfg, DaemonOptions{})
+	want := map[string]string{secure: "ok", down: "http_status", certTarget: "cert_untrusted"}
+	got, text := map[string]map[string]any{}, map[string]string{}
+	if _, ok := d.WaitLine(10*time.Second, func(ln Line) bool {
+		if ln.V != nil {
+			got[ln.V["target"].(string)], text[ln.V["target"].(string)] = ln.V, ln.Text
+		}
+		return len(got) == len(want)
+	}); !ok {
+		t.Fatalf("verdicts of %d targets, want %d; stderr:\n%s", len(got), len(want), d.Stderr())
+	}
+	for target, reason := range want {
+		v := got[target]
+		if v["reason"] != reason {
+			t.Errorf("%s: %v %v, want %s", target, v["reason"], v["detail"], reason)
+		}
+		if err := schema.Validate([]byte(text[target])); err != nil {
+			t.Errorf("verdict does not validate: %v", err)
+		}
+	}
+	checkHTTPPhases(t, got[secure])
+	m, err := d.Metrics(metricsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(m, "\n") {
+		found = found || strings.HasPrefix(line, "reachd_probe_tls_earliest_cert_expiry_timestamp_seconds{") &&
+			strings.Contains(line, `probe="web",target="`+secure+`"} `)
+	}
+	if !found {
+		t.Errorf("no certificate expiry for %s in the metrics", secure)
+	}
+	checkPromtool(t, m)
 }
