@@ -259,7 +259,7 @@ func judge(res Result, resp *response, o *HTTPOptions, ev *tlsEvidence) Result {
 		res.Reason, res.Layer, res.Detail = verdict.HTTPStatus, "", fmt.Sprintf("%s: status not accepted (want %s)", what, want)
 	case o.BodyRegex != nil && !o.BodyRegex.Match(resp.body):
 		res.Reason, res.Layer = verdict.BodyMismatch, ""
-		res.Detail = fmt.Sprintf("%s: the body (%d bytes read) does not match %q; it begins %s", what, len(resp.body), o.BodyRegex, quoteStart(resp.body, 64))
+		res.Detail = fmt.Sprintf("%s: the body (%d bytes read) does not match %q; it begins %s", what, len(resp.body), o.BodyRegex, quoteStart(resp.body, bodyHead))
 	default:
 		res.Reason, res.Layer = verdict.OK, ""
 		res.Detail = fmt.Sprintf("%s, %d body bytes", what, resp.bodyBytes)

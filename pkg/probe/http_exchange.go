@@ -154,9 +154,14 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 		s.marks.firstRx = firstChunk.off
 	}
 	resp := &response{status: hr.StatusCode, proto: hr.Proto, location: hr.Header.Get("Location")}
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(hr.Body, o.BodyLimit))
-	resp.body, resp.bodyBytes = buf.Bytes(), n
+	// The body is kept only as far as it is matched (--body-regex), else its start for the
+	// verdict: a daemon with hundreds of requests in flight holds no megabytes each.
+	keep := &headWriter{limit: bodyHead}
+	if o.BodyRegex != nil {
+		keep.limit = int(o.BodyLimit)
+	}
+	n, err := io.Copy(keep, io.LimitReader(hr.Body, o.BodyLimit))
+	resp.body, resp.bodyBytes = keep.buf.Bytes(), n
 	if err == nil && n == o.BodyLimit {
 		var one [1]byte
 		if k, _ := hr.Body.Read(one[:]); k > 0 {
@@ -173,6 +178,22 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 	_, rx = s.conn.counts()
 	s.marks.endRx = rx - 1
 	return resp, Result{Reason: verdict.OK}
+}
+
+// bodyHead is how much of a body is kept when nothing matches it: what a verdict quotes.
+const bodyHead = 64
+
+// headWriter keeps the first limit bytes written to it and counts the rest away.
+type headWriter struct {
+	buf   bytes.Buffer
+	limit int
+}
+
+func (w *headWriter) Write(p []byte) (int, error) {
+	if room := w.limit - w.buf.Len(); room > 0 {
+		w.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
 }
 
 // exchangeFailure classifies an error of the request or the response: the connection's end

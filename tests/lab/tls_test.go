@@ -3,8 +3,6 @@ package lab
 import (
 	"crypto/tls"
 	"fmt"
-	"io"
-	"log"
 	"net"
 	"net/http"
 	"net/netip"
@@ -13,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"reachd/internal/testpki"
 	"reachd/pkg/verdict"
@@ -23,22 +20,12 @@ import (
 // --server-name (tls) and --connect-to (https), as one checks a backend behind a name.
 const webName = "www.example.net"
 
-// serveWeb serves HTTP on port in the server namespace (every address it has, v4 and v6),
-// over TLS with cfg unless cfg is nil, until the lab closes.
+// serveWeb is Lab.ServeWeb for a test.
 func serveWeb(t *testing.T, l *Lab, port int, cfg *tls.Config, h http.Handler) {
 	t.Helper()
-	ln, err := l.Server.Listen("tcp", fmt.Sprintf("[::]:%d", port))
-	if err != nil {
+	if err := l.ServeWeb(port, cfg, h); err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, TLSConfig: cfg,
-		ErrorLog: log.New(io.Discard, "", 0)} // probes end their connections with a reset
-	if cfg != nil {
-		ln = tls.NewListener(ln, cfg)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
-	l.AddCloser(func() { srv.Close(); <-done })
 }
 
 // labPKI is the test CA and its root, written for --ca.

@@ -1,20 +1,27 @@
 // Command demo builds a throwaway namespace lab, shows reachd's verdicts against its
 // fixtures (an open port, a closed one, a silent drop, an admin-prohibited reject, a host
 // that never answers ARP, a missing route; echoes with loss and odd replies; UDP replies,
-// closed and silent ports, DNS), then the daemon following a fault as it comes and goes,
+// closed and silent ports, DNS; HTTP and HTTPS with their phases, TLS certificates checked),
+// then the daemon following a fault as it comes and goes,
 // and tears the lab down.
 package main
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"golang.org/x/crypto/ocsp"
+
+	"reachd/internal/testpki"
+	"reachd/internal/testweb"
 	"reachd/tests/lab"
 )
 
@@ -91,6 +98,10 @@ func run() int {
 	show("probe", "udp", "--retries", "0", "--timeout", "1s", "--payload-hex", "7265616368640a",
 		ap(lab.ServerV4, lab.PortUDPEcho), ap(lab.ServerV4, lab.PortUDPClosed), ap(lab.ServerV6, lab.PortUDPDrop), ap(lab.AdminV4, lab.PortDNS))
 	show("probe", "udp", "--json", "--retries", "0", "--payload", "dns", ap(lab.ServerV6, lab.PortDNS))
+	if err := webDemo(l, show); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return 1
+	}
 	daemonDemo(l, *bin)
 	if *hold > 0 {
 		fmt.Printf("\nlab held for %s (Ctrl-C ends it): nsenter --net=%s %s probe ...\n", *hold, l.Client.Path(), *bin)
@@ -99,6 +110,57 @@ func run() int {
 	}
 	fmt.Println("\nlab torn down.")
 	return 0
+}
+
+// webDemo serves HTTP and HTTPS (a test CA's certificates: a good one, an expired one) on
+// the server and shows the http and tls probes against them.
+func webDemo(l *lab.Lab, show func(...string)) error {
+	pki, err := testpki.New()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "reachd-demo")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pki.RootPEM(), 0o644); err != nil {
+		return err
+	}
+	leaf := testpki.Leaf{Names: []string{"www.example.net"}, OCSPServer: "http://ocsp.example.net/"}
+	good, err := pki.Issue(leaf)
+	if err == nil {
+		good.OCSPStaple, err = pki.Staple(good, ocsp.Good)
+	}
+	if err != nil {
+		return err
+	}
+	leaf.NotBefore, leaf.NotAfter = time.Now().Add(-90*24*time.Hour), time.Now().Add(-3*24*time.Hour)
+	expired, err := pki.Issue(leaf)
+	if err != nil {
+		return err
+	}
+	for _, s := range []struct {
+		port int
+		cfg  *tls.Config
+	}{
+		{8081, nil},
+		{443, &tls.Config{Certificates: []tls.Certificate{good}, NextProtos: []string{"h2", "http/1.1"}}},
+		{8443, &tls.Config{Certificates: []tls.Certificate{expired}}},
+	} {
+		if err := l.ServeWeb(s.port, s.cfg, testweb.Mux()); err != nil {
+			return err
+		}
+	}
+	fmt.Println("\nHTTP and TLS: the server has HTTP on 8081, HTTPS on 443 (www.example.net, a test CA, an OCSP")
+	fmt.Println("staple) and an expired certificate on 8443. --connect-to probes a name at a chosen address.")
+	show("probe", "http", "--retries", "0", "http://203.0.113.2:8081/moved", "http://[2001:db8:5::2]:8081/down",
+		"http://203.0.113.2:8081/ok", "http://203.0.113.2:81/")
+	show("probe", "http", "--json", "--retries", "0", "--ca", ca, "--connect-to", lab.ServerV4.String(), "https://www.example.net/ok")
+	show("probe", "tls", "--retries", "0", "--ca", ca, "--server-name", "www.example.net", "--warn-days", "120",
+		netip.AddrPortFrom(lab.ServerV6, 443).String(), netip.AddrPortFrom(lab.ServerV4, 8443).String())
+	return nil
 }
 
 // daemonConfig is the demo daemon's config: a few targets every second.
