@@ -138,6 +138,12 @@ func (p *PKI) Issue(l Leaf) (tls.Certificate, error) {
 // ocsp.Good, ocsp.Revoked or ocsp.Unknown; revoked ones were revoked an hour ago for
 // keyCompromise. It is valid from an hour ago for a day.
 func (p *PKI) Staple(c tls.Certificate, status int) ([]byte, error) {
+	return p.StapleBy(c, status, nil)
+}
+
+// StapleBy is Staple signed by a delegated responder: signer, a certificate the
+// intermediate issued (nil: the intermediate itself).
+func (p *PKI) StapleBy(c tls.Certificate, status int, signer *tls.Certificate) ([]byte, error) {
 	now := time.Now()
 	tmpl := ocsp.Response{
 		Status:       status,
@@ -148,6 +154,10 @@ func (p *PKI) Staple(c tls.Certificate, status int) ([]byte, error) {
 	if status == ocsp.Revoked {
 		tmpl.RevokedAt = now.Add(-time.Hour).Truncate(time.Second)
 		tmpl.RevocationReason = ocsp.KeyCompromise
+	}
+	if signer != nil {
+		tmpl.Certificate = signer.Leaf // embedded, as a delegated responder's must be
+		return ocsp.CreateResponse(p.Inter, signer.Leaf, tmpl, signer.PrivateKey.(crypto.Signer))
 	}
 	return ocsp.CreateResponse(p.Inter, p.Inter, tmpl, p.interKey)
 }

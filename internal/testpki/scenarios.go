@@ -26,7 +26,8 @@ func (p *PKI) Scenarios(names []string, ips []net.IP) ([]Scenario, error) {
 	type spec struct {
 		name, want, detail string
 		leaf               Leaf
-		staple             int // -1: none
+		staple             int  // -1: none
+		delegate           bool // the staple is signed by another server's certificate
 		args               []string
 		cfg                func(*tls.Config)
 	}
@@ -48,6 +49,8 @@ func (p *PKI) Scenarios(names []string, ips []net.IP) ([]Scenario, error) {
 		{name: "staple says unknown", want: "ocsp_unknown", detail: "does not know", leaf: good, staple: ocsp.Unknown},
 		{name: "expires within --warn-days", want: "cert_expiring", detail: "within --warn-days 30", staple: -1, args: []string{"--warn-days", "30"},
 			leaf: with(func(l *Leaf) { l.NotAfter = now.Add(10 * 24 * time.Hour) })},
+		{name: "must-staple, staple from an unauthorised responder", want: "ocsp_missing", detail: "did not authorise", staple: ocsp.Good, delegate: true,
+			leaf: with(func(l *Leaf) { l.MustStaple = true })},
 		{name: "TLS 1.1 only", want: "tls_handshake", detail: "version", leaf: good, staple: -1,
 			cfg: func(c *tls.Config) { c.MinVersion, c.MaxVersion = tls.VersionTLS10, tls.VersionTLS11 }},
 	}
@@ -58,7 +61,15 @@ func (p *PKI) Scenarios(names []string, ips []net.IP) ([]Scenario, error) {
 			return nil, err
 		}
 		if s.staple >= 0 {
-			if cert.OCSPStaple, err = p.Staple(cert, s.staple); err != nil {
+			var signer *tls.Certificate
+			if s.delegate { // another site's certificate from the same CA: no OCSP signing
+				other, err := p.Issue(Leaf{Names: []string{"other.invalid"}})
+				if err != nil {
+					return nil, err
+				}
+				signer = &other
+			}
+			if cert.OCSPStaple, err = p.StapleBy(cert, s.staple, signer); err != nil {
 				return nil, err
 			}
 		}

@@ -67,6 +67,8 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "tls", "--ca", "/nonexistent/ca.pem", "127.0.0.1:443"},
 		{"probe", "tls", "--warn-days", "-3", "127.0.0.1:443"},
 		{"probe", "tls", "https://example.net/"},
+		{"probe", "http", "-6", "--connect-to", "127.0.0.1", "http://example.net/"},
+		{"probe", "http", "--header", "X-A: a\x01b", "http://127.0.0.1:1/"},
 	}
 	for _, c := range cases {
 		code, out, errs := run(c...)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/net/http/httpguts"
 
 	"reachd/pkg/verdict"
 )
@@ -92,8 +93,8 @@ func (o *HTTPOptions) Check(set func(string) bool) error {
 		if !ok || !validToken(name) {
 			return fmt.Errorf("--header %q: want 'Name: value'", h)
 		}
-		if strings.ContainsAny(value, "\r\n") {
-			return fmt.Errorf("--header %q: a value cannot hold a line break", h)
+		if !httpguts.ValidHeaderFieldValue(value) {
+			return fmt.Errorf("--header %q: a value cannot hold a line break or other control character", h)
 		}
 		if strings.EqualFold(name, "Host") {
 			o.Host = value
@@ -187,11 +188,12 @@ func runHTTP(ctx context.Context, a Attempt) Result {
 	method, body := o.Method, o.Body
 	begin := time.Now()
 	for hop := 0; ; hop++ {
-		h := hop0(a, o, &u, hop)
+		h := planHop(a, o, &u, hop)
 		res, resp := h.run(ctx, a, o, method, body, begin, ev)
 		if resp == nil || !isRedirect(resp.status) || o.MaxRedirects == 0 {
 			return judge(res, resp, o, ev)
 		}
+		ev.http.Status, ev.http.Location = resp.status, resp.location
 		next, err := u.Parse(resp.location)
 		if err == nil && next.Scheme != "http" && next.Scheme != "https" {
 			err = fmt.Errorf("scheme %q", next.Scheme)
@@ -215,18 +217,23 @@ func runHTTP(ctx context.Context, a Attempt) Result {
 	}
 }
 
-// hopPlan is where one request goes.
+// hopPlan is where one request of an attempt goes: the first, or a redirect's.
 type hopPlan struct {
 	url  *url.URL
 	addr netip.Addr // invalid: resolve url's host
+	n    int        // 0 for the first request
+	// same: the target's own host (not another a redirect named): the request's own
+	// headers, Host and --server-name apply; to another host they are not sent, as
+	// browsers and Go's client keep credentials from the hosts a redirect names.
+	same bool
 }
 
-func hop0(a Attempt, o *HTTPOptions, u *url.URL, hop int) hopPlan {
-	p := hopPlan{url: u}
+func planHop(a Attempt, o *HTTPOptions, u *url.URL, hop int) hopPlan {
+	p := hopPlan{url: u, n: hop, same: strings.EqualFold(u.Hostname(), a.Target.URL.Hostname())}
 	switch {
 	case hop == 0:
 		p.addr = a.Addr.Addr()
-	case o.ConnectTo.IsValid() && strings.EqualFold(u.Hostname(), a.Target.URL.Hostname()):
+	case o.ConnectTo.IsValid() && p.same:
 		p.addr = o.ConnectTo
 	}
 	return p
@@ -308,11 +315,13 @@ func quoteStart(b []byte, n int) string {
 var alpnFor = []string{"h2", "http/1.1"}
 
 // transportFor is an HTTP transport that sends one request over conn (plain or TLS): no
-// pooling, no compression (the body is matched as the server sent it), no proxy.
+// compression (the body is matched as the server sent it), no proxy. The request does not
+// ask the server to close (Connection: close would have it send its close right behind the
+// response, often read with it, which blurs where the response arrived); the caller closes
+// the connection, with a reset, once the response is read.
 func transportFor(conn net.Conn) *http.Transport {
 	dial := func(context.Context, string, string) (net.Conn, error) { return conn, nil }
-	t := &http.Transport{DisableKeepAlives: true, DisableCompression: true, MaxResponseHeaderBytes: 64 << 10,
-		ForceAttemptHTTP2: true}
+	t := &http.Transport{DisableCompression: true, MaxResponseHeaderBytes: 64 << 10, ForceAttemptHTTP2: true}
 	if tc, ok := conn.(*tls.Conn); ok {
 		t.DialTLSContext = func(context.Context, string, string) (net.Conn, error) { return tc, nil }
 	} else {

@@ -34,11 +34,14 @@ type response struct {
 // own and reads the response. Without a response, the Result says why, at the layer that
 // failed (resolve, transport, tls, application). Its phases are added to ev.
 func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, body string, begin time.Time, ev *tlsEvidence) (Result, *response) {
+	if p.url.Scheme != "https" { // the verdict shows the TLS of the last request, if any
+		ev.tls, ev.tlsDetail = nil, ""
+	}
 	addr := p.addr
 	if !addr.IsValid() {
 		var res Result
 		if addr, res = a.resolve(ctx, p.url.Hostname()); res.Reason != "" {
-			return res, nil
+			return p.failed(res, addr, ev), nil
 		}
 	}
 	resolved := time.Now()
@@ -53,33 +56,56 @@ func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, bod
 	}
 	s, res := dialSession(ctx, ha)
 	if s == nil {
-		return res, nil
+		return p.failed(res, addr, ev), nil
 	}
 	defer s.close()
 	s.marks.begin, s.marks.resolved = mark{at: begin}, mark{at: resolved}
 	ev.tcp, _ = s.tcp.Kind.(*tcpResult)
 	conn := net.Conn(s.conn)
 	if p.url.Scheme == "https" {
-		tc, hs := s.startTLS(ctx, &o.TLSOptions, serverName(ha, &o.TLSOptions), alpnFor)
+		name := p.url.Hostname()
+		if p.same {
+			name = serverName(ha, &o.TLSOptions)
+		}
+		tc, hs := s.startTLS(ctx, &o.TLSOptions, name, alpnFor)
 		ev.tls, ev.tlsDetail = hs.summary, hs.detail
 		if hs.res.Reason != verdict.OK {
 			s.finish(ev)
-			return s.outcome(hs.res, ev), nil
+			return p.failed(s.outcome(hs.res, ev), addr, ev), nil
 		}
 		conn = tc
 	}
-	req, err := newRequest(ctx, p.url, o, method, body)
+	req, err := newRequest(ctx, p, o, method, body)
 	if err != nil {
 		return s.outcome(fail(verdict.LocalError, err.Error()), ev), nil
 	}
 	resp, res := s.exchange(ctx, conn, req, o)
 	s.finish(ev)
-	if resp != nil {
-		// A redirect's next request begins where this one ended, as placed on the wire, so
-		// the phases of all of them add up to the whole.
-		resp.addr, resp.end = addr.String(), s.marks.end.at
+	if resp == nil {
+		return p.failed(s.outcome(res, ev), addr, ev), nil
 	}
+	// A redirect's next request begins where this one ended, as placed on the wire, so the
+	// phases of all of them add up to the whole.
+	resp.addr, resp.end = addr.String(), s.marks.end.at
 	return s.outcome(res, ev), resp
+}
+
+// failed is a request's failure as the attempt reports it: a redirect's names the request
+// (its URL and address) and keeps the redirects and phases before it.
+func (p hopPlan) failed(res Result, addr netip.Addr, ev *tlsEvidence) Result {
+	if p.n == 0 {
+		return res
+	}
+	if tr, ok := res.Kind.(*tcpResult); ok {
+		ev.tcp = tr
+	}
+	res.Kind = ev
+	at := ""
+	if addr.IsValid() {
+		at = " (" + addr.String() + ")"
+	}
+	res.Detail = fmt.Sprintf("redirect %d to %s%s: %s", p.n, p.url, at, res.Detail)
+	return res
 }
 
 // finish places the session's instants on the wire and adds its phases.
@@ -99,23 +125,25 @@ func (s *session) outcome(r Result, ev *tlsEvidence) Result {
 	return r
 }
 
-func newRequest(ctx context.Context, u interface{ String() string }, o *HTTPOptions, method, body string) (*http.Request, error) {
+func newRequest(ctx context.Context, p hopPlan, o *HTTPOptions, method, body string) (*http.Request, error) {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	req, err := http.NewRequestWithContext(ctx, method, p.url.String(), rd)
 	if err != nil {
 		return nil, fmt.Errorf("build the request: %w", err)
 	}
-	for k, v := range o.Headers {
-		req.Header[k] = v
+	if p.same {
+		for k, v := range o.Headers {
+			req.Header[k] = v
+		}
+		if o.Host != "" {
+			req.Host = o.Host
+		}
 	}
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", "reachd")
-	}
-	if o.Host != "" {
-		req.Host = o.Host
 	}
 	return req, nil
 }
@@ -138,20 +166,23 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 		},
 		GotFirstResponseByte: func() {
 			s.marks.first = mark{at: time.Now()}
-			firstChunk, _ = s.conn.lastChunk()
+			firstChunk = s.conn.lastChunk()
 		},
 	}
 	t := transportFor(conn)
 	defer t.CloseIdleConnections()
 	hr, err := t.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
-	if err != nil {
+	if err != nil { // the attempt, and the wait for the response, end where it failed
+		s.marks.first, s.marks.firstRx = mark{at: time.Now()}, -1
 		return nil, exchangeFailure(err, s.a.Timeout, "waiting for the response")
 	}
 	defer hr.Body.Close()
-	if hr.ProtoMajor == 2 {
-		// HTTP/2 frames interleave (the server's SETTINGS may come first): the response's
-		// first byte is in the read that delivered its HEADERS frame.
-		s.marks.firstRx = firstChunk.off
+	if _, isTLS := conn.(*tls.Conn); isTLS || hr.ProtoMajor == 2 {
+		// Over TLS other records may come first (a server may send session tickets after
+		// the handshake), and HTTP/2 frames interleave (the server's SETTINGS): the
+		// response's first byte is in the read that delivered it. Plain HTTP/1's response
+		// is the first byte after the request.
+		s.marks.firstRx, s.marks.firstSpan = firstChunk.off, firstChunk.n
 	}
 	resp := &response{status: hr.StatusCode, proto: hr.Proto, location: hr.Header.Get("Location")}
 	// The body is kept only as far as it is matched (--body-regex), else its start for the
@@ -203,8 +234,14 @@ func exchangeFailure(err error, timeout time.Duration, doing string) Result {
 		return res
 	}
 	var rhe tls.RecordHeaderError
-	if errors.As(err, &rhe) {
+	var oe *net.OpError
+	switch {
+	case errors.As(err, &rhe):
 		return Result{Reason: verdict.TLSHandshake, Detail: handshakeDetail(err), sent: true}
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		// A TLS 1.3 server's verdict on the handshake (a client certificate it wants) comes
+		// as an alert after the client has finished: still a TLS failure.
+		return Result{Reason: verdict.TLSHandshake, Detail: handshakeDetail(err) + " after the handshake", sent: true}
 	}
 	msg := err.Error()
 	if strings.Contains(msg, "malformed HTTP") || strings.Contains(msg, "HTTP/1.x transport connection broken") {

@@ -10,12 +10,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"reachd/internal/loopback"
 	"reachd/internal/testpki"
 	"reachd/internal/testweb"
 	"reachd/pkg/target"
@@ -65,7 +67,18 @@ func probeHTTP(t *testing.T, url string, timeout time.Duration, args ...string) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return runHTTP(ctx, Attempt{Target: tg, Addr: netip.AddrPortFrom(tg.Addr, tg.Port), Timeout: timeout, Opts: httpFlags(t, args...)})
+	start := time.Now()
+	r := runHTTP(ctx, Attempt{Target: tg, Addr: netip.AddrPortFrom(tg.Addr, tg.Port), Timeout: timeout, Opts: httpFlags(t, args...)})
+	wall := time.Since(start)
+	// The phases run from the attempt's start to its end, whether it succeeded or not: the
+	// time they cover is the attempt's, but for the closing after it (and a TLS failure's
+	// check of the chain, after the last handshake byte: docs/verdict.md).
+	if ev, ok := r.Kind.(*tlsEvidence); ok && ev.phases.d != nil && r.Reason.Layer() != verdict.LayerTLS {
+		if span := ev.phases.span; span > wall || wall-span > max(wall/100, time.Millisecond) {
+			t.Errorf("the phases cover %s of an attempt of %s: %v", span, wall, ev.phases.d)
+		}
+	}
+	return r
 }
 
 func TestHTTPStatuses(t *testing.T) {
@@ -82,6 +95,7 @@ func TestHTTPStatuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	plain := serveHTTP(t, nil)
+	silent := "http://" + silentServer(t).String() + "/"
 	secure := serveHTTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
 	for _, c := range []struct {
 		url    string
@@ -94,12 +108,13 @@ func TestHTTPStatuses(t *testing.T) {
 		{plain + "/ok", nil, verdict.OK, verdict.LayerOK, "HTTP/1.1 200", 200},
 		{plain + "/moved", nil, verdict.OK, verdict.LayerOK, "after 2 redirect(s)", 200},
 		{plain + "/moved", []string{"--max-redirects", "0"}, verdict.OK, verdict.LayerOK, "Location /moved2", 301},
-		{plain + "/loop", []string{"--max-redirects", "3"}, verdict.HTTPStatus, verdict.LayerApplication, "after 3 redirects", 0},
+		{plain + "/loop", []string{"--max-redirects", "3"}, verdict.HTTPStatus, verdict.LayerApplication, "after 3 redirects", 302},
 		{plain + "/missing", nil, verdict.OK, verdict.LayerOK, "client error", 404},
 		{plain + "/missing", []string{"--expect-status", "2xx"}, verdict.HTTPStatus, verdict.LayerApplication, "want 200-299", 404},
 		{plain + "/down", nil, verdict.HTTPStatus, verdict.LayerApplication, "503", 503},
 		{plain + "/ok", []string{"--body-regex", "^nope"}, verdict.BodyMismatch, verdict.LayerApplication, `begins "ready`, 200},
 		{plain + "/slow", nil, verdict.Timeout, verdict.LayerApplication, "15 body bytes read", 200},
+		{silent, nil, verdict.Timeout, verdict.LayerApplication, "waiting for the response", 0},
 		{secure + "/ok", []string{"--ca", ca, "--body-regex", "^ready HTTP/2"}, verdict.OK, verdict.LayerOK, "HTTP/2.0 200", 200},
 		{secure + "/ok", nil, verdict.CertUntrusted, verdict.LayerTLS, "unknown authority", 0},
 	} {
@@ -121,6 +136,29 @@ func TestHTTPStatuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// silentServer accepts connections on 127.0.0.1 and reads what comes, never answering,
+// until the test ends.
+func silentServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
 // checkPhases: every phase of a request is there, and they add up to their span.
@@ -149,6 +187,7 @@ func TestHTTPOptionErrors(t *testing.T) {
 		{[]string{"--expect-status", "2xx,abc"}, `"abc" is not a status`},
 		{[]string{"--expect-status", "600"}, `"600" is not a status`},
 		{[]string{"--header", "NoColon"}, "want 'Name: value'"},
+		{[]string{"--header", "X-A: a\x01b"}, "control character"},
 		{[]string{"--method", "GE T"}, "not an HTTP method"},
 		{[]string{"--connect-to", "example.net"}, "not an IP address"},
 	} {
@@ -161,5 +200,83 @@ func TestHTTPOptionErrors(t *testing.T) {
 		if err := o.Check(fs.Changed); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want ~%q", c.args, err, c.want)
 		}
+	}
+}
+
+// TestHTTPRedirectHosts: the request's own headers, Host and credentials go to the target's
+// host only, not to another host a redirect names; a redirect that fails names its hop and
+// keeps the redirects before it.
+func TestHTTPRedirectHosts(t *testing.T) {
+	got := make(chan http.Header, 4)
+	other, err := net.Listen("tcp", "127.0.0.2:0") // another host on loopback
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvB := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		h.Set("X-Host", r.Host)
+		got <- h
+	}), ErrorLog: log.New(io.Discard, "", 0)}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srvB.Serve(other) }()
+	t.Cleanup(func() { srvB.Close(); <-done })
+	closed := "http://127.0.0.1:" + strconv.Itoa(int(loopbackClosedPort(t))) + "/"
+	mux := http.NewServeMux()
+	mux.HandleFunc("/away", func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+		http.Redirect(w, r, "http://"+other.Addr().String()+"/there", http.StatusFound)
+	})
+	mux.HandleFunc("/broken", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, closed, http.StatusFound) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvA := &http.Server{Handler: mux, ErrorLog: log.New(io.Discard, "", 0)}
+	doneA := make(chan struct{})
+	go func() { defer close(doneA); _ = srvA.Serve(ln) }()
+	t.Cleanup(func() { srvA.Close(); <-doneA })
+	a := "http://" + ln.Addr().String()
+
+	r := probeHTTP(t, a+"/away", time.Second, "--header", "Authorization: Bearer secret", "--header", "Host: front.example.net")
+	if r.Reason != verdict.OK {
+		t.Fatalf("%s %s", r.Reason, r.Detail)
+	}
+	first, second := <-got, <-got
+	if first.Get("Authorization") != "Bearer secret" {
+		t.Errorf("the target's host did not get the header: %v", first)
+	}
+	if second.Get("Authorization") != "" || second.Get("X-Host") != other.Addr().String() {
+		t.Errorf("the redirect's other host got %v", second)
+	}
+	r = probeHTTP(t, a+"/broken", time.Second)
+	ev := r.Kind.(*tlsEvidence)
+	if r.Reason != verdict.Refused || !strings.HasPrefix(r.Detail, "redirect 1 to "+closed+" (127.0.0.1): RST") ||
+		len(ev.http.Redirects) != 1 || ev.http.Status != 302 || ev.tcp == nil {
+		t.Errorf("a refused redirect: %s %q, http %+v", r.Reason, r.Detail, ev.http)
+	}
+}
+
+// loopbackClosedPort is a port on 127.0.0.1 nothing listens on.
+func loopbackClosedPort(t *testing.T) uint16 { return loopback.Closed(t).Port() }
+
+// TestHTTPTLSAlertAfterHandshake: a TLS 1.3 server that wants a client certificate says so
+// with an alert after the client's handshake is done; still a TLS failure.
+func TestHTTPTLSAlertAfterHandshake(t *testing.T) {
+	pki, err := testpki.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := pki.Issue(testpki.Leaf{Names: []string{"www.example.net"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pki.RootPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	url := serveHTTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAnyClientCert})
+	r := probeHTTP(t, url+"/ok", time.Second, "--ca", ca)
+	if r.Reason != verdict.TLSHandshake || r.Reason.Layer() != verdict.LayerTLS || !strings.Contains(r.Detail, "certificate required") {
+		t.Fatalf("got %s (%s) %q", r.Reason, r.Layer, r.Detail)
 	}
 }

@@ -29,6 +29,9 @@ type marks struct {
 	// Stream offsets (bytes before the one meant): the server's last handshake byte, the
 	// request's first byte, the response's first and last bytes. -1: not known.
 	securedRx, sentTx, firstRx, endRx int64
+	// firstSpan, when not 0: firstRx starts a read of this many bytes that holds the
+	// response's first byte somewhere (see place).
+	firstSpan int64
 }
 
 // phaseNames lists the phases in order, each with the instants it runs between.
@@ -107,6 +110,10 @@ func (p *phases) fill(v *verdict.Verdict) {
 	t.Total = verdict.MsPtr(resolve + p.span - p.d["resolve"])
 }
 
+// spanSpread bounds how far apart the segments of one read may have arrived for the read's
+// first to stand for a byte somewhere in it: the error `make bench` holds TTFB to.
+const spanSpread = 20 * time.Microsecond
+
 // place replaces the userspace instants of m with the instants TC saw the packets that
 // carried their bytes, where it saw them: a byte at stream offset off was carried by the
 // segment whose sequence range holds ISN + 1 + off.
@@ -116,7 +123,11 @@ func (s *session) place(m *marks) {
 		return
 	}
 	evs := s.d.flow.Sync()
-	at := func(egress bool, off int64) (mark, bool) {
+	// at finds the segment that carried the byte at stream offset off. With span > 0 the
+	// byte meant is somewhere in the span bytes from off (one read): the first of the
+	// segments that carried them, if they all arrived within spanSpread of it (else the
+	// instant is not known to that bound, and it stays userspace's).
+	at := func(egress bool, off, span int64) (mark, bool) {
 		if off < 0 {
 			return mark{}, false
 		}
@@ -126,23 +137,36 @@ func (s *session) place(m *marks) {
 			base, kind = tr.isn, wire.EvDataTx
 		}
 		want := base + 1 + uint32(off)
+		var first, last uint64
 		for i := range evs {
 			e := &evs[i]
-			if wire.EventKind(e.Kind) == kind && want-e.Seq < e.Len {
-				return mark{at: s.d.wall(e.TsNs), wire: true}, true
+			if wire.EventKind(e.Kind) != kind {
+				continue
+			}
+			switch {
+			case want-e.Seq < e.Len: // carries the byte at off (the earliest copy)
+				if first == 0 || e.TsNs < first {
+					first = e.TsNs
+				}
+				last = max(last, e.TsNs)
+			case span > 0 && e.Seq-want < uint32(span): // starts within the read
+				last = max(last, e.TsNs)
 			}
 		}
-		return mark{}, false
+		if first == 0 || (span > 0 && time.Duration(last-first) > spanSpread) {
+			return mark{}, false
+		}
+		return mark{at: s.d.wall(first), wire: true}, true
 	}
 	for _, p := range []struct {
-		dst    *mark
-		egress bool
-		off    int64
-	}{{&m.secured, false, m.securedRx}, {&m.sent, true, m.sentTx}, {&m.first, false, m.firstRx}, {&m.end, false, m.endRx}} {
+		dst       *mark
+		egress    bool
+		off, span int64
+	}{{&m.secured, false, m.securedRx, 0}, {&m.sent, true, m.sentTx, 0}, {&m.first, false, m.firstRx, m.firstSpan}, {&m.end, false, m.endRx, 0}} {
 		if !p.dst.set() {
 			continue
 		}
-		if w, ok := at(p.egress, p.off); ok {
+		if w, ok := at(p.egress, p.off, p.span); ok {
 			*p.dst = w
 		}
 	}

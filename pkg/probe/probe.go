@@ -128,12 +128,16 @@ func checkIfName(s string) error {
 
 // CheckTarget says whether t can be probed with o: its family, a link-local address's zone.
 func CheckTarget(t target.Target, o *Options) error {
+	what := fmt.Sprintf("target %q", t.Raw)
+	if p := pinned(t, o.Kind); p.Addr != t.Addr {
+		t, what = p, "--connect-to "+p.Addr.String()
+	}
 	if !t.IsLiteral() {
 		return nil
 	}
 	tf := familyOf(t.Addr)
 	if o.Family != FamilyAny && o.Family != FamilyBoth && o.Family != tf {
-		return fmt.Errorf("target %q is %s but the family asked for is %s", t.Raw, tf, o.Family)
+		return fmt.Errorf("%s is %s but the family asked for is %s", what, tf, o.Family)
 	}
 	if t.Addr.Is6() && t.Addr.IsLinkLocalUnicast() && t.Addr.Zone() == "" && len(o.Interfaces) == 0 {
 		example := "[fe80::1%eth0]:80"

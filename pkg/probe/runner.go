@@ -68,6 +68,7 @@ type leg struct {
 }
 
 func legsOf(t target.Target, o *Options) []leg {
+	t = pinned(t, o.Kind)
 	fams := []Family{o.Family}
 	if o.Family == FamilyBoth {
 		fams = []Family{FamilyV4, FamilyV6}

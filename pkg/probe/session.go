@@ -102,32 +102,26 @@ func ioFailure(err error, layer verdict.Layer, doing string, timeout time.Durati
 	return res
 }
 
-// meter is a connection that counts the bytes read and written, and remembers when each
-// read returned (the first few hundred), so that a moment seen in userspace (the response's
-// first byte handed to the HTTP client) can be traced to the stream offset that carried it.
+// meter is a connection that counts the bytes read and written, and remembers the latest
+// read, so that a moment seen in userspace (the response's first byte handed to the HTTP
+// client) can be traced to the stream bytes that carried it.
 type meter struct {
 	net.Conn
 	mu     sync.Mutex
 	tx, rx int64
-	reads  []chunk
+	last   chunk
 }
 
-// chunk is one read: the stream offset it started at, and when it returned.
+// chunk is one read: the stream offset it started at and how many bytes it returned.
 type chunk struct {
-	off int64
-	at  time.Time
+	off, n int64
 }
-
-const maxChunks = 256
 
 func (m *meter) Read(b []byte) (int, error) {
 	n, err := m.Conn.Read(b)
 	if n > 0 {
-		now := time.Now()
 		m.mu.Lock()
-		if len(m.reads) < maxChunks {
-			m.reads = append(m.reads, chunk{m.rx, now})
-		}
+		m.last = chunk{m.rx, int64(n)}
 		m.rx += int64(n)
 		m.mu.Unlock()
 	}
@@ -149,12 +143,9 @@ func (m *meter) counts() (tx, rx int64) {
 	return m.tx, m.rx
 }
 
-// lastChunk returns the offset where the latest read started, and when it returned.
-func (m *meter) lastChunk() (chunk, bool) {
+// lastChunk returns the latest read.
+func (m *meter) lastChunk() chunk {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.reads) == 0 {
-		return chunk{}, false
-	}
-	return m.reads[len(m.reads)-1], true
+	return m.last
 }

@@ -223,6 +223,16 @@ func checkStaple(staple []byte, chain []*x509.Certificate, require bool, now tim
 	if err != nil {
 		return invalid("%v", err)
 	}
+	if d := resp.Certificate; d != nil {
+		// A delegated responder: the library checks the issuer signed its certificate, not
+		// that the issuer made it a responder (RFC 6960 4.2.2.2) or that it is in date.
+		if !slices.Contains(d.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning) {
+			return invalid("signed by %s, which the issuer did not authorise to sign OCSP responses", d.Subject)
+		}
+		if now.Before(d.NotBefore) || now.After(d.NotAfter) {
+			return invalid("the responder's certificate %s is out of date", d.Subject)
+		}
+	}
 	st.ThisUpdate = resp.ThisUpdate.UTC().Format(timeFmt)
 	if !resp.NextUpdate.IsZero() {
 		st.NextUpdate = resp.NextUpdate.UTC().Format(timeFmt)
@@ -358,31 +368,42 @@ func (s *session) startTLS(ctx context.Context, o *TLSOptions, name string, alpn
 	tc := tls.Client(s.conn, cfg)
 	err := tc.HandshakeContext(ctx)
 	_, rx := s.conn.counts()
-	s.marks.secured, s.marks.securedRx = mark{at: time.Now()}, rx-1
+	s.marks.secured = mark{at: time.Now()}
 	if err != nil {
+		// Ended where it failed: by the server's alert, whose bytes came last, or else
+		// (a timeout, a reset) not with whatever bytes came before.
+		s.marks.securedRx = -1
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "remote error" {
+			s.marks.securedRx = rx - 1
+		}
 		res := ioFailure(err, verdict.LayerTLS, "waiting for the server's TLS handshake (the TCP handshake had completed)", s.a.Timeout)
 		if res.Reason == "" {
 			res = Result{Reason: verdict.TLSHandshake, Detail: handshakeDetail(err), sent: true}
 		}
 		return nil, tlsOutcome{res: res}
 	}
+	s.marks.securedRx = rx - 1
 	now := time.Now()
 	cs := tc.ConnectionState()
 	cc := verifyPeer(cs.PeerCertificates, o.Roots, name, now)
 	out := tlsOutcome{summary: tlsSummary(cs, name, cc, now)}
-	if cc.reason != verdict.OK {
-		out.res = Result{Reason: cc.reason, Detail: cc.detail, sent: true}
+	// The tls phase ends with the server's last handshake byte, whatever the checks say;
+	// reachd's own checking after it is counted with the request that follows, if any.
+	failed := func(r verdict.Reason, detail string) (*tls.Conn, tlsOutcome) {
+		out.res = Result{Reason: r, Detail: detail, sent: true}
 		return tc, out
+	}
+	if cc.reason != verdict.OK {
+		return failed(cc.reason, cc.detail)
 	}
 	st, reason, note := checkStaple(cs.OCSPResponse, cc.chain, o.RequireStaple, now)
 	out.summary.OCSP = st
 	if reason != verdict.OK {
-		out.res = Result{Reason: reason, Detail: note, sent: true}
-		return tc, out
+		return failed(reason, note)
 	}
 	if d := expiringDetail(cc.chain, o.WarnDays, now); d != "" {
-		out.res = Result{Reason: verdict.CertExpiring, Detail: d, sent: true}
-		return tc, out
+		return failed(verdict.CertExpiring, d)
 	}
 	out.res = Result{Reason: verdict.OK, sent: true}
 	out.detail = fmt.Sprintf("%s, chain verified for %s, expires in %.0f days", out.summary.Version, name, *out.summary.DaysLeft)

@@ -114,6 +114,11 @@ func checkHTTPPhases(t *testing.T, v map[string]any) {
 	if strings.HasPrefix(v["target"].(string), "https") {
 		want = append(want, "tls")
 	}
+	if h, _ := v["http"].(map[string]any); h["proto"] == "HTTP/2.0" {
+		// The read that brings the response's HEADERS may bring the server's SETTINGS
+		// too, when they came apart: then ttfb (and transfer after it) are userspace's.
+		want = []string{"connect", "tls", "request"}
+	}
 	var sum float64
 	for _, name := range []string{"resolve", "setup", "connect", "tls", "request", "ttfb", "transfer"} {
 		x, _ := tm[name].(float64)
@@ -127,6 +132,28 @@ func checkHTTPPhases(t *testing.T, v map[string]any) {
 	total := tm["total"].(float64)
 	if math.Abs(sum-total) > total/100 {
 		t.Errorf("phases add up to %.3f ms, total %.3f ms", sum, total)
+	}
+	// The phases' instants against the wire's own, which the verdict gives apart (ms
+	// after its time, when the attempt began): the first SYN ends setup, the SYN-ACK
+	// connect. A phase misplaced or lost would move them. (With redirects the phases are
+	// sums over the requests, and the wire's instants the last request's.)
+	if h, _ := v["http"].(map[string]any); h["redirects"] != nil {
+		return
+	}
+	w := v["wire"].(map[string]any)
+	at := func(names ...string) float64 {
+		var x float64
+		for _, n := range names {
+			y, _ := tm[n].(float64)
+			x += y
+		}
+		return x
+	}
+	if d := math.Abs(w["syn_tx"].(float64) - at("resolve", "setup")); d > 0.1 {
+		t.Errorf("resolve+setup end %.3f ms from the first SYN on the wire (%v)", d, w["syn_tx"])
+	}
+	if d := math.Abs(w["synack"].(float64) - at("resolve", "setup", "connect")); d > 0.1 {
+		t.Errorf("connect ends %.3f ms from the SYN-ACK on the wire (%v)", d, w["synack"])
 	}
 }
 
