@@ -26,9 +26,9 @@ const (
 // ttfbAccuracy probes targets (http URLs) one at a time in-process while capturing, and
 // compares each verdict's timings_ms.ttfb with the capture's interval from the request's
 // first segment to the response's first segment.
-func ttfbAccuracy(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (accuracy, map[string]int) {
+func ttfbAccuracy(t *testing.T, l *Lab, targets []string, extra string, noEBPF, load bool) (accuracy, map[string]int) {
 	// One at a time, as in measure: several in flight would batch in the veth backlog.
-	args := "probe http --json --timeout 3s --retries 0 --concurrency 1"
+	args := "probe http --json --timeout 3s --retries 0 --concurrency 1" + extra
 	if noEBPF {
 		args += " --no-ebpf"
 	}
@@ -43,7 +43,11 @@ func ttfbAccuracy(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (ac
 	_, out := runInClient(t, l, args, targets, env)
 	time.Sleep(100 * time.Millisecond) // let tcpdump write the last packets
 	stopCap()
-	xs, err := ReadExchanges(dir + "/cap.pcap")
+	skip := 0
+	if strings.HasPrefix(targets[0], "https") {
+		skip = 2 // TLS 1.3: the ClientHello, and the client's Finished
+	}
+	xs, err := ReadExchanges(dir+"/cap.pcap", skip)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,29 +104,44 @@ func TestBenchHTTPTTFB(t *testing.T) {
 		t.Fatal("tcpdump is needed (apt-get install tcpdump)")
 	}
 	serveWeb(t, l, portBenchWeb, nil, testweb.Mux())
-	var targets []string
-	a, b := netip.MustParseAddr("203.0.113.190"), netip.MustParseAddr("2001:db8:a::6:0")
-	for i := range 400 {
-		if i%8 == 0 { // 50 of the AnyIP block's IPv4 addresses
-
-			targets = append(targets, urlOf("http", a, portBenchWeb, testweb.OK))
-			a = a.Next()
-			continue
-		}
-		targets = append(targets, urlOf("http", b, portBenchWeb, testweb.OK))
-		b = b.Next()
+	pki, ca := labPKI(t)
+	cert, err := pki.Issue(testLeaf())
+	if err != nil {
+		t.Fatal(err)
 	}
+	// HTTP/1.1 over TLS 1.3 (the server offers no ALPN).
+	serveWeb(t, l, portBenchWebTLS, &tls.Config{Certificates: []tls.Certificate{cert}}, testweb.Mux())
+	urls := func(scheme string, port int) []string {
+		var out []string
+		a, b := netip.MustParseAddr("203.0.113.190"), netip.MustParseAddr("2001:db8:a::6:0")
+		for i := range 400 {
+			if i%8 == 0 { // 50 of the AnyIP block's IPv4 addresses
+				out = append(out, urlOf(scheme, a, port, testweb.OK))
+				a = a.Next()
+				continue
+			}
+			out = append(out, urlOf(scheme, b, port, testweb.OK))
+			b = b.Next()
+		}
+		return out
+	}
+	plain, secure := urls("http", portBenchWeb), urls("https", portBenchWebTLS)
+	tlsArgs := " --ca " + ca + " --server-name " + webName
 	for _, r := range []struct {
 		name         string
+		targets      []string
+		extra        string
 		noEBPF, load bool
 		target       float64
 	}{
-		{"idle, wire timing", false, false, 20},
-		{"idle, httptrace timing", true, false, 0},
-		{"loaded, wire timing", false, true, 50},
-		{"loaded, httptrace timing", true, true, 0},
+		{"idle, wire timing", plain, "", false, false, 20},
+		{"idle, httptrace timing", plain, "", true, false, 0},
+		{"loaded, wire timing", plain, "", false, true, 50},
+		{"loaded, httptrace timing", plain, "", true, true, 0},
+		{"https, idle, wire timing", secure, tlsArgs, false, false, 20},
+		{"https, loaded, wire timing", secure, tlsArgs, false, true, 50},
 	} {
-		acc, wired := ttfbAccuracy(t, l, targets, r.noEBPF, r.load)
+		acc, wired := ttfbAccuracy(t, l, r.targets, r.extra, r.noEBPF, r.load)
 		line := ""
 		if r.target > 0 {
 			line = fmt.Sprintf("; target p99 ≤ %.0f µs: %s", r.target, map[bool]string{true: "met", false: "NOT MET"}[acc.p99 <= r.target])
@@ -133,7 +152,7 @@ func TestBenchHTTPTTFB(t *testing.T) {
 				t.Errorf("%s: %d of %d ttfb not wire-timed", r.name, wired["userspace"], acc.n)
 			}
 		}
-		fmt.Printf("BENCH http ttfb vs capture on %s, %d requests, %-25s: |error| p50 %7.1f µs  p99 %8.1f µs  max %8.1f µs%s\n",
+		fmt.Printf("BENCH http ttfb vs capture on %s, %d requests, %-28s: |error| p50 %7.1f µs  p99 %8.1f µs  max %8.1f µs%s\n",
 			ClientIf, acc.n, r.name, acc.p50, acc.p99, acc.max, line)
 	}
 }

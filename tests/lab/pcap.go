@@ -88,13 +88,16 @@ type Exchange struct {
 }
 
 // ReadExchanges parses a pcap file as ReadHandshakes does and returns each connection's
-// first exchange, keyed by "local remote", local being the side that sent the SYN.
-func ReadExchanges(path string) (map[string]Exchange, error) {
+// first exchange, keyed by "local remote", local being the side that sent the SYN. The
+// request is the client's first segment with payload after skip such segments (a TLS 1.3
+// handshake: the ClientHello and the client's Finished).
+func ReadExchanges(path string, skip int) (map[string]Exchange, error) {
 	pkts, err := readPcap(path)
 	if err != nil {
 		return nil, err
 	}
 	clients := map[string]bool{} // "local remote" of each SYN seen
+	sent := map[string]int{}     // client segments with payload so far
 	out := map[string]Exchange{}
 	for _, pk := range pkts {
 		src, dst, flags, n, ok := segmentOf(pk.data)
@@ -107,7 +110,7 @@ func ReadExchanges(path string) (map[string]Exchange, error) {
 			clients[fwd] = true
 		case n == 0:
 		case clients[fwd]:
-			if x := out[fwd]; x.Request == 0 {
+			if sent[fwd]++; sent[fwd] == skip+1 {
 				out[fwd] = Exchange{Request: pk.ts}
 			}
 		case clients[rev]:
