@@ -27,6 +27,13 @@ func Open(t testing.TB) netip.AddrPort {
 // AcceptAndClose accepts and closes connections on ln until ln is closed; the returned
 // channel closes when the accepting goroutine has returned.
 func AcceptAndClose(ln net.Listener) <-chan struct{} {
+	return Accept(ln, nil)
+}
+
+// Accept accepts connections on ln until ln is closed, and gives each to handle in a
+// goroutine of its own, which closes it after (nil: close it at once). The returned
+// channel closes when the accepting goroutine has returned.
+func Accept(ln net.Listener, handle func(net.Conn)) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -35,10 +42,31 @@ func AcceptAndClose(ln net.Listener) <-chan struct{} {
 			if err != nil {
 				return
 			}
-			c.Close()
+			if handle == nil {
+				c.Close()
+				continue
+			}
+			go func() { defer c.Close(); handle(c) }()
 		}
 	}()
 	return done
+}
+
+// Serve listens on 127.0.0.1 (through wrap, if given: a TLS listener) and gives each
+// connection to handle until the test ends.
+func Serve(t testing.TB, wrap func(net.Listener) net.Listener, handle func(net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	if wrap != nil {
+		ln = wrap(ln)
+	}
+	done := Accept(ln, handle)
+	t.Cleanup(func() { ln.Close(); <-done })
+	return addr
 }
 
 // Closed returns a 127.0.0.1 port that was just free, so a connect gets an RST.

@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -77,6 +79,13 @@ func (p *PKI) sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key cry
 // RootPEM is the root certificate in PEM, for --ca.
 func (p *PKI) RootPEM() []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.Root.Raw})
+}
+
+// WriteRoot writes RootPEM to ca.pem in dir (readable by all: a daemon under test may drop
+// privileges) and returns its path.
+func (p *PKI) WriteRoot(dir string) (string, error) {
+	path := filepath.Join(dir, "ca.pem")
+	return path, os.WriteFile(path, p.RootPEM(), 0o644)
 }
 
 // Leaf describes a server certificate.

@@ -8,14 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/spf13/pflag"
 
 	"reachd/internal/loopback"
 	"reachd/internal/testpki"
@@ -48,12 +44,7 @@ func serveHTTP(t *testing.T, cfg *tls.Config) string {
 func httpFlags(t *testing.T, args ...string) *HTTPOptions {
 	t.Helper()
 	o := newHTTPOptions()
-	fs := pflag.NewFlagSet("http", pflag.ContinueOnError)
-	o.AddFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Check(fs.Changed); err != nil {
+	if err := parseFlags(o, args...); err != nil {
 		t.Fatal(err)
 	}
 	return o
@@ -82,18 +73,7 @@ func probeHTTP(t *testing.T, url string, timeout time.Duration, args ...string) 
 }
 
 func TestHTTPStatuses(t *testing.T) {
-	pki, err := testpki.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pki.Issue(testpki.Leaf{Names: []string{"www.example.net"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pki.RootPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cert, ca := testServerCert(t)
 	plain := serveHTTP(t, nil)
 	silent := "http://" + silentServer(t).String() + "/"
 	secure := serveHTTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
@@ -142,23 +122,19 @@ func TestHTTPStatuses(t *testing.T) {
 // until the test ends.
 func silentServer(t *testing.T) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return loopback.Serve(t, nil, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+}
+
+// testServerCert is a certificate for www.example.net and 127.0.0.1 from a test CA, and
+// that CA's root written for --ca.
+func testServerCert(t *testing.T) (tls.Certificate, string) {
+	t.Helper()
+	pki, ca := testCA(t)
+	cert, err := pki.Issue(testpki.Leaf{Names: []string{"www.example.net"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(io.Discard, c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	return cert, ca
 }
 
 // checkPhases: every phase of a request is there, and they add up to their span.
@@ -191,13 +167,7 @@ func TestHTTPOptionErrors(t *testing.T) {
 		{[]string{"--method", "GE T"}, "not an HTTP method"},
 		{[]string{"--connect-to", "example.net"}, "not an IP address"},
 	} {
-		o := newHTTPOptions()
-		fs := pflag.NewFlagSet("http", pflag.ContinueOnError)
-		o.AddFlags(fs)
-		if err := fs.Parse(c.args); err != nil {
-			t.Fatal(err)
-		}
-		if err := o.Check(fs.Changed); err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := parseFlags(newHTTPOptions(), c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want ~%q", c.args, err, c.want)
 		}
 	}
@@ -262,18 +232,7 @@ func loopbackClosedPort(t *testing.T) uint16 { return loopback.Closed(t).Port() 
 // TestHTTPTLSAlertAfterHandshake: a TLS 1.3 server that wants a client certificate says so
 // with an alert after the client's handshake is done; still a TLS failure.
 func TestHTTPTLSAlertAfterHandshake(t *testing.T) {
-	pki, err := testpki.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := pki.Issue(testpki.Leaf{Names: []string{"www.example.net"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pki.RootPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cert, ca := testServerCert(t)
 	url := serveHTTP(t, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequireAnyClientCert})
 	r := probeHTTP(t, url+"/ok", time.Second, "--ca", ca)
 	if r.Reason != verdict.TLSHandshake || r.Reason.Layer() != verdict.LayerTLS || !strings.Contains(r.Detail, "certificate required") {

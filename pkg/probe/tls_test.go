@@ -13,62 +13,57 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"reachd/internal/loopback"
 	"reachd/internal/testpki"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
 )
 
-// serveTLS serves cfg on 127.0.0.1 until the test ends: handshakes, then an HTTP/1.1 200
-// to whatever comes, then close.
+// serveTLS serves cfg on 127.0.0.1 until the test ends: a handshake, then close.
 func serveTLS(t *testing.T, cfg *tls.Config) netip.AddrPort {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	return loopback.Serve(t, func(ln net.Listener) net.Listener { return tls.NewListener(ln, cfg) }, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		_ = c.(*tls.Conn).Handshake()
+	})
+}
+
+// testCA is a test PKI and its root written for --ca.
+func testCA(t *testing.T) (*testpki.PKI, string) {
+	t.Helper()
+	pki, err := testpki.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-				_ = c.(*tls.Conn).Handshake()
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return netip.MustParseAddrPort(ln.Addr().String())
+	ca, err := pki.WriteRoot(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pki, ca
 }
 
-// tlsFlags parses args as the tls kind's flags and checks them, as the CLI does.
+// parseFlags parses args as o's flags and checks them, as the CLI does.
+func parseFlags(o KindOptions, args ...string) error {
+	fs := pflag.NewFlagSet("kind", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return o.Check(fs.Changed)
+}
+
+// tlsFlags is the tls kind's options from args.
 func tlsFlags(t *testing.T, args ...string) *TLSOptions {
 	t.Helper()
 	o := &TLSOptions{}
-	fs := pflag.NewFlagSet("tls", pflag.ContinueOnError)
-	o.AddFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Check(fs.Changed); err != nil {
+	if err := parseFlags(o, args...); err != nil {
 		t.Fatal(err)
 	}
 	return o
 }
 
 func TestTLSReasons(t *testing.T) {
-	pki, err := testpki.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pki.RootPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pki, ca := testCA(t)
 	scen, err := pki.Scenarios([]string{"www.example.net"}, []net.IP{net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -134,13 +129,7 @@ func TestTLSOptionErrors(t *testing.T) {
 		{[]string{"--warn-days", "-1"}, "--warn-days must be between 0 and 3650"},
 		{[]string{"--server-name", "bad name"}, "--server-name \"bad name\""},
 	} {
-		o := &TLSOptions{}
-		fs := pflag.NewFlagSet("tls", pflag.ContinueOnError)
-		o.AddFlags(fs)
-		if err := fs.Parse(c.args); err != nil {
-			t.Fatal(err)
-		}
-		if err := o.Check(fs.Changed); err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := parseFlags(&TLSOptions{}, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want ~%q", c.args, err, c.want)
 		}
 	}

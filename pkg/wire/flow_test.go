@@ -36,12 +36,7 @@ func TestFlowReserveSums(t *testing.T) {
 // ErrFlowTableFull, and is counted; the flows already registered stay (an LRU table
 // silently evicted the oldest live flow instead).
 func TestFlowTableFullFailsVisibly(t *testing.T) {
-	requireBPF(t)
-	o, err := Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), Options{TC: TCOff})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
+	o := openObserver(t)
 	local, remote := netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.2")
 	var flows []*Flow
 	defer func() {
@@ -74,12 +69,7 @@ func TestFlowTableFullFailsVisibly(t *testing.T) {
 // TestPayloadGateCounts: flows whose ports share a gate slot keep it open until the last of
 // them closes, and a closed flow's watch is gone.
 func TestPayloadGateCounts(t *testing.T) {
-	requireBPF(t)
-	o, err := Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), Options{TC: TCOff})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
+	o := openObserver(t)
 	local, remote := netip.MustParseAddr("198.51.100.2"), netip.MustParseAddr("203.0.113.2")
 	// Two flows whose ports XOR alike: (p, q) and (p^x, q^x).
 	a, err := o.Register(ProtoTCP, ap(local, 40000), ap(remote, 443))
@@ -115,4 +105,17 @@ func TestPayloadGateCounts(t *testing.T) {
 	if gate() != 0 || len(o.gate) != 0 {
 		t.Fatalf("after the last close: gate %d, counts %v", gate(), o.gate)
 	}
+}
+
+// openObserver opens an observer without TC programs (its maps and tracepoints) for the
+// test.
+func openObserver(t *testing.T) *Observer {
+	t.Helper()
+	requireBPF(t)
+	o, err := Open(slog.New(slog.NewTextHandler(os.Stderr, nil)), Options{TC: TCOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	return o
 }

@@ -94,6 +94,27 @@ func capture(t *testing.T, l *Lab, path string) (stop func()) {
 	}
 }
 
+// captured runs the in-process prober with args (and --no-ebpf), with the storm and both
+// cores saturated if load, while tcpdump captures on the client's veth; it returns the
+// prober's output and the capture's path.
+func captured(t *testing.T, l *Lab, args string, targets []string, noEBPF, load bool) ([]byte, string) {
+	if noEBPF {
+		args += " --no-ebpf"
+	}
+	var env []string
+	if load {
+		env = append(env, stormEnv+"=1")
+		stop := busyLoops(t, time.Minute)
+		defer stop()
+	}
+	pcap := t.TempDir() + "/cap.pcap"
+	stopCap := capture(t, l, pcap)
+	_, out := runInClient(t, l, args, targets, env)
+	time.Sleep(100 * time.Millisecond) // let tcpdump write the last packets
+	stopCap()
+	return out, pcap
+}
+
 type accuracy struct {
 	n             int
 	p50, p99, max float64 // µs
@@ -105,22 +126,8 @@ func measure(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (accurac
 	// One handshake at a time: with several in flight the lab's veth backlog batches them,
 	// and the capture (stamped when a packet is queued) and TC (run when it is processed)
 	// drift apart by that queueing, which is the lab's, not the timing's.
-	args := "probe tcp --json --timeout 3s --retries 0 --concurrency 1"
-	if noEBPF {
-		args += " --no-ebpf"
-	}
-	var env []string
-	if load {
-		env = append(env, stormEnv+"=1")
-		stop := busyLoops(t, time.Minute)
-		defer stop()
-	}
-	dir := t.TempDir()
-	stopCap := capture(t, l, dir+"/cap.pcap")
-	_, out := runInClient(t, l, args, targets, env)
-	time.Sleep(100 * time.Millisecond) // let tcpdump write the last packets
-	stopCap()
-	hs, err := ReadHandshakes(dir + "/cap.pcap")
+	out, pcap := captured(t, l, "probe tcp --json --timeout 3s --retries 0 --concurrency 1", targets, noEBPF, load)
+	hs, err := ReadHandshakes(pcap)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,26 +28,12 @@ const (
 // first segment to the response's first segment.
 func ttfbAccuracy(t *testing.T, l *Lab, targets []string, extra string, noEBPF, load bool) (accuracy, map[string]int) {
 	// One at a time, as in measure: several in flight would batch in the veth backlog.
-	args := "probe http --json --timeout 3s --retries 0 --concurrency 1" + extra
-	if noEBPF {
-		args += " --no-ebpf"
-	}
-	var env []string
-	if load {
-		env = append(env, stormEnv+"=1")
-		stop := busyLoops(t, time.Minute)
-		defer stop()
-	}
-	dir := t.TempDir()
-	stopCap := capture(t, l, dir+"/cap.pcap")
-	_, out := runInClient(t, l, args, targets, env)
-	time.Sleep(100 * time.Millisecond) // let tcpdump write the last packets
-	stopCap()
+	out, pcap := captured(t, l, "probe http --json --timeout 3s --retries 0 --concurrency 1"+extra, targets, noEBPF, load)
 	skip := 0
 	if strings.HasPrefix(targets[0], "https") {
 		skip = 2 // TLS 1.3: the ClientHello, and the client's Finished
 	}
-	xs, err := ReadExchanges(dir+"/cap.pcap", skip)
+	xs, err := ReadExchanges(pcap, skip)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -35,8 +33,8 @@ func labPKI(t *testing.T) (*testpki.PKI, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pki.RootPEM(), 0o644); err != nil {
+	ca, err := pki.WriteRoot(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
 	return pki, ca

@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -124,8 +123,8 @@ func webDemo(l *lab.Lab, show func(...string)) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, pki.RootPEM(), 0o644); err != nil {
+	ca, err := pki.WriteRoot(dir)
+	if err != nil {
 		return err
 	}
 	leaf := testpki.Leaf{Names: []string{"www.example.net"}, OCSPServer: "http://ocsp.example.net/"}
