@@ -144,8 +144,10 @@ func TestBenchHTTPTTFB(t *testing.T) {
 }
 
 // TestBenchHTTPSvsBlackbox: HTTPS probes, a fresh connection and handshake each, against
-// one TLS server: reachd's daemon and blackbox_exporter's http prober, each pinned to the
-// two CPUs, at the same rate; probes a second (counted on the router) and CPU per probe.
+// one TLS server in the lab: reachd's daemon and blackbox_exporter's http prober, each
+// pinned to the machine's two CPUs, one after the other at the same rate: 200 targets a
+// second (CPU per probe), then 1,000 (more than either keeps up with here: the probes a
+// second each manages). The server shares the two CPUs.
 func TestBenchHTTPSvsBlackbox(t *testing.T) {
 	l := benchOnly(t)
 	bbe, err := exec.LookPath("prometheus-blackbox-exporter")
@@ -158,16 +160,35 @@ func TestBenchHTTPSvsBlackbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	serveWeb(t, l, portBenchWebTLS, &tls.Config{Certificates: []tls.Certificate{cert}}, testweb.Mux())
-	const n = 200
+	c := newRouterCounter(t, l, "reachd_bench_https", fmt.Sprintf("ip6 daddr 2001:db8:a::7:0/112 tcp dport %d tcp flags syn", portBenchWebTLS))
+	window := benchWindow()
+	for _, n := range []int{200, 1000} {
+		r, b := httpsSides(t, l, bbe, ca, c, n, window)
+		name := fmt.Sprintf("daemon-https-%d@1s-2cpus", n)
+		if n > 200 {
+			fmt.Printf("BENCH %s saturated: reachd %.0f probes/s, blackbox %.0f probes/s (ratio %.2f)\n", name,
+				float64(r.packets)/r.wall.Seconds(), float64(b.packets)/b.wall.Seconds(), float64(r.packets)/float64(max(b.packets, 1)))
+			continue
+		}
+		if ratio := printSides(name, r, b, "reachd", "blackbox", 1); ratio >= 1 {
+			t.Errorf("CPU per HTTPS probe %.2f× blackbox_exporter's", ratio)
+		}
+		if min(r.packets, b.packets) < int(0.9*window.Seconds()*float64(n)) {
+			t.Errorf("probes (SYNs): reachd %d, blackbox %d in %v; want %d a second each", r.packets, b.packets, window, n)
+		}
+	}
+}
+
+// httpsSides runs blackbox_exporter, then reachd's daemon, on n HTTPS targets a second and
+// returns each one's steady window.
+func httpsSides(t *testing.T, l *Lab, bbe, ca string, c *routerCounter, n int, window time.Duration) (r, b steady) {
+	t.Helper()
 	var targets []string
 	for i := range n {
 		a := netip.MustParseAddr(fmt.Sprintf("2001:db8:a::7:%x", i+1))
 		targets = append(targets, urlOf("https", a, portBenchWebTLS, testweb.OK))
 	}
-	c := newRouterCounter(t, l, "reachd_bench_https", fmt.Sprintf("ip6 daddr 2001:db8:a::7:0/112 tcp dport %d tcp flags syn", portBenchWebTLS))
-	window := benchWindow()
-	dir := t.TempDir()
-	conf := dir + "/blackbox.yml"
+	conf := t.TempDir() + "/blackbox.yml"
 	mod := fmt.Sprintf("modules:\n  https:\n    prober: http\n    timeout: 900ms\n    http:\n      preferred_ip_protocol: ip6\n      fail_if_not_ssl: true\n      tls_config: {ca_file: %s, server_name: %s}\n", ca, webName)
 	if err := os.WriteFile(conf, []byte(mod), 0o644); err != nil {
 		t.Fatal(err)
@@ -176,10 +197,11 @@ func TestBenchHTTPSvsBlackbox(t *testing.T) {
 	if err := bb.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { bb.Process.Kill(); bb.Wait() }()
 	stop := driveBlackboxModule(t, l, "127.0.0.1:9115", "https", targets, time.Second)
-	b := steadyWindow(t, bb.Process.Pid, c, 5*time.Second, window)
+	b = steadyWindow(t, bb.Process.Pid, c, 5*time.Second, window)
 	stop()
+	bb.Process.Kill()
+	bb.Wait()
 
 	cfg := fmt.Sprintf("defaults: {interval: 1s, timeout: 900ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {json: off, journald: off}\n"+
 		"probes:\n  - {name: web, kind: http, targets: %s, http: {ca: %s, server_name: %s}}\n", yamlList(targets), ca, webName)
@@ -187,13 +209,7 @@ func TestBenchHTTPSvsBlackbox(t *testing.T) {
 	if out, err := exec.Command("taskset", "-a", "-pc", "0,1", strconv.Itoa(d.cmd.Process.Pid)).CombinedOutput(); err != nil {
 		t.Fatalf("taskset: %v: %s", err, out)
 	}
-	r := steadyWindow(t, d.cmd.Process.Pid, c, 5*time.Second, window)
+	r = steadyWindow(t, d.cmd.Process.Pid, c, 5*time.Second, window)
 	d.Kill()
-	ratio := printSides(fmt.Sprintf("daemon-https-%d@1s-2cpus", n), r, b, "reachd", "blackbox", 1)
-	if ratio >= 1 {
-		t.Errorf("CPU per HTTPS probe %.2f× blackbox_exporter's", ratio)
-	}
-	if min(r.packets, b.packets) < int(0.9*window.Seconds()*n) {
-		t.Errorf("probes (SYNs): reachd %d, blackbox %d in %v; want %d a second each", r.packets, b.packets, window, n)
-	}
+	return r, b
 }
