@@ -3,6 +3,7 @@ package probe
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -320,10 +322,18 @@ var alpnFor = []string{"h2", "http/1.1"}
 // response, often read with it, which blurs where the response arrived); the caller closes
 // the connection, with a reset, once the response is read.
 func transportFor(conn net.Conn) *http.Transport {
-	dial := func(context.Context, string, string) (net.Conn, error) { return conn, nil }
+	var used atomic.Bool
+	// The one connection, once: a transport that wants another (an HTTP/2 connection that
+	// refused the stream) gets an error rather than a second client on the same one.
+	dial := func(context.Context, string, string) (net.Conn, error) {
+		if used.Swap(true) {
+			return nil, errors.New("the probe's connection is spent")
+		}
+		return conn, nil
+	}
 	t := &http.Transport{DisableCompression: true, MaxResponseHeaderBytes: 64 << 10, ForceAttemptHTTP2: true}
-	if tc, ok := conn.(*tls.Conn); ok {
-		t.DialTLSContext = func(context.Context, string, string) (net.Conn, error) { return tc, nil }
+	if _, ok := conn.(*tls.Conn); ok {
+		t.DialTLSContext = dial
 	} else {
 		t.DialContext = dial
 	}

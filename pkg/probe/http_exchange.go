@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"reachd/pkg/target"
@@ -34,13 +35,14 @@ type response struct {
 // own and reads the response. Without a response, the Result says why, at the layer that
 // failed (resolve, transport, tls, application). Its phases are added to ev.
 func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, body string, begin time.Time, ev *tlsEvidence) (Result, *response) {
-	if p.url.Scheme != "https" { // the verdict shows the TLS of the last request, if any
-		ev.tls, ev.tlsDetail = nil, ""
+	if p.n > 0 { // the verdict's connection and TLS are the last request's, if any
+		ev.tcp, ev.tls, ev.tlsDetail = nil, nil, ""
 	}
 	addr := p.addr
 	if !addr.IsValid() {
 		var res Result
 		if addr, res = a.resolve(ctx, p.url.Hostname()); res.Reason != "" {
+			ev.phases.add(marks{begin: mark{at: begin}, resolved: mark{at: time.Now()}})
 			return p.failed(res, addr, ev), nil
 		}
 	}
@@ -56,6 +58,7 @@ func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, bod
 	}
 	s, res := dialSession(ctx, ha)
 	if s == nil {
+		ev.phases.add(marks{begin: mark{at: begin}, resolved: mark{at: resolved}, connected: mark{at: time.Now()}})
 		return p.failed(res, addr, ev), nil
 	}
 	defer s.close()
@@ -77,7 +80,9 @@ func (p hopPlan) run(ctx context.Context, a Attempt, o *HTTPOptions, method, bod
 	}
 	req, err := newRequest(ctx, p, o, method, body)
 	if err != nil {
-		return s.outcome(fail(verdict.LocalError, err.Error()), ev), nil
+		s.marks.end = mark{at: time.Now()}
+		s.finish(ev)
+		return p.failed(s.outcome(fail(verdict.LocalError, err.Error()), ev), addr, ev), nil
 	}
 	resp, res := s.exchange(ctx, conn, req, o)
 	s.finish(ev)
@@ -157,32 +162,31 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 	}
 	tx, rx := s.conn.counts()
 	s.marks.sentTx, s.marks.firstRx = tx, rx
-	var firstChunk chunk
-	trace := &httptrace.ClientTrace{
-		GotConn: func(httptrace.GotConnInfo) {
-			if !s.marks.sent.set() {
-				s.marks.sent = mark{at: time.Now()}
-			}
-		},
-		GotFirstResponseByte: func() {
-			s.marks.first = mark{at: time.Now()}
-			firstChunk = s.conn.lastChunk()
-		},
-	}
+	var tm traceMarks
 	t := transportFor(conn)
 	defer t.CloseIdleConnections()
-	hr, err := t.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	hr, err := t.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), tm.trace(s.conn))))
+	sent, first, fc := tm.take()
+	if !sent.IsZero() {
+		s.marks.sent = mark{at: sent}
+	}
 	if err != nil { // the attempt, and the wait for the response, end where it failed
 		s.marks.first, s.marks.firstRx = mark{at: time.Now()}, -1
-		return nil, exchangeFailure(err, s.a.Timeout, "waiting for the response")
+		return nil, s.exchangeFailure(err, "waiting for the response")
 	}
 	defer hr.Body.Close()
-	if _, isTLS := conn.(*tls.Conn); isTLS || hr.ProtoMajor == 2 {
-		// Over TLS other records may come first (a server may send session tickets after
-		// the handshake), and HTTP/2 frames interleave (the server's SETTINGS): the
-		// response's first byte is in the read that delivered it. Plain HTTP/1's response
-		// is the first byte after the request.
-		s.marks.firstRx, s.marks.firstSpan = firstChunk.off, firstChunk.n
+	s.marks.first = mark{at: first}
+	switch _, isTLS := conn.(*tls.Conn); {
+	case isTLS:
+		// Other records may come first (a server may send session tickets after the
+		// handshake), and a record's plaintext is handed over once the record is whole:
+		// the response's first byte is in the record that was being read when the client
+		// got it, from that record's start to the end of the read that completed it.
+		s.marks.firstRx, s.marks.firstSpan = fc.recStart, fc.off+fc.n-fc.recStart
+	case hr.ProtoMajor == 2:
+		// HTTP/2 frames interleave (the server's SETTINGS): it is in the read that
+		// delivered it. (Plain HTTP/1's response is the first byte after the request.)
+		s.marks.firstRx, s.marks.firstSpan = fc.off, fc.n
 	}
 	resp := &response{status: hr.StatusCode, proto: hr.Proto, location: hr.Header.Get("Location")}
 	// The body is kept only as far as it is matched (--body-regex), else its start for the
@@ -202,7 +206,7 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 	resp.end = time.Now()
 	s.marks.end = mark{at: resp.end}
 	if err != nil { // the attempt ends when the read failed, not with the last byte
-		res := exchangeFailure(err, s.a.Timeout, "reading the body")
+		res := s.exchangeFailure(err, "reading the body")
 		res.Detail = fmt.Sprintf("%s %d: %s (%d body bytes read)", hr.Proto, hr.StatusCode, res.Detail, n)
 		return resp, res
 	}
@@ -228,11 +232,9 @@ func (w *headWriter) Write(p []byte) (int, error) {
 }
 
 // exchangeFailure classifies an error of the request or the response: the connection's end
-// (timeout, reset, closed), or an answer that is not HTTP.
-func exchangeFailure(err error, timeout time.Duration, doing string) Result {
-	if res := ioFailure(err, verdict.LayerApplication, doing, timeout); res.Reason != "" {
-		return res
-	}
+// (timeout, reset, closed), a TLS failure that came after the handshake, or an answer that
+// is not HTTP.
+func (s *session) exchangeFailure(err error, doing string) Result {
 	var rhe tls.RecordHeaderError
 	var oe *net.OpError
 	switch {
@@ -242,6 +244,14 @@ func exchangeFailure(err error, timeout time.Duration, doing string) Result {
 		// A TLS 1.3 server's verdict on the handshake (a client certificate it wants) comes
 		// as an alert after the client has finished: still a TLS failure.
 		return Result{Reason: verdict.TLSHandshake, Detail: handshakeDetail(err) + " after the handshake", sent: true}
+	case s.certAsked:
+		// The same, when the connection broke before the alert was read (HTTP/2 writes
+		// first, and meets the reset).
+		return Result{Reason: verdict.TLSHandshake, sent: true,
+			Detail: fmt.Sprintf("the server asked for a client certificate, which reachd does not send, and then: %v", err)}
+	}
+	if res := ioFailure(err, verdict.LayerApplication, doing, s.a.Timeout); res.Reason != "" {
+		return res
 	}
 	msg := err.Error()
 	if strings.Contains(msg, "malformed HTTP") || strings.Contains(msg, "HTTP/1.x transport connection broken") {
@@ -251,4 +261,41 @@ func exchangeFailure(err error, timeout time.Duration, doing string) Result {
 		return Result{Reason: verdict.Reset, Layer: verdict.LayerApplication, Detail: "the server closed the connection without a response", sent: true}
 	}
 	return Result{Reason: verdict.ProtocolMismatch, Detail: msg, sent: true}
+}
+
+// traceMarks collects what the HTTP client's trace says, from the client's goroutines,
+// until taken: a callback that comes later (the response as the deadline struck) is
+// dropped.
+type traceMarks struct {
+	mu          sync.Mutex
+	taken       bool
+	sent, first time.Time
+	firstChunk  chunk
+}
+
+func (tm *traceMarks) trace(m *meter) *httptrace.ClientTrace {
+	return &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) {
+			tm.mu.Lock()
+			if !tm.taken && tm.sent.IsZero() {
+				tm.sent = time.Now()
+			}
+			tm.mu.Unlock()
+		},
+		GotFirstResponseByte: func() {
+			c := m.lastChunk()
+			tm.mu.Lock()
+			if !tm.taken {
+				tm.first, tm.firstChunk = time.Now(), c
+			}
+			tm.mu.Unlock()
+		},
+	}
+}
+
+func (tm *traceMarks) take() (sent, first time.Time, c chunk) {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	tm.taken = true
+	return tm.sent, tm.first, tm.firstChunk
 }

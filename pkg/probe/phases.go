@@ -110,6 +110,38 @@ func (p *phases) fill(v *verdict.Verdict) {
 	t.Total = verdict.MsPtr(resolve + p.span - p.d["resolve"])
 }
 
+// carrier finds when the segment (of kind, on a stream whose initial sequence number is
+// isn) that carried the byte at stream offset off was seen. With span > 0 the byte meant
+// is somewhere in the span bytes from off (one read): the first of the segments that
+// carried them, if they all came within spanSpread of it (else the instant is not known to
+// that bound). Sequence numbers wrap: the arithmetic is modulo 2^32.
+func carrier(evs []wire.Event, kind wire.EventKind, isn uint32, off, span int64) (uint64, bool) {
+	if off < 0 {
+		return 0, false
+	}
+	want := isn + 1 + uint32(off)
+	var first, last uint64
+	for i := range evs {
+		e := &evs[i]
+		if wire.EventKind(e.Kind) != kind {
+			continue
+		}
+		switch {
+		case want-e.Seq < e.Len: // carries the byte at off (the earliest copy)
+			if first == 0 || e.TsNs < first {
+				first = e.TsNs
+			}
+			last = max(last, e.TsNs)
+		case span > 0 && e.Seq-want < uint32(span): // starts within the read
+			last = max(last, e.TsNs)
+		}
+	}
+	if first == 0 || (span > 0 && time.Duration(last-first) > spanSpread) {
+		return 0, false
+	}
+	return first, true
+}
+
 // spanSpread bounds how far apart the segments of one read may have arrived for the read's
 // first to stand for a byte somewhere in it: the error `make bench` holds TTFB to.
 const spanSpread = 20 * time.Microsecond
@@ -123,40 +155,13 @@ func (s *session) place(m *marks) {
 		return
 	}
 	evs := s.d.flow.Sync()
-	// at finds the segment that carried the byte at stream offset off. With span > 0 the
-	// byte meant is somewhere in the span bytes from off (one read): the first of the
-	// segments that carried them, if they all arrived within spanSpread of it (else the
-	// instant is not known to that bound, and it stays userspace's).
 	at := func(egress bool, off, span int64) (mark, bool) {
-		if off < 0 {
-			return mark{}, false
-		}
-		base := tr.peerISN
-		kind := wire.EvDataRx
+		isn, kind := tr.peerISN, wire.EvDataRx
 		if egress {
-			base, kind = tr.isn, wire.EvDataTx
+			isn, kind = tr.isn, wire.EvDataTx
 		}
-		want := base + 1 + uint32(off)
-		var first, last uint64
-		for i := range evs {
-			e := &evs[i]
-			if wire.EventKind(e.Kind) != kind {
-				continue
-			}
-			switch {
-			case want-e.Seq < e.Len: // carries the byte at off (the earliest copy)
-				if first == 0 || e.TsNs < first {
-					first = e.TsNs
-				}
-				last = max(last, e.TsNs)
-			case span > 0 && e.Seq-want < uint32(span): // starts within the read
-				last = max(last, e.TsNs)
-			}
-		}
-		if first == 0 || (span > 0 && time.Duration(last-first) > spanSpread) {
-			return mark{}, false
-		}
-		return mark{at: s.d.wall(first), wire: true}, true
+		ts, ok := carrier(evs, kind, isn, off, span)
+		return mark{at: s.d.wall(ts), wire: true}, ok
 	}
 	for _, p := range []struct {
 		dst       *mark

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,8 @@ type session struct {
 	// start is when the session's phases begin: the attempt's start after resolution.
 	start time.Time
 	marks marks
+	// certAsked: the TLS server asked for a client certificate (reachd sends none).
+	certAsked bool
 }
 
 // dialSession connects to a.Addr. Without a session, res says why (the TCP probe's
@@ -104,24 +107,28 @@ func ioFailure(err error, layer verdict.Layer, doing string, timeout time.Durati
 
 // meter is a connection that counts the bytes read and written, and remembers the latest
 // read, so that a moment seen in userspace (the response's first byte handed to the HTTP
-// client) can be traced to the stream bytes that carried it.
+// client) can be traced to the stream bytes that carried it. Over TLS it follows the
+// records' framing too: plaintext is handed over a whole record at a time, so the read
+// that completes a record is not the one that brought its first byte.
 type meter struct {
 	net.Conn
 	mu     sync.Mutex
 	tx, rx int64
 	last   chunk
+	recs   records
 }
 
-// chunk is one read: the stream offset it started at and how many bytes it returned.
+// chunk is one read: the stream offset it started at, how many bytes it returned, and
+// (over TLS) where the record holding its first byte starts.
 type chunk struct {
-	off, n int64
+	off, n, recStart int64
 }
 
 func (m *meter) Read(b []byte) (int, error) {
 	n, err := m.Conn.Read(b)
 	if n > 0 {
 		m.mu.Lock()
-		m.last = chunk{m.rx, int64(n)}
+		m.last = chunk{m.rx, int64(n), m.recs.feed(m.rx, b[:n])}
 		m.rx += int64(n)
 		m.mu.Unlock()
 	}
@@ -148,4 +155,39 @@ func (m *meter) lastChunk() chunk {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.last
+}
+
+// records follows TLS record framing (a 5-byte header whose last two bytes are the
+// length) over a stream read in pieces. Meaningless, and unused, for a plain stream.
+type records struct {
+	cur, next int64 // the record being read starts at cur; the next one at next (-1: its header is not whole yet)
+	hdr       [5]byte
+	hdrN      int
+}
+
+// feed advances over b, read at stream offset off (the stream's reads in order), and
+// returns where the record holding b's first byte starts.
+func (r *records) feed(off int64, b []byte) int64 {
+	holder := int64(-1)
+	pos := off
+	for len(b) > 0 {
+		if pos == r.next {
+			r.cur, r.next, r.hdrN = pos, -1, 0
+		}
+		if holder < 0 {
+			holder = r.cur
+		}
+		if r.next < 0 { // the header of the record at cur
+			k := copy(r.hdr[r.hdrN:], b)
+			r.hdrN += k
+			b, pos = b[k:], pos+int64(k)
+			if r.hdrN == len(r.hdr) {
+				r.next = r.cur + int64(len(r.hdr)) + int64(binary.BigEndian.Uint16(r.hdr[3:5]))
+			}
+			continue
+		}
+		k := min(r.next-pos, int64(len(b)))
+		b, pos = b[k:], pos+k
+	}
+	return holder
 }

@@ -364,7 +364,11 @@ func (s *session) startTLS(ctx context.Context, o *TLSOptions, name string, alpn
 	if deadline, ok := ctx.Deadline(); ok {
 		_ = s.conn.SetDeadline(deadline)
 	}
-	cfg := &tls.Config{ServerName: name, InsecureSkipVerify: true, NextProtos: alpn}
+	cfg := &tls.Config{ServerName: name, InsecureSkipVerify: true, NextProtos: alpn,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			s.certAsked = true // noted: a later rejection is then the handshake's
+			return &tls.Certificate{}, nil
+		}}
 	tc := tls.Client(s.conn, cfg)
 	err := tc.HandshakeContext(ctx)
 	_, rx := s.conn.counts()
