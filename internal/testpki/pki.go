@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -183,4 +184,19 @@ func orTime(t, d time.Time) time.Time {
 		return d
 	}
 	return t
+}
+
+// ForTest is New for a test, with the root written for --ca in the test's temporary
+// directory; it fails the test on an error.
+func ForTest(t testing.TB) (*PKI, string) {
+	t.Helper()
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := p.WriteRoot(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, ca
 }

@@ -131,7 +131,7 @@ func silentServer(t *testing.T) netip.AddrPort {
 // that CA's root written for --ca.
 func testServerCert(t *testing.T) (tls.Certificate, string) {
 	t.Helper()
-	pki, ca := testCA(t)
+	pki, ca := testpki.ForTest(t)
 	cert, err := pki.Issue(testpki.Leaf{Names: []string{"www.example.net"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	if err != nil {
 		t.Fatal(err)

@@ -28,20 +28,6 @@ func serveTLS(t *testing.T, cfg *tls.Config) netip.AddrPort {
 	})
 }
 
-// testCA is a test PKI and its root written for --ca.
-func testCA(t *testing.T) (*testpki.PKI, string) {
-	t.Helper()
-	pki, err := testpki.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := pki.WriteRoot(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pki, ca
-}
-
 // parseFlags parses args as o's flags and checks them, as the CLI does.
 func parseFlags(o KindOptions, args ...string) error {
 	fs := pflag.NewFlagSet("kind", pflag.ContinueOnError)
@@ -63,7 +49,7 @@ func tlsFlags(t *testing.T, args ...string) *TLSOptions {
 }
 
 func TestTLSReasons(t *testing.T) {
-	pki, ca := testCA(t)
+	pki, ca := testpki.ForTest(t)
 	scen, err := pki.Scenarios([]string{"www.example.net"}, []net.IP{net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ func urlOf(scheme string, a netip.Addr, port int, path string) string {
 // the total.
 func TestHTTPProbe(t *testing.T) {
 	l := requireLab(t)
-	pki, ca := labPKI(t)
+	pki, ca := testpki.ForTest(t)
 	cert, err := pki.Issue(testLeaf())
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +162,7 @@ func checkHTTPPhases(t *testing.T, v map[string]any) {
 // logged, their phases wire-timed, and the certificate's expiry is a metric promtool reads.
 func TestDaemonHTTP(t *testing.T) {
 	l := requireLab(t)
-	pki, ca := labPKI(t)
+	pki, ca := testpki.ForTest(t)
 	cert, err := pki.Issue(testLeaf())
 	if err != nil {
 		t.Fatal(err)

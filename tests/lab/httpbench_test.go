@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"reachd/internal/testpki"
 	"reachd/internal/testweb"
 )
 
@@ -90,7 +91,7 @@ func TestBenchHTTPTTFB(t *testing.T) {
 		t.Fatal("tcpdump is needed (apt-get install tcpdump)")
 	}
 	serveWeb(t, l, portBenchWeb, nil, testweb.Mux())
-	pki, ca := labPKI(t)
+	pki, ca := testpki.ForTest(t)
 	cert, err := pki.Issue(testLeaf())
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +155,7 @@ func TestBenchHTTPSvsBlackbox(t *testing.T) {
 	if err != nil {
 		t.Fatal("blackbox_exporter is not installed (apt-get install prometheus-blackbox-exporter)")
 	}
-	pki, ca := labPKI(t)
+	pki, ca := testpki.ForTest(t)
 	cert, err := pki.Issue(testLeaf())
 	if err != nil {
 		t.Fatal(err)

@@ -26,26 +26,12 @@ func serveWeb(t *testing.T, l *Lab, port int, cfg *tls.Config, h http.Handler) {
 	}
 }
 
-// labPKI is the test CA and its root, written for --ca.
-func labPKI(t *testing.T) (*testpki.PKI, string) {
-	t.Helper()
-	pki, err := testpki.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := pki.WriteRoot(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pki, ca
-}
-
 // TestTLSReasons: every reason of the tls probe, from servers presenting each kind of bad
 // (and good) certificate, through the tls kind and through https, over IPv4 and IPv6. A
 // TLS failure is layer tls, never an HTTP one, and the handshake's phases are wire-timed.
 func TestTLSReasons(t *testing.T) {
 	l := requireLab(t)
-	pki, ca := labPKI(t)
+	pki, ca := testpki.ForTest(t)
 	scen, err := pki.Scenarios([]string{webName}, []net.IP{ServerV4.AsSlice(), ServerV6.AsSlice()})
 	if err != nil {
 		t.Fatal(err)
