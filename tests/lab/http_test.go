@@ -149,11 +149,14 @@ func checkHTTPPhases(t *testing.T, v map[string]any) {
 		}
 		return x
 	}
-	if d := math.Abs(w["syn_tx"].(float64) - at("resolve", "setup")); d > 0.1 {
-		t.Errorf("resolve+setup end %.3f ms from the first SYN on the wire (%v)", d, w["syn_tx"])
+	// (The verdict's time is taken just before the attempt starts: a busy machine may put
+	// some of a millisecond between them.)
+	syn, synack := w["syn_tx"].(float64), w["synack"].(float64)
+	if d := math.Abs(syn - at("resolve", "setup")); d > 1 {
+		t.Errorf("resolve+setup end %.3f ms from the first SYN on the wire (%v)", d, syn)
 	}
-	if d := math.Abs(w["synack"].(float64) - at("resolve", "setup", "connect")); d > 0.1 {
-		t.Errorf("connect ends %.3f ms from the SYN-ACK on the wire (%v)", d, w["synack"])
+	if d := math.Abs(synack - syn - at("connect")); d > 0.005 {
+		t.Errorf("connect is %.3f ms off the wire's SYN to SYN-ACK (%v to %v)", d, syn, synack)
 	}
 }
 
