@@ -177,11 +177,15 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 	defer hr.Body.Close()
 	s.marks.first = mark{at: first}
 	switch _, isTLS := conn.(*tls.Conn); {
+	case isTLS && fc.recEnd >= fc.off+fc.n:
+		// A record's plaintext is handed over once the record is whole: when the read
+		// that gave the client its first response bytes touched one record only, that
+		// record is the response's, and its first byte arrived with its start.
+		s.marks.firstRx = fc.recStart
 	case isTLS:
-		// Other records may come first (a server may send session tickets after the
-		// handshake), and a record's plaintext is handed over once the record is whole:
-		// the response's first byte is in the record that was being read when the client
-		// got it, from that record's start to the end of the read that completed it.
+		// The read touched several records, and others may come before the response's
+		// (a server may send session tickets after the handshake): from the first one's
+		// start to the end of the read, placed only if they all came together.
 		s.marks.firstRx, s.marks.firstSpan = fc.recStart, fc.off+fc.n-fc.recStart
 	case hr.ProtoMajor == 2:
 		// HTTP/2 frames interleave (the server's SETTINGS): it is in the read that

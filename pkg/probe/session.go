@@ -119,16 +119,17 @@ type meter struct {
 }
 
 // chunk is one read: the stream offset it started at, how many bytes it returned, and
-// (over TLS) where the record holding its first byte starts.
+// (over TLS) where the record holding its first byte starts and ends (-1: not known).
 type chunk struct {
-	off, n, recStart int64
+	off, n, recStart, recEnd int64
 }
 
 func (m *meter) Read(b []byte) (int, error) {
 	n, err := m.Conn.Read(b)
 	if n > 0 {
 		m.mu.Lock()
-		m.last = chunk{m.rx, int64(n), m.recs.feed(m.rx, b[:n])}
+		start, end := m.recs.feed(m.rx, b[:n])
+		m.last = chunk{m.rx, int64(n), start, end}
 		m.rx += int64(n)
 		m.mu.Unlock()
 	}
@@ -166,16 +167,20 @@ type records struct {
 }
 
 // feed advances over b, read at stream offset off (the stream's reads in order), and
-// returns where the record holding b's first byte starts.
-func (r *records) feed(off int64, b []byte) int64 {
-	holder := int64(-1)
+// returns where the record holding b's first byte starts and ends (-1 while its header is
+// not whole).
+func (r *records) feed(off int64, b []byte) (start, end int64) {
+	start, end = -1, -1
 	pos := off
 	for len(b) > 0 {
 		if pos == r.next {
+			if start >= 0 && end < 0 {
+				end = pos
+			}
 			r.cur, r.next, r.hdrN = pos, -1, 0
 		}
-		if holder < 0 {
-			holder = r.cur
+		if start < 0 {
+			start = r.cur
 		}
 		if r.next < 0 { // the header of the record at cur
 			k := copy(r.hdr[r.hdrN:], b)
@@ -189,5 +194,8 @@ func (r *records) feed(off int64, b []byte) int64 {
 		k := min(r.next-pos, int64(len(b)))
 		b, pos = b[k:], pos+k
 	}
-	return holder
+	if end < 0 && r.cur == start && r.next >= 0 {
+		end = r.next
+	}
+	return start, end
 }

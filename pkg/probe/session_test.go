@@ -18,18 +18,18 @@ func TestRecordFraming(t *testing.T) {
 	stream = append(stream, rec(2)...)   // 320..327
 	var r records
 	for _, c := range []struct {
-		from, to int
-		want     int64
+		from, to   int
+		start, end int64
 	}{
-		{0, 3, 0},     // the first header, split
-		{3, 17, 0},    // its rest and the next header's first 2 bytes
-		{17, 100, 15}, // inside the second record's header, then its body
-		{100, 320, 15},
-		{320, 321, 320},
-		{321, 327, 320},
+		{0, 3, 0, -1},      // the first header, split: its length not known yet
+		{3, 17, 0, 15},     // its rest and the next header's first 2 bytes
+		{17, 100, 15, 320}, // inside the second record's header, then its body
+		{100, 320, 15, 320},
+		{320, 321, 320, -1},
+		{321, 327, 320, 327},
 	} {
-		if got := r.feed(int64(c.from), stream[c.from:c.to]); got != c.want {
-			t.Errorf("read [%d, %d): record starts at %d, want %d", c.from, c.to, got, c.want)
+		if start, end := r.feed(int64(c.from), stream[c.from:c.to]); start != c.start || end != c.end {
+			t.Errorf("read [%d, %d): record [%d, %d), want [%d, %d)", c.from, c.to, start, end, c.start, c.end)
 		}
 	}
 }

@@ -133,8 +133,8 @@ func runTLS(ctx context.Context, a Attempt) Result {
 	ev.tcp, _ = s.tcp.Kind.(*tcpResult)
 	_, hs := s.startTLS(ctx, o, serverName(a, o), nil)
 	ev.tls = hs.summary
-	// The probe ends with the handshake: its last instant is the server's last byte.
-	s.marks.end, s.marks.endRx = s.marks.secured, s.marks.securedRx
+	// The probe ends with the handshake: its last instant is the server's last handshake
+	// byte, and no request phase follows.
 	s.finish(ev)
 	if hs.res.Reason == verdict.OK {
 		hs.res.Detail = hs.detail

@@ -81,6 +81,13 @@ func checkTLSVerdict(t *testing.T, v map[string]any, sc testpki.Scenario) {
 	if !slices.Contains(wired, any("connect")) || !slices.Contains(wired, any("tls")) {
 		t.Errorf("connect and tls phases not both wire-timed: %v", tm)
 	}
+	if v["kind"] == "tls" {
+		for _, p := range []string{"request", "ttfb", "transfer"} {
+			if _, ok := tm[p]; ok {
+				t.Errorf("a tls probe has an HTTP phase %s: %v", p, tm)
+			}
+		}
+	}
 	if sc.Want == "tls_handshake" {
 		return
 	}
