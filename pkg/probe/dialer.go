@@ -26,7 +26,7 @@ import (
 // count comes from TCP_INFO; and the prober's own lateness is told apart from the target's
 // (self_overload). A context without a deadline bounds the handshake by a.Timeout.
 func DialTCP(ctx context.Context, a Attempt) (net.Conn, Result) {
-	conn, res, d := dialTCP(ctx, a)
+	conn, res, d := dialTCP(ctx, a, false)
 	if d.flow != nil {
 		d.flow.Close()
 	}
@@ -47,7 +47,10 @@ func (d dialed) wall(ns uint64) time.Time {
 	return d.startWall.Add(time.Duration(int64(ns) - d.startMono))
 }
 
-func dialTCP(ctx context.Context, a Attempt) (conn net.Conn, res Result, d dialed) {
+// dialTCP is DialTCP keeping the flow; with payload, TC also reports the connection's
+// payload segments, from before the SYN (a server may speak first, right after the
+// handshake).
+func dialTCP(ctx context.Context, a Attempt, payload bool) (conn net.Conn, res Result, d dialed) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(a.Timeout)
@@ -62,7 +65,12 @@ func dialTCP(ctx context.Context, a Attempt) (conn net.Conn, res Result, d diale
 	}
 	var note string
 	if a.Wire != nil {
-		if d.flow, note = registerTCP(fd, a); d.flow != nil {
+		if d.flow, note = registerTCP(fd, a); d.flow != nil && payload {
+			if err := d.flow.WatchPayload(payloadTx, payloadRx); err != nil {
+				a.log().Debug("payload not watched: its phases are timed in userspace", "dst", a.Addr, "err", err)
+			}
+		}
+		if d.flow != nil {
 			defer func() {
 				if conn == nil {
 					d.flow.Close()

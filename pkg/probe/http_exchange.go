@@ -177,16 +177,8 @@ func (s *session) exchange(ctx context.Context, conn net.Conn, req *http.Request
 	defer hr.Body.Close()
 	s.marks.first = mark{at: first}
 	switch _, isTLS := conn.(*tls.Conn); {
-	case isTLS && fc.recEnd >= fc.off+fc.n:
-		// A record's plaintext is handed over once the record is whole: when the read
-		// that gave the client its first response bytes touched one record only, that
-		// record is the response's, and its first byte arrived with its start.
-		s.marks.firstRx = fc.recStart
 	case isTLS:
-		// The read touched several records, and others may come before the response's
-		// (a server may send session tickets after the handshake): from the first one's
-		// start to the end of the read, placed only if they all came together.
-		s.marks.firstRx, s.marks.firstSpan = fc.recStart, fc.off+fc.n-fc.recStart
+		s.placeFirstTLS(fc)
 	case hr.ProtoMajor == 2:
 		// HTTP/2 frames interleave (the server's SETTINGS): it is in the read that
 		// delivered it. (Plain HTTP/1's response is the first byte after the request.)
@@ -233,6 +225,22 @@ func (w *headWriter) Write(p []byte) (int, error) {
 		w.buf.Write(p[:min(room, len(p))])
 	}
 	return len(p), nil
+}
+
+// placeFirstTLS notes where the server's first application bytes over TLS are in the raw
+// stream, from the read that handed them over (fc).
+func (s *session) placeFirstTLS(fc chunk) {
+	if fc.recEnd >= fc.off+fc.n {
+		// A record's plaintext is handed over once the record is whole: when that read
+		// touched one record only, the record is the one, and its first byte arrived with
+		// its start.
+		s.marks.firstRx, s.marks.firstSpan = fc.recStart, 0
+		return
+	}
+	// The read touched several records, and others may come first (a server may send
+	// session tickets after the handshake): from the first one's start to the end of the
+	// read, placed only if they all came together.
+	s.marks.firstRx, s.marks.firstSpan = fc.recStart, fc.off+fc.n-fc.recStart
 }
 
 // exchangeFailure classifies an error of the request or the response: the connection's end

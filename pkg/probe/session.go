@@ -36,7 +36,7 @@ type session struct {
 // it).
 func dialSession(ctx context.Context, a Attempt) (*session, Result) {
 	start := time.Now()
-	conn, res, d := dialTCP(ctx, a)
+	conn, res, d := dialTCP(ctx, a, true)
 	if conn == nil {
 		return nil, res
 	}
@@ -48,11 +48,6 @@ func dialSession(ctx context.Context, a Attempt) (*session, Result) {
 	s := &session{a: a, conn: &meter{Conn: conn}, tcp: res, d: d, start: start}
 	s.marks = marks{begin: mark{at: start}, resolved: mark{at: start}, syn: s.firstSYN(), connected: s.handshakeEnd(),
 		securedRx: -1, sentTx: -1, firstRx: -1, endRx: -1}
-	if d.flow != nil {
-		if err := d.flow.WatchPayload(payloadTx, payloadRx); err != nil {
-			a.log().Debug("payload not watched: its phases are timed in userspace", "dst", a.Addr, "err", err)
-		}
-	}
 	return s, res
 }
 

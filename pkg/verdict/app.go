@@ -60,3 +60,16 @@ type Redirect struct {
 	Location string `json:"location"`
 	TotalMs  Millis `json:"total_ms"`
 }
+
+// Line is a line probe's dialogue, step by step, up to the step that failed.
+type Line struct {
+	Steps []LineStep `json:"steps"`
+}
+
+// LineStep is one step of a dialogue: what was sent, what was expected, what came.
+type LineStep struct {
+	N        int    `json:"n"`
+	Send     string `json:"send,omitempty"`
+	Expect   string `json:"expect,omitempty"`
+	Received string `json:"received,omitempty"` // the line, quoted, its first 128 bytes
+}

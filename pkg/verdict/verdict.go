@@ -78,6 +78,7 @@ type Verdict struct {
 	UDP    *UDP              `json:"udp,omitempty"`
 	TLS    *TLS              `json:"tls,omitempty"`
 	HTTP   *HTTP             `json:"http,omitempty"`
+	Line   *Line             `json:"line,omitempty"`
 }
 
 // Stats summarise a multi-packet attempt (ICMP echoes, UDP datagrams), like fping -C.
