@@ -137,7 +137,9 @@ type lineEvidence struct {
 
 func (e *lineEvidence) fill(v *verdict.Verdict, since func(time.Time) *verdict.Millis) {
 	e.tlsEvidence.fill(v, since)
-	v.Line = e.line
+	if len(e.line.Steps) > 0 { // none when the connection failed before the dialogue
+		v.Line = e.line
+	}
 }
 
 func runLine(ctx context.Context, a Attempt) Result {

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"reachd/internal/loopback"
+	"reachd/internal/testpki"
 	"reachd/internal/testweb"
 	"reachd/pkg/verdict"
 )
@@ -79,6 +81,45 @@ func TestLineProbe(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestLineOverTLS: a banner protocol over TLS (SMTPS, POP3S style): the certificate is
+// checked as by the tls kind, and a bad one fails the probe at layer tls.
+func TestLineOverTLS(t *testing.T) {
+	l := requireLab(t)
+	pki, ca := testpki.ForTest(t)
+	cert, err := pki.Issue(testLeaf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const port = 9524
+	ln, err := l.Server.Listen("tcp", fmt.Sprintf("[::]:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tln := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})
+	done := loopback.Accept(tln, testweb.SMTPish)
+	l.AddCloser(func() { tln.Close(); <-done })
+	for _, c := range []struct {
+		args           []string
+		reason, detail string
+	}{
+		{[]string{"--ca", ca, "--server-name", webName}, "ok", "3 step(s)"},
+		{[]string{"--server-name", webName}, "cert_untrusted", "unknown authority"},
+	} {
+		args := append([]string{"--retries", "0", "--tls"}, c.args...)
+		args = append(args, "--send", "", "--expect", "^220 ", "--send", `EHLO reachd\r\n`, "--expect", "^250 ", "--send", `QUIT\r\n`, "--expect", "^221",
+			ap(ServerV6, port))
+		vs, code := probeKind(t, l, "line", nil, args...)
+		if len(vs) != 1 {
+			t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
+		}
+		v := vs[0]
+		t.Logf("→ %s/%s: %s %v", v["reason"], v["layer"], v["detail"], v["timings_ms"])
+		if v["reason"] != c.reason || !strings.Contains(v["detail"].(string), c.detail) || v["tls"] == nil {
+			t.Errorf("got %v %q (tls %v); want %s ~%q", v["reason"], v["detail"], v["tls"] != nil, c.reason, c.detail)
 		}
 	}
 }
