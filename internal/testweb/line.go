@@ -65,3 +65,32 @@ func Silent(c net.Conn) {
 		}
 	}
 }
+
+// ErrThenClose answers the first line with -ERR and closes at once, the rest unread: the
+// close is a reset.
+func ErrThenClose(c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4)
+	if _, err := c.Read(buf); err != nil { // part of the line only: the rest stays unread
+		return
+	}
+	_, _ = c.Write([]byte("-ERR nope\r\n"))
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+}
+
+// SlowGreeting sends a greeting's continuation line, waits, then its last line (as
+// Postfix's postscreen does), then answers like SMTPish.
+func SlowGreeting(c net.Conn) {
+	_, _ = c.Write([]byte("220-lab.example.net wait for it\r\n"))
+	time.Sleep(300 * time.Millisecond)
+	_, _ = c.Write([]byte("220 lab.example.net ESMTP\r\n"))
+	Silent(c)
+}
+
+// LongLine sends a line of 64 KiB of x and "OK" (longer than a line probe reads), then "NOPE".
+func LongLine(c net.Conn) {
+	_, _ = c.Write([]byte(strings.Repeat("x", 64<<10) + "OK\r\nNOPE\r\n"))
+	Silent(c)
+}

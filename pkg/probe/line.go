@@ -88,6 +88,11 @@ func (o *LineOptions) Check(set func(string) bool) error {
 		}
 		o.Expect[i] = re
 	}
+	for i := range o.Sends {
+		if o.Sends[i] == "" && o.Expect[i] == nil {
+			return fmt.Errorf("step %d sends nothing and expects nothing (--send and --expect pair up in order)", i+1)
+		}
+	}
 	return nil
 }
 
@@ -178,19 +183,26 @@ func runLine(ctx context.Context, a Attempt) Result {
 // wire like an HTTP response's first byte.
 func (s *session) dialogue(ctx context.Context, conn net.Conn, o *LineOptions, lv *verdict.Line) Result {
 	deadline, _ := ctx.Deadline()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // a daemon stopping
+	defer stop()
 	tx, rx := s.conn.counts()
 	s.marks.sentTx, s.marks.firstRx = tx, rx
-	r := bufio.NewReaderSize(conn, 4096)
+	r := bufio.NewReaderSize(&firstRead{Conn: conn, s: s}, 4096)
 	for i := range o.Sends {
-		st := verdict.LineStep{N: i + 1, Send: o.Sends[i]}
-		if o.Sends[i] != "" {
+		st := verdict.LineStep{N: i + 1, Send: quoteStart([]byte(o.Sends[i]), 64)}
+		if o.Sends[i] == "" {
+			st.Send = ""
+		} else {
+			// What is left of the last reply (the rest of a multi-line one) is not an
+			// answer to this step's request.
+			_, _ = r.Discard(r.Buffered())
 			_ = conn.SetWriteDeadline(deadline)
 			if !s.marks.sent.set() && !s.marks.first.set() { // a request before the server spoke
 				s.marks.sent = mark{at: time.Now()}
 			}
 			if _, err := io.WriteString(conn, o.Sends[i]); err != nil {
 				lv.Steps = append(lv.Steps, st)
-				return s.stepFailure(err, i, "sending", "", o.Step)
+				return s.stepFailure(err, i, "sending", "", time.Until(deadline))
 			}
 		}
 		if o.Expect[i] == nil {
@@ -202,7 +214,7 @@ func (s *session) dialogue(ctx context.Context, conn net.Conn, o *LineOptions, l
 		if o.Step > 0 && time.Now().Add(o.Step).Before(deadline) {
 			stepEnd = time.Now().Add(o.Step)
 		}
-		res := s.expectLine(conn, r, o.Expect[i], i, stepEnd, o.Step, &st)
+		res := s.expectLine(conn, r, o.Expect[i], i, stepEnd, &st)
 		lv.Steps = append(lv.Steps, st)
 		if res.Reason != "" {
 			return res
@@ -212,88 +224,113 @@ func (s *session) dialogue(ctx context.Context, conn net.Conn, o *LineOptions, l
 	return Result{Reason: verdict.OK, sent: true, Detail: fmt.Sprintf("%d step(s) as expected", len(o.Sends))}
 }
 
-// settle is how long a step waits for more lines after one that does not match its
-// expectation, before failing with it: a multi-line reply (SMTP's 250-...) comes at once.
-const settle = 200 * time.Millisecond
+// firstRead marks when the server's first bytes reached the prober: the first read that
+// returns any (over TLS, that read's record is placed on the wire: placeFirstTLS).
+type firstRead struct {
+	net.Conn
+	s *session
+}
 
-// expectLine reads the lines of step i until one matches re: lines that do not are passed
-// over while more follow (within settle), and the step fails with the first of them when
-// the server falls silent. An empty Result means the step's line came.
-func (s *session) expectLine(conn net.Conn, r *bufio.Reader, re *regexp.Regexp, i int, stepEnd time.Time, step time.Duration, st *verdict.LineStep) Result {
-	_ = conn.SetReadDeadline(stepEnd)
-	var unmatched []string
-	for {
-		line, err := readLine(r)
-		if !s.marks.first.set() && (line != "" || err == nil) {
-			s.marks.first = mark{at: time.Now()}
-			if _, isTLS := conn.(*tls.Conn); isTLS {
-				s.placeFirstTLS(s.conn.lastChunk())
-			}
+func (f *firstRead) Read(b []byte) (int, error) {
+	n, err := f.Conn.Read(b)
+	if n > 0 && !f.s.marks.first.set() {
+		f.s.marks.first = mark{at: time.Now()}
+		if _, isTLS := f.Conn.(*tls.Conn); isTLS {
+			f.s.placeFirstTLS(f.s.conn.lastChunk())
 		}
+	}
+	return n, err
+}
+
+// expectLine reads the lines of step i until one matches re, passing over those that do
+// not (a multi-line reply's first lines, a greeting's continuation) until the step ends.
+// The step fails with the first line that did not match if the server closes, resets or
+// falls silent without one that does; with none, for the silence. An empty Result means the
+// step's line came.
+func (s *session) expectLine(conn net.Conn, r *bufio.Reader, re *regexp.Regexp, i int, stepEnd time.Time, st *verdict.LineStep) Result {
+	wait := time.Until(stepEnd)
+	_ = conn.SetReadDeadline(stepEnd)
+	var first string // the first line that did not match
+	unmatched := 0
+	for {
+		line, cut, err := readLine(r)
 		if err == nil && re.MatchString(line) {
 			st.Received = quoteStart([]byte(line), 128)
+			if cut {
+				st.Received += fmt.Sprintf(" (cut at %d bytes)", maxLine)
+			}
 			return Result{}
 		}
-		if err == nil && len(unmatched) < 8 {
-			unmatched = append(unmatched, line)
-		}
-		timedOut := errors.Is(err, os.ErrDeadlineExceeded)
-		switch {
-		case len(unmatched) > 0 && (timedOut || errors.Is(err, io.EOF)):
-			s.marks.end = mark{at: time.Now()}
-			st.Received = quoteStart([]byte(unmatched[0]), 128)
-			detail := fmt.Sprintf("step %d: line %s does not match %q", i+1, st.Received, re)
-			if len(unmatched) > 1 {
-				detail += fmt.Sprintf(" (nor do the %d lines after it)", len(unmatched)-1)
+		if err == nil {
+			if unmatched++; unmatched == 1 {
+				first = line
 			}
-			return Result{Reason: verdict.ProtocolMismatch, sent: true, Detail: detail}
-		case err != nil:
-			st.Received = quoteStart([]byte(line), 128)
-			return s.stepFailure(err, i, "waiting for its line", line, step)
-		case r.Buffered() == 0:
-			_ = conn.SetReadDeadline(minTime(stepEnd, time.Now().Add(settle)))
-		}
-	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-// readLine reads one line without its ending (\n or \r\n); a line longer than maxLine is
-// cut there. At the end of the stream, what came of a line is returned with the error.
-func readLine(r *bufio.Reader) (string, error) {
-	var b []byte
-	for {
-		chunk, err := r.ReadSlice('\n')
-		b = append(b, chunk...)
-		if err == bufio.ErrBufferFull && len(b) < maxLine {
 			continue
 		}
-		if err != nil && err != bufio.ErrBufferFull {
-			return string(b), err
+		if unmatched > 0 {
+			s.marks.end = mark{at: time.Now()}
+			st.Received = quoteStart([]byte(first), 128)
+			detail := fmt.Sprintf("step %d: line %s does not match %q", i+1, st.Received, re)
+			if unmatched > 1 {
+				detail += fmt.Sprintf(" (nor do the %d lines after it)", unmatched-1)
+			}
+			return Result{Reason: verdict.ProtocolMismatch, sent: true, Detail: detail + ", " + lineEnd(err)}
 		}
-		return strings.TrimRight(string(b), "\r\n"), nil
+		if line != "" {
+			st.Received = quoteStart([]byte(line), 128)
+		}
+		return s.stepFailure(err, i, "waiting for its line", line, wait)
 	}
 }
 
-// stepFailure classifies a dialogue's I/O error in step i: the server closed or reset the
-// connection, or said nothing in time.
-func (s *session) stepFailure(err error, i int, doing, partial string, step time.Duration) Result {
+// lineEnd words how a dialogue's reading ended, after lines that did not match.
+func lineEnd(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "and none after it did before the step's time ran out"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "and the server closed the connection"
+	}
+	return fmt.Sprintf("and then: %v", err)
+}
+
+// readLine reads one line without its ending (\n or \r\n). A line longer than maxLine is
+// cut there, the rest of it read and dropped (cut reports it). At the end of the stream,
+// what came of a line is returned with the error.
+func readLine(r *bufio.Reader) (line string, cut bool, err error) {
+	var b []byte
+	total := 0
+	for {
+		chunk, err := r.ReadSlice('\n')
+		total += len(chunk)
+		if room := maxLine - len(b); room > 0 {
+			b = append(b, chunk[:min(room, len(chunk))]...)
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		cut = total > len(b)
+		if err != nil {
+			return string(b), cut, err
+		}
+		return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r"), cut, nil
+	}
+}
+
+// stepFailure classifies a dialogue's I/O error in step i, after waiting wait: the server
+// closed or reset the connection, or said nothing in time.
+func (s *session) stepFailure(err error, i int, doing, partial string, wait time.Duration) Result {
 	if s.marks.first.set() {
 		s.marks.end = mark{at: time.Now()}
 	} else { // the wait was for the server's first bytes
 		s.marks.first, s.marks.firstRx = mark{at: time.Now()}, -1
 	}
-	wait := s.a.Timeout
-	if step > 0 && step < wait {
-		wait = step
-	}
-	res := ioFailure(err, verdict.LayerApplication, fmt.Sprintf("%s in step %d", doing, i+1), wait)
-	if res.Reason == "" {
+	where := fmt.Sprintf("%s in step %d", doing, i+1)
+	res := ioFailure(err, verdict.LayerApplication, where, wait)
+	switch {
+	case res.Reason == verdict.Timeout:
+		res.Detail = fmt.Sprintf("nothing within %s while %s", wait.Round(time.Millisecond), where)
+	case res.Reason == "":
 		res = Result{Reason: verdict.LocalError, sent: true, Detail: fmt.Sprintf("step %d: %v", i+1, err)}
 	}
 	if partial != "" {

@@ -49,7 +49,7 @@ func TestLineProbe(t *testing.T) {
 			{"send first", echo, []string{"--send", `PING\r\n`, "--expect", `^\+OK PING$`}, verdict.OK, "1 step(s)", []string{"connect", "request", "ttfb"}},
 			{"mismatch in step 2", smtp, []string{"--send", "", "--expect", "^220", "--send", `HELO x\r\n`, "--expect", "^250"}, verdict.ProtocolMismatch, `step 2: line "500 what?" does not match "^250"`, nil},
 			{"closes mid-line", half, []string{"--send", "", "--expect", "^220 "}, verdict.Reset, `after the partial line "220 par"`, nil},
-			{"never answers", silent, []string{"--timeout", "1s", "--send", `HELLO\r\n`, "--expect", "."}, verdict.Timeout, "no answer within the attempt's 1s while waiting for its line in step 1", nil},
+			{"never answers", silent, []string{"--timeout", "1s", "--send", `HELLO\r\n`, "--expect", "."}, verdict.Timeout, "while waiting for its line in step 1", nil},
 		} {
 			t.Run(familyOf(srv)+"/"+c.name, func(t *testing.T) {
 				t.Parallel()
