@@ -160,9 +160,10 @@ func checkHTTPPhases(t *testing.T, v map[string]any) {
 	}
 }
 
-// TestDaemonHTTP: the daemon runs http and tls probes from its config: https through
-// --connect-to with the test CA, a 503, a chain the system's roots do not trust; their verdicts are
-// logged, their phases wire-timed, and the certificate's expiry is a metric promtool reads.
+// TestDaemonHTTP: the daemon runs http, tls and line probes from its config: https through
+// --connect-to with the test CA, a 503, a chain the system's roots do not trust, an SMTP
+// dialogue; their verdicts are logged, their phases wire-timed, and the certificate's
+// expiry is a metric promtool reads.
 func TestDaemonHTTP(t *testing.T) {
 	l := requireLab(t)
 	pki, ca := testpki.ForTest(t)
@@ -176,15 +177,19 @@ func TestDaemonHTTP(t *testing.T) {
 	const plain = 9483
 	down := urlOf("http", ServerV6, plain, testweb.Down)
 	certTarget := ap(ServerV4, port)
+	const smtpPort = 9484
+	smtpTarget := ap(ServerV6, smtpPort)
 	cfg := fmt.Sprintf("defaults: {interval: 1s, timeout: 900ms, retries: 0}\nmetrics: {listen: %q}\nlog: {json: stdout, journald: off, verdicts: all}\n"+
 		"probes:\n"+
 		"  - {name: web, kind: http, targets: [%q], http: {ca: %s, connect_to: %s}}\n"+
 		"  - {name: down, kind: http, targets: [%q]}\n"+
-		"  - {name: cert, kind: tls, targets: [%q], tls: {server_name: %s, warn_days: 120}}\n",
-		metricsAddr, secure, ca, ServerV4, down, certTarget, webName)
+		"  - {name: cert, kind: tls, targets: [%q], tls: {server_name: %s, warn_days: 120}}\n"+
+		"  - {name: smtp, kind: line, targets: [%q], line: {send: [\"\", \"QUIT\\\\r\\\\n\"], expect: [\"^220 \", \"^221\"]}}\n",
+		metricsAddr, secure, ca, ServerV4, down, certTarget, webName, smtpTarget)
 	serveWeb(t, l, plain, nil, testweb.Mux())
+	serveLine(t, l, smtpPort, testweb.SMTPish)
 	d := startReady(t, l, cfg, DaemonOptions{})
-	want := map[string]string{secure: "ok", down: "http_status", certTarget: "cert_untrusted"}
+	want := map[string]string{secure: "ok", down: "http_status", certTarget: "cert_untrusted", smtpTarget: "ok"}
 	got, text := map[string]map[string]any{}, map[string]string{}
 	if _, ok := d.WaitLine(10*time.Second, func(ln Line) bool {
 		if ln.V != nil {
