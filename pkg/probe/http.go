@@ -51,11 +51,10 @@ type HTTPOptions struct {
 	BodyLimit    int64      // bytes of the body read at most
 
 	flags struct {
-		headers          []string
-		expect, regex    string
-		connectTo        string
-		bodyLimitKiB     int
-		maxRedirectsFlag int
+		headers       []string
+		expect, regex string
+		connectTo     string
+		bodyLimitKiB  int
 	}
 }
 

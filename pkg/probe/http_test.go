@@ -69,7 +69,7 @@ func probeHTTP(t *testing.T, url string, timeout time.Duration, args ...string) 
 	// HTTP/2 connection's, with tests of other packages running) has taken 7 ms: the bound
 	// is for phases lost, which were hundreds of ms.
 	if ev, ok := r.Kind.(*tlsEvidence); ok && ev.phases.d != nil && r.Reason.Layer() != verdict.LayerTLS {
-		if span := ev.phases.span; span > wall || wall-span > max(wall/4, 10*time.Millisecond) {
+		if span := ev.phases.span(); span > wall || wall-span > max(wall/4, 10*time.Millisecond) {
 			t.Errorf("the phases cover %s of an attempt of %s: %v", span, wall, ev.phases.d)
 		}
 	}
@@ -141,20 +141,14 @@ func testServerCert(t *testing.T) (tls.Certificate, string) {
 	return cert, ca
 }
 
-// checkPhases: every phase of a request is there, and they add up to their span.
+// checkPhases: every phase of a request is there (that they cover the attempt,
+// probeHTTP checks against its wall time).
 func checkPhases(t *testing.T, ev *tlsEvidence) {
 	t.Helper()
-	var sum time.Duration
 	for _, name := range []string{"connect", "request", "ttfb", "transfer"} {
-		d, ok := ev.phases.d[name]
-		if !ok {
+		if _, ok := ev.phases.d[name]; !ok {
 			t.Fatalf("no %s phase: %v", name, ev.phases.d)
 		}
-		sum += d
-	}
-	sum += ev.phases.d["resolve"] + ev.phases.d["setup"] + ev.phases.d["tls"]
-	if sum != ev.phases.span {
-		t.Fatalf("phases %v add up to %s, span %s", ev.phases.d, sum, ev.phases.span)
 	}
 }
 

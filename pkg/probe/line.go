@@ -160,18 +160,15 @@ func runLine(ctx context.Context, a Attempt) Result {
 	ev := &lineEvidence{line: &verdict.Line{}}
 	ev.tcp, _ = s.tcp.Kind.(*tcpResult)
 	conn := net.Conn(s.conn)
+	res = Result{Reason: verdict.OK}
 	if o.TLS {
 		tc, hs := s.startTLS(ctx, &o.TLSOptions, serverName(a, &o.TLSOptions), nil)
-		ev.tls, ev.tlsDetail = hs.summary, hs.detail
-		if hs.res.Reason != verdict.OK {
-			s.finish(&ev.tlsEvidence)
-			r := s.outcome(hs.res, &ev.tlsEvidence)
-			r.Kind = ev
-			return r
-		}
+		ev.tls, res = hs.summary, hs.res
 		conn = tc
 	}
-	res = s.dialogue(ctx, conn, o, ev.line)
+	if res.Reason == verdict.OK {
+		res = s.dialogue(ctx, conn, o, ev.line)
+	}
 	s.finish(&ev.tlsEvidence)
 	r := s.outcome(res, &ev.tlsEvidence)
 	r.Kind = ev

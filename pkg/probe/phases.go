@@ -65,7 +65,16 @@ func (m marks) durations() (map[string]time.Duration, map[string]bool) {
 type phases struct {
 	d    map[string]time.Duration
 	wire map[string]bool
-	span time.Duration // the first connection's begin to the last one's end
+}
+
+// span is the time the phases cover: the first connection's begin to the last one's end
+// (they meet end to end).
+func (p *phases) span() time.Duration {
+	var t time.Duration
+	for _, v := range p.d {
+		t += v
+	}
+	return t
 }
 
 func (p *phases) add(m marks) {
@@ -77,7 +86,6 @@ func (p *phases) add(m marks) {
 		_, seen := p.d[name]
 		p.d[name] += v
 		p.wire[name] = w[name] && (!seen || p.wire[name])
-		p.span += v
 	}
 }
 
@@ -107,7 +115,7 @@ func (p *phases) fill(v *verdict.Verdict) {
 	set(&t.Request, "request")
 	set(&t.TTFB, "ttfb")
 	set(&t.Transfer, "transfer")
-	t.Total = verdict.MsPtr(resolve + p.span - p.d["resolve"])
+	t.Total = verdict.MsPtr(resolve + p.span() - p.d["resolve"])
 }
 
 // carrier finds when the segment (of kind, on a stream whose initial sequence number is

@@ -20,12 +20,10 @@ import (
 // stream can be placed in the packet TC saw carry it, and the instants that bound its
 // phases (phases.go).
 type session struct {
-	a    Attempt
-	conn *meter
-	tcp  Result // the TCP handshake, evidence included
-	d    dialed
-	// start is when the session's phases begin: the attempt's start after resolution.
-	start time.Time
+	a     Attempt
+	conn  *meter
+	tcp   Result // the TCP handshake, evidence included
+	d     dialed
 	marks marks
 	// certAsked: the TLS server asked for a client certificate (reachd sends none).
 	certAsked bool
@@ -45,7 +43,7 @@ func dialSession(ctx context.Context, a Attempt) (*session, Result) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
-	s := &session{a: a, conn: &meter{Conn: conn}, tcp: res, d: d, start: start}
+	s := &session{a: a, conn: &meter{Conn: conn}, tcp: res, d: d}
 	s.marks = marks{begin: mark{at: start}, resolved: mark{at: start}, syn: s.firstSYN(), connected: s.handshakeEnd(),
 		securedRx: -1, sentTx: -1, firstRx: -1, endRx: -1}
 	return s, res
