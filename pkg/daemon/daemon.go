@@ -342,9 +342,7 @@ func (d *Daemon) record(sl *slot, vs []*verdict.Verdict) {
 	}
 	var out []logged
 	d.sched.mu.Lock()
-	for len(sl.legs) < len(vs) {
-		sl.legs = append(sl.legs, &leg{})
-	}
+	sl.legs = matchLegs(sl.legs, vs)
 	for i, v := range vs {
 		v.Labels = sl.probe.Labels
 		l := sl.legs[i]

@@ -187,7 +187,7 @@ func (d *Daemon) writeTargetSeries(w *bufio.Writer) {
 // legLabels are a leg's labels, sorted by name: the base ones and the config's, empty
 // where the probe has none.
 func legLabels(sl *slot, l *leg, extra []string) []labelPair {
-	vals := []string{sl.probe.Name, sl.probe.Kind.Name, sl.target.Raw, l.family, l.iface}
+	vals := []string{sl.probe.Name, sl.probe.Kind.Name, sl.target.Raw, l.family, l.iface, l.server}
 	out := make([]labelPair, 0, len(baseLabels)+len(extra))
 	for i, name := range baseLabels {
 		out = append(out, labelPair{name, vals[i]})

@@ -11,20 +11,46 @@ import (
 // logging policy's memory and the metrics' series.
 type leg struct {
 	family, iface string // metric labels, fixed when the leg is first seen
-	seen          bool
-	ok            bool
-	reason        verdict.Reason
-	loggedAt      time.Time
-	overloadAt    time.Time // when a self_overload verdict was last logged
-	lastAt        time.Time
-	verdicts      map[verdict.Reason]uint64
-	attempts      uint64
-	rtt           histogram
+	// server and nth say which verdict of a round is this leg's: the nth of those about
+	// server (a dns probe asks each resolver; others have none, and go by position).
+	server     string
+	nth        int
+	seen       bool
+	ok         bool
+	reason     verdict.Reason
+	loggedAt   time.Time
+	overloadAt time.Time // when a self_overload verdict was last logged
+	lastAt     time.Time
+	verdicts   map[verdict.Reason]uint64
+	attempts   uint64
+	rtt        histogram
 	// sent, received: packets of multi-packet kinds (icmp, udp), for loss over time.
 	sent, received uint64
 	// certExpiry: when the earliest-expiring certificate of the last chain seen expires
 	// (tls, https); zero before any handshake completed.
 	certExpiry time.Time
+}
+
+// matchLegs returns the legs of a round's verdicts, in their order: the leg each verdict
+// had before, or a new one. A leg with no verdict this round is gone with its series (a
+// nameserver taken out of resolv.conf).
+func matchLegs(old []*leg, vs []*verdict.Verdict) []*leg {
+	out := make([]*leg, len(vs))
+	nth := map[string]int{}
+	for i, v := range vs {
+		n := nth[v.Server]
+		nth[v.Server]++
+		for _, l := range old {
+			if l.server == v.Server && l.nth == n {
+				out[i] = l
+				break
+			}
+		}
+		if out[i] == nil {
+			out[i] = &leg{server: v.Server, nth: n}
+		}
+	}
+	return out
 }
 
 // journald priorities of verdict records (CONTRACT.md): ok, not ok, a recovery.

@@ -120,3 +120,25 @@ func TestLogBudget(t *testing.T) {
 		t.Errorf("after a reload the summary counts %d suppressed, want the 1 from before it", s)
 	}
 }
+
+// TestMatchLegs: a dns probe's legs follow its servers when resolv.conf changes (each
+// server keeps its series, a server taken out loses its own), others go by position.
+func TestMatchLegs(t *testing.T) {
+	vs := func(servers ...string) []*verdict.Verdict {
+		out := make([]*verdict.Verdict, len(servers))
+		for i, s := range servers {
+			out[i] = &verdict.Verdict{Server: s}
+		}
+		return out
+	}
+	first := matchLegs(nil, vs("192.0.2.1:53", "192.0.2.2:53"))
+	second := matchLegs(first, vs("192.0.2.2:53", "192.0.2.3:53"))
+	if second[0] != first[1] || second[1] == first[0] || second[1].server != "192.0.2.3:53" {
+		t.Fatalf("legs did not follow the servers: %+v then %+v", first, second)
+	}
+	plain := matchLegs(nil, vs("", ""))
+	again := matchLegs(plain, vs("", ""))
+	if again[0] != plain[0] || again[1] != plain[1] || plain[0] == plain[1] {
+		t.Fatalf("legs without a server go by position: %+v then %+v", plain, again)
+	}
+}

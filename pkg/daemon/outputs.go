@@ -182,6 +182,12 @@ func journalFields(v *verdict.Verdict, line []byte) map[string]string {
 	if v.Interface != "" {
 		f["REACHD_INTERFACE"] = v.Interface
 	}
+	if v.Server != "" {
+		f["REACHD_SERVER"] = v.Server
+	}
+	if v.Resolver != "" {
+		f["REACHD_RESOLVER"] = v.Resolver
+	}
 	for k, val := range v.Labels { // keys are [a-z][a-z0-9_]* (config), valid field names in upper case
 		f["REACHD_LABEL_"+strings.ToUpper(k)] = val
 	}

@@ -36,7 +36,8 @@ func (a Attempt) resolve(ctx context.Context, host string) (netip.Addr, Result) 
 	if err != nil {
 		return netip.Addr{}, fail(verdict.DNSNXDomain, fmt.Sprintf("%s is not a host name or address", host))
 	}
-	return resolveAddr(ctx, t, leg{fam: a.Family, iface: a.Interface}, &Options{Resolver: a.Resolver})
+	addr, _, res := resolveAddr(ctx, t, leg{fam: a.Family, iface: a.Interface}, &Options{Resolver: a.Resolver})
+	return addr, res
 }
 
 func (a Attempt) log() *slog.Logger {

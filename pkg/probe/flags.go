@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"reachd/pkg/resolv"
 	"reachd/pkg/schedule"
 )
 
@@ -20,6 +21,7 @@ type Flags struct {
 	Interfaces []string
 	Source     string
 	Mark       uint32
+	Resolver   string
 }
 
 // Defaults of the shared flags (seed 2.1: 3 s per attempt, 3 retries).
@@ -36,6 +38,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.Interfaces, "interface", nil, "send through this interface (SO_BINDTODEVICE); repeat it for one verdict per interface")
 	fs.StringVar(&f.Source, "source", "", "source address to bind")
 	fs.Uint32Var(&f.Mark, "mark", 0, "SO_MARK of the probe's sockets, for policy routing (needs CAP_NET_ADMIN)")
+	fs.StringVar(&f.Resolver, "resolver", "system", "who resolves target names: system (/etc/hosts, then each nameserver of /etc/resolv.conf) or a resolver's ADDR[:PORT]")
 }
 
 // Options returns the options the flags give, checked in the order the flags are listed
@@ -61,6 +64,13 @@ func (f *Flags) Options(probeName string) (*Options, error) {
 	}
 	if err := o.Check(); err != nil { // --source against the family
 		return nil, err
+	}
+	if f.Resolver != "" && f.Resolver != "system" {
+		ap, err := parseServer(f.Resolver, 53)
+		if err != nil {
+			return nil, fmt.Errorf("--resolver %q: want system or a resolver's ADDR[:PORT]", f.Resolver)
+		}
+		o.Resolver = resolv.Fixed(ap)
 	}
 	return o, nil
 }

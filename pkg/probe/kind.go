@@ -19,7 +19,10 @@ type Kind struct {
 	// HostOnly: targets are hosts, without a port (echo); URL: http(s) URLs; else HOST:PORT.
 	HostOnly bool
 	URL      bool
-	Needs    Needs
+	// NameTarget: targets are names asked of servers (dns), not hosts probed: "." or a
+	// name, or an address (whose reverse name is asked).
+	NameTarget bool
+	Needs      Needs
 	// NewOptions returns the kind's own options at their defaults (nil: it has none).
 	NewOptions func() KindOptions
 	run        func(ctx context.Context, a Attempt) Result
@@ -81,6 +84,8 @@ func (k *Kind) TargetForm() string {
 		return "HOST"
 	case k.URL:
 		return "URL"
+	case k.NameTarget:
+		return "NAME"
 	}
 	return "HOST:PORT"
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"reachd/pkg/resolv"
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
 	"reachd/pkg/wire"
@@ -128,6 +129,12 @@ func checkIfName(s string) error {
 
 // CheckTarget says whether t can be probed with o: its family, a link-local address's zone.
 func CheckTarget(t target.Target, o *Options) error {
+	if _, asked := o.Kind.(serverLister); asked { // a name asked of servers: nothing to reach
+		if _, fixed := o.Resolver.(*resolv.Stub); fixed {
+			return fmt.Errorf("--resolver does not apply to the dns kind: name the resolvers to ask with --server")
+		}
+		return nil
+	}
 	what := fmt.Sprintf("target %q", t.Raw)
 	if p := pinned(t, o.Kind); p.Addr != t.Addr {
 		t, what = p, "--connect-to "+p.Addr.String()
@@ -166,6 +173,8 @@ func (k *Kind) ParseTarget(s string) (target.Target, error) {
 		return target.ParseHost(s)
 	case k.URL:
 		return target.ParseURL(s)
+	case k.NameTarget:
+		return target.ParseName(s)
 	}
 	return target.ParseHostPort(s)
 }

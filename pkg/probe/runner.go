@@ -3,7 +3,9 @@ package probe
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 // Run probes t with kind k and returns one verdict per leg: per probed family (two with
 // --family both) and per interface (one each when several are given), in that order.
 func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.Verdict {
+	o = withKindDefaults(k, o)
 	legs := legsOf(t, o)
 	out := make([]*verdict.Verdict, len(legs))
 	if len(legs) == 1 { // on the caller's goroutine: a new one would grow a stack per probe
@@ -33,6 +36,7 @@ func Run(ctx context.Context, k *Kind, t target.Target, o *Options) []*verdict.V
 // fair to the target (its scheduler was overloaded): self_overload for each leg, with
 // detail saying why, and nothing sent.
 func Overloaded(k *Kind, t target.Target, o *Options, detail string) []*verdict.Verdict {
+	o = withKindDefaults(k, o)
 	legs := legsOf(t, o)
 	out := make([]*verdict.Verdict, len(legs))
 	for i, l := range legs {
@@ -45,11 +49,24 @@ func Overloaded(k *Kind, t target.Target, o *Options, detail string) []*verdict.
 		if t.IsLiteral() {
 			v.Addr = t.Addr.String()
 		}
+		if l.server.IsValid() {
+			v.Addr, v.Family, v.Server = l.server.Addr().String(), string(familyOf(l.server.Addr())), l.server.String()
+		}
 		v.Interface = l.iface
 		v.SetReason(verdict.SelfOverload, detail)
 		out[i] = v
 	}
 	return out
+}
+
+// withKindDefaults is o with k's default options when it has none of the kind's own.
+func withKindDefaults(k *Kind, o *Options) *Options {
+	if o.Kind != nil || k.NewOptions == nil {
+		return o
+	}
+	c := *o
+	c.Kind = k.NewOptions()
+	return &c
 }
 
 // Verdicts is how many verdicts a round of targets gives with o: one per leg.
@@ -61,13 +78,32 @@ func Verdicts(targets []target.Target, o *Options) int {
 	return n
 }
 
-// leg is one way a target is probed: an address family and an interface.
+// leg is one way a target is probed: an address family and an interface, and for a kind
+// whose targets are asked of servers (dns), the server.
 type leg struct {
-	fam   Family
-	iface string
+	fam    Family
+	iface  string
+	server netip.AddrPort
+	// noServer says why a server leg has no server (none of the family asked for).
+	noServer string
+}
+
+// serverLister is a kind whose targets are names asked of servers rather than hosts
+// probed (dns): each server is a leg of its own, so that one that fails is named.
+type serverLister interface {
+	// servers are the servers to ask now, and where they come from ("--server",
+	// "/etc/resolv.conf").
+	servers() ([]netip.AddrPort, string)
 }
 
 func legsOf(t target.Target, o *Options) []leg {
+	ifaces := o.Interfaces
+	if len(ifaces) == 0 {
+		ifaces = []string{""}
+	}
+	if sl, ok := o.Kind.(serverLister); ok {
+		return serverLegs(sl, o.Family, ifaces)
+	}
 	t = pinned(t, o.Kind)
 	fams := []Family{o.Family}
 	if o.Family == FamilyBoth {
@@ -76,17 +112,50 @@ func legsOf(t target.Target, o *Options) []leg {
 			fams = []Family{familyOf(t.Addr)}
 		}
 	}
-	ifaces := o.Interfaces
-	if len(ifaces) == 0 {
-		ifaces = []string{""}
-	}
 	legs := make([]leg, 0, len(fams)*len(ifaces))
 	for _, f := range fams {
 		for _, ifc := range ifaces {
-			legs = append(legs, leg{f, ifc})
+			legs = append(legs, leg{fam: f, iface: ifc})
 		}
 	}
 	return legs
+}
+
+// serverLegs are a leg per server of the family asked for (any and both: every server)
+// and interface; with no such server, one leg per interface that says so.
+func serverLegs(sl serverLister, fam Family, ifaces []string) []leg {
+	all, from := sl.servers()
+	var legs []leg
+	for _, s := range all {
+		if (fam == FamilyV4 || fam == FamilyV6) && familyOf(s.Addr()) != fam {
+			continue
+		}
+		for _, ifc := range ifaces {
+			srv := s
+			if a := s.Addr(); a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "" && ifc != "" {
+				srv = netip.AddrPortFrom(a.WithZone(ifc), s.Port())
+			}
+			legs = append(legs, leg{fam: familyOf(s.Addr()), iface: ifc, server: srv})
+		}
+	}
+	if len(legs) == 0 {
+		why := fmt.Sprintf("no %s server in %s (it lists %s)", familyWord(fam), from, addrList(all))
+		for _, ifc := range ifaces {
+			legs = append(legs, leg{fam: fam, iface: ifc, noServer: why})
+		}
+	}
+	return legs
+}
+
+func addrList(as []netip.AddrPort) string {
+	if len(as) == 0 {
+		return "none"
+	}
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 func newVerdict(kind string, t target.Target, o *Options) *verdict.Verdict {
@@ -105,6 +174,7 @@ type outcome struct {
 	last     Result
 	attempt  Attempt // the last one
 	addr     netip.Addr
+	resolver string // which resolver answered (or failed to)
 	resolve  time.Duration
 	total    time.Duration
 	attempts int
@@ -117,6 +187,9 @@ func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *v
 		v.Family = string(l.fam)
 	}
 	v.Interface = l.iface
+	if l.server.IsValid() {
+		v.Server = l.server.String()
+	}
 	out := attempts(ctx, k, t, l, o, v)
 	describe(v, out)
 	if cut := out.attempts < o.Policy.Retries+1 && !v.OK && schedule.Retryable(out.last.Reason); cut && out.stopped {
@@ -148,11 +221,19 @@ func attempts(ctx context.Context, k *Kind, t target.Target, l leg, o *Options, 
 		actx, cancel := context.WithDeadline(ctx, start.Add(attemptBudget(o.Timeout, kopts)))
 		defer cancel()
 		var res Result
-		out.addr, res = resolveAddr(actx, pinned(t, kopts), l, o)
+		port := t.Port
+		switch {
+		case l.server.IsValid(): // a name asked of a server: the server is what is probed
+			out.addr, port = l.server.Addr(), l.server.Port()
+		case l.noServer != "":
+			res = fail(verdict.LocalError, l.noServer)
+		default:
+			out.addr, out.resolver, res = resolveAddr(actx, pinned(t, kopts), l, o)
+		}
 		out.resolve = time.Since(start)
 		out.attempt = Attempt{
 			Target:    t,
-			Addr:      netip.AddrPortFrom(out.addr, t.Port),
+			Addr:      netip.AddrPortFrom(out.addr, port),
 			Interface: l.iface,
 			Mark:      o.Mark,
 			Source:    o.Source,
@@ -199,6 +280,7 @@ func describe(v *verdict.Verdict, out outcome) {
 		v.Addr = out.addr.String()
 		v.Family = string(familyOf(out.addr))
 	}
+	v.Resolver = out.resolver
 	v.SetReason(last.Reason, last.Detail)
 	if last.Layer != "" {
 		v.Layer = last.Layer

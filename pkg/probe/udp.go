@@ -45,6 +45,9 @@ type UDPOptions struct {
 	ExpectClosed bool           // --expect-closed: ok on port unreachable
 
 	flags struct{ payloadHex, expect, expectHex string }
+	// build makes each datagram's request, for a kind that speaks its own protocol over
+	// the UDP machinery (dns); nil: the payload options say.
+	build func(id uint16) (request, error)
 }
 
 func newUDPOptions() *UDPOptions {
@@ -130,14 +133,21 @@ func runUDP(ctx context.Context, a Attempt) Result {
 	if o == nil {
 		o = newUDPOptions()
 	}
+	res, _ := udpExchange(ctx, a, o)
+	return res
+}
+
+// udpExchange sends o's datagrams and classifies what came back; the connection holds the
+// replies, for a kind that reads them further (dns). It is nil when nothing was sent.
+func udpExchange(ctx context.Context, a Attempt, o *UDPOptions) (Result, *udpConn) {
 	timeout, deadline := attemptTimes(ctx, a)
 	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_DGRAM, unix.IPPROTO_UDP)
 	if !ok {
-		return res
+		return res, nil
 	}
 	defer f.Close()
 	if res, ok := setupSocket(fd, a, sockDgramStamps); !ok {
-		return res
+		return res, nil
 	}
 	var flow *wire.Flow
 	var note string
@@ -148,17 +158,17 @@ func runUDP(ctx context.Context, a Attempt) Result {
 		}
 	}
 	if err := unix.Connect(fd, sa); err != nil {
-		return sendError("connect", err, a)
+		return sendError("connect", err, a), nil
 	}
 	idBase, err := random(2)
 	if err != nil {
-		return fail(verdict.LocalError, err.Error())
+		return fail(verdict.LocalError, err.Error()), nil
 	}
 	u := &udpConn{f: f, fd: fd, opts: o, dst: a.Addr, timeout: timeout, deadline: deadline,
 		idBase: binary.BigEndian.Uint16(idBase)}
 	sent, sendErr, early := sendAll(ctx, u, a, o.Packets, "datagram")
 	if early != nil {
-		return *early
+		return *early, u
 	}
 	var evs []wire.Event
 	if flow != nil {
@@ -175,7 +185,7 @@ func runUDP(ctx context.Context, a Attempt) Result {
 	if note != "" {
 		res.Detail += "; " + note
 	}
-	return res
+	return res, u
 }
 
 // result classifies the attempt: a reply, else the last ICMP error, else a reply that did

@@ -35,6 +35,9 @@ func (o *UDPOptions) payloadName(dst netip.AddrPort) string {
 // identifier (DNS id, NTP transmit timestamp, ...) so that an answer to an earlier datagram,
 // or to someone else, is not taken for this one's; id is the 16-bit one (see protocol).
 func (o *UDPOptions) newRequest(dst netip.AddrPort, id uint16) (request, error) {
+	if o.build != nil {
+		return o.build(id)
+	}
 	name := o.payloadName(dst)
 	switch name {
 	case PayloadHex:

@@ -51,7 +51,9 @@ func Prepare(t target.Target, o *Options) {
 	}
 	for _, l := range legsOf(t, o) {
 		a := Attempt{Addr: netip.AddrPortFrom(t.Addr, t.Port), Interface: l.iface, Mark: o.Mark, Source: o.Source}
-		if a.Addr.Addr().Is6() && a.Addr.Addr().IsLinkLocalUnicast() && t.Addr.Zone() == "" && l.iface != "" {
+		if l.server.IsValid() {
+			a.Addr = l.server
+		} else if a.Addr.Addr().Is6() && a.Addr.Addr().IsLinkLocalUnicast() && t.Addr.Zone() == "" && l.iface != "" {
 			a.Addr = netip.AddrPortFrom(t.Addr.WithZone(l.iface), t.Port)
 		}
 		if rt, err := attemptRoute(a); err == nil && rt.LinkIndex > 0 {

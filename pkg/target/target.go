@@ -89,6 +89,19 @@ func ParseHost(s string) (Target, error) {
 	return t, nil
 }
 
+// ParseName parses a name to look up (the dns kind): a host name, the root ".", or an
+// address (whose reverse name is looked up).
+func ParseName(s string) (Target, error) {
+	if s == "." {
+		return Target{Raw: s, Name: s}, nil
+	}
+	t, err := ParseHost(s)
+	if err != nil && strings.Contains(err.Error(), "has a port") {
+		return t, fmt.Errorf("target %q has a port, but this kind takes a name (give the resolver with --server ADDR:PORT)", s)
+	}
+	return t, err
+}
+
 func hintHost(s string) string {
 	if strings.Contains(s, ":") {
 		return "[" + s + "]"

@@ -72,6 +72,11 @@ type Verdict struct {
 	Local   string   `json:"local,omitempty"`
 	// Interface is the interface the probe was bound to, if any.
 	Interface string `json:"interface,omitempty"`
+	// Server is the server a name was asked of (dns: ADDR:PORT): one verdict each.
+	Server string `json:"server,omitempty"`
+	// Resolver is the resolver that resolved the target's name (ADDR:PORT, or the hosts
+	// file), or that failed to.
+	Resolver string `json:"resolver,omitempty"`
 	// Labels are the daemon's config labels of the probe.
 	Labels map[string]string `json:"labels,omitempty"`
 	Stats  *Stats            `json:"stats,omitempty"`
@@ -79,6 +84,7 @@ type Verdict struct {
 	TLS    *TLS              `json:"tls,omitempty"`
 	HTTP   *HTTP             `json:"http,omitempty"`
 	Line   *Line             `json:"line,omitempty"`
+	DNS    *DNS              `json:"dns,omitempty"`
 }
 
 // Stats summarise a multi-packet attempt (ICMP echoes, UDP datagrams), like fping -C.

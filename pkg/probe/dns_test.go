@@ -1,0 +1,101 @@
+package probe
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"reachd/internal/testdns"
+	"reachd/pkg/target"
+	"reachd/pkg/verdict"
+)
+
+// serveDNS starts a testdns server on loopback (network "udp4" or "udp6") and returns its
+// address, UDP and TCP on one port.
+func serveDNS(t *testing.T, network string) netip.AddrPort {
+	t.Helper()
+	host := "127.0.0.1"
+	if network == "udp6" {
+		host = "::1"
+	}
+	var pc net.PacketConn
+	var ln net.Listener
+	for range 20 { // the same port for both
+		var err error
+		if pc, err = net.ListenPacket(network, net.JoinHostPort(host, "0")); err != nil {
+			t.Skipf("no %s loopback: %v", network, err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+	}
+	dead, _ := net.ListenPacket("udp4", "127.0.0.1:0") // an upstream that never answers
+	t.Cleanup(func() { dead.Close() })
+	h := &testdns.Handler{V4: "192.0.2.80", V6: "2001:db8::80", Upstream: dead.LocalAddr().String(), UpstreamWait: 100 * time.Millisecond}
+	srv, err := testdns.Start(h, testdns.Listeners{UDP: pc, TCP: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+func probeDNS(t *testing.T, srv netip.AddrPort, name string, args ...string) Result {
+	t.Helper()
+	o := newDNSOptions()
+	if err := parseFlags(o, args...); err != nil {
+		t.Fatal(err)
+	}
+	tg, err := target.ParseName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return runDNS(ctx, Attempt{Target: tg, Addr: srv, Timeout: time.Second, Opts: o})
+}
+
+func TestDNSAnswers(t *testing.T) {
+	for _, network := range []string{"udp4", "udp6"} {
+		srv := serveDNS(t, network)
+		for _, c := range []struct {
+			name, target string
+			args         []string
+			reason       verdict.Reason
+			detail       string
+			transport    string
+		}{
+			{"A", "www.lab.example", nil, verdict.OK, "www.lab.example. A: 192.0.2.80 from", "udp"},
+			{"AAAA", "www.lab.example.", []string{"--type", "aaaa"}, verdict.OK, "2001:db8::80", "udp"},
+			{"nxdomain", "nope.lab.example", nil, verdict.DNSNXDomain, "NXDOMAIN from", "udp"},
+			{"servfail", "x.broken.example", nil, verdict.DNSServfail, "SERVFAIL from", "udp"},
+			{"refused", "example.org", nil, verdict.DNSRefused, "REFUSED from", "udp"},
+			{"only AAAA", "v6only.lab.example", nil, verdict.DNSNoAnswer, "has no A record", "udp"},
+			{"alias", "alias.lab.example", nil, verdict.OK, "A: 192.0.2.80", "udp"},
+			{"truncated then TCP", "big.lab.example", []string{"--type", "TXT"}, verdict.OK, "and 36 more", "tcp"},
+			{"over TCP", "mail.lab.example", []string{"--type", "MX", "--transport", "tcp"}, verdict.OK, "MX: 10 www.lab.example.", "tcp"},
+			{"expect-answer", "mail.lab.example", []string{"--type", "MX", "--expect-answer", "mx9"}, verdict.BodyMismatch, "no answer record matches", "udp"},
+			{"expect-rcode", "nope.lab.example", []string{"--expect-rcode", "nxdomain"}, verdict.OK, "as --expect-rcode wants", "udp"},
+			{"dnssec unsigned", "www.lab.example", []string{"--dnssec"}, verdict.BodyMismatch, "not authenticated (AD clear)", "udp"},
+			{"dnssec", "secure.lab.example", []string{"--dnssec"}, verdict.OK, "192.0.2.80", "udp"},
+		} {
+			t.Run(network+"/"+c.name, func(t *testing.T) {
+				r := probeDNS(t, srv, c.target, c.args...)
+				if r.Reason != c.reason || !strings.Contains(r.Detail, c.detail) {
+					t.Fatalf("got %s %q; want %s ~%q", r.Reason, r.Detail, c.reason, c.detail)
+				}
+				d := r.Kind.(*dnsEvidence).dns
+				if d.Transport != c.transport || d.Rcode == "" || d.RTTMs == nil || d.Server != srv.String() {
+					t.Fatalf("dns object %+v; want transport %s, an rcode, an RTT, server %s", d, c.transport, srv)
+				}
+				if c.reason == verdict.OK && !strings.Contains(c.name, "rcode") && len(d.Answers) == 0 {
+					t.Fatalf("no answers listed: %+v", d)
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,156 @@
+// Package resolv is reachd's own stub resolver: the system's resolvers as resolv.conf and
+// /etc/hosts name them (followed as the files change), or one resolver the user names. It
+// says which resolver answered, and how a resolution failed (the rcode, and from whom),
+// which Go's resolver keeps to itself.
+package resolv
+
+import (
+	"bufio"
+	"bytes"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Conf is what resolv.conf says, as far as a stub resolver needs.
+type Conf struct {
+	Servers  []netip.AddrPort
+	Search   []string // search domains, without their trailing dot
+	Ndots    int
+	Timeout  time.Duration // per server
+	Attempts int
+	// Defaulted: the file named no usable nameserver, so Servers are the local host's (as
+	// glibc and Go do).
+	Defaulted bool
+}
+
+// ConfPath is the system's resolv.conf.
+const ConfPath = "/etc/resolv.conf"
+
+// defaultServers are asked when resolv.conf names none (glibc's and Go's default).
+var defaultServers = []netip.AddrPort{
+	netip.MustParseAddrPort("127.0.0.1:53"),
+	netip.MustParseAddrPort("[::1]:53"),
+}
+
+// ParseConf reads a resolv.conf (resolv.conf(5)); what it does not understand is passed
+// over, as the C library does. A file that names no nameserver means the local host.
+func ParseConf(b []byte) Conf {
+	c := Conf{Ndots: 1, Timeout: 5 * time.Second, Attempts: 2}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") || strings.HasPrefix(f[0], ";") {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			if len(f) < 2 {
+				continue
+			}
+			// A link-local server carries its zone (fe80::1%eth0), as glibc takes it.
+			if a, err := netip.ParseAddr(f[1]); err == nil && len(c.Servers) < maxServers {
+				c.Servers = append(c.Servers, netip.AddrPortFrom(a.Unmap(), 53))
+			}
+		case "search", "domain": // the last of them wins
+			c.Search = nil
+			for _, d := range f[1:] {
+				if d = strings.TrimSuffix(d, "."); d != "" {
+					c.Search = append(c.Search, d)
+				}
+			}
+		case "options":
+			c.option(f[1:])
+		}
+	}
+	if len(c.Servers) == 0 {
+		c.Servers, c.Defaulted = defaultServers, true
+	}
+	return c
+}
+
+// maxServers: glibc uses the first three nameservers (MAXNS); reachd probes each of those
+// listed, and bounds them so that a mistaken file does not become a flood.
+const maxServers = 16
+
+func (c *Conf) option(opts []string) {
+	for _, o := range opts {
+		k, v, _ := strings.Cut(o, ":")
+		n, err := strconv.Atoi(v)
+		switch {
+		case err != nil:
+		case k == "ndots":
+			c.Ndots = min(max(n, 0), 15)
+		case k == "timeout":
+			c.Timeout = time.Duration(min(max(n, 1), 30)) * time.Second
+		case k == "attempts":
+			c.Attempts = min(max(n, 1), 5)
+		}
+	}
+}
+
+// file is a file re-read when it changes: its identity (device, inode), size and time
+// of change are compared at most every recheck, as the C library does, so that a daemon
+// follows an edited or replaced file without reading it each query.
+type file struct {
+	path    string
+	recheck time.Duration
+	parse   func([]byte) any
+
+	mu      sync.Mutex
+	checked time.Time
+	stamp   stamp
+	val     any
+}
+
+type stamp struct {
+	dev, ino uint64
+	size     int64
+	mtime    syscall.Timespec
+	ctime    syscall.Timespec
+	missing  bool
+}
+
+// recheck is how long a file read is trusted before it is looked at again.
+const recheck = time.Second
+
+func (f *file) get() any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	if f.val != nil && now.Sub(f.checked) < f.recheck {
+		return f.val
+	}
+	f.checked = now
+	var st syscall.Stat_t
+	var s stamp
+	if err := syscall.Stat(f.path, &st); err != nil {
+		s.missing = true
+	} else {
+		s = stamp{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}
+	}
+	if f.val != nil && s == f.stamp {
+		return f.val
+	}
+	b, _ := os.ReadFile(f.path) // a missing or unreadable file is an empty one
+	f.val, f.stamp = f.parse(b), s
+	return f.val
+}
+
+// ConfFile follows a resolv.conf.
+type ConfFile struct{ f file }
+
+// NewConfFile follows the resolv.conf at path.
+func NewConfFile(path string) *ConfFile {
+	return &ConfFile{file{path: path, recheck: recheck, parse: func(b []byte) any { return ParseConf(b) }}}
+}
+
+// Path is the file followed.
+func (c *ConfFile) Path() string { return c.f.path }
+
+// Conf is the file as it is now (read again if it changed).
+func (c *ConfFile) Conf() Conf { return c.f.get().(Conf) }

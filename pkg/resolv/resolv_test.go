@@ -1,0 +1,166 @@
+package resolv
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"reachd/internal/testdns"
+)
+
+// serve starts a testdns server on 127.0.0.1 (UDP and TCP, one port).
+func serve(t *testing.T) netip.AddrPort {
+	t.Helper()
+	var pc net.PacketConn
+	var ln net.Listener
+	for range 20 {
+		var err error
+		if pc, err = net.ListenPacket("udp4", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
+	}
+	h := &testdns.Handler{V4: "192.0.2.80", V6: "2001:db8::80", Upstream: silent(t).String(), UpstreamWait: 50 * time.Millisecond}
+	srv, err := testdns.Start(h, testdns.Listeners{UDP: pc, TCP: ln})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// silent is a UDP port that reads queries and never answers.
+func silent(t *testing.T) netip.AddrPort {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go testdns.Silent(pc)
+	t.Cleanup(func() { pc.Close() })
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+func files(t *testing.T, conf, hosts string) (string, string) {
+	dir := t.TempDir()
+	c, h := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "hosts")
+	for p, s := range map[string]string{c: conf, h: hosts} {
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, h
+}
+
+func ns(a netip.AddrPort) string {
+	return "nameserver " + a.Addr().String() + "\n"
+}
+
+// confWithPorts is a resolv.conf naming servers on other ports than 53 (which the file
+// cannot say): the test rewrites the parsed servers.
+func stubFor(t *testing.T, search string, hosts string, servers ...netip.AddrPort) *Stub {
+	c, h := files(t, search, hosts)
+	s := NewSystem(c, h)
+	parse := s.conf
+	s.conf = func() Conf {
+		cf := parse()
+		cf.Servers = servers
+		return cf
+	}
+	return s
+}
+
+func TestStub(t *testing.T) {
+	good, quiet := serve(t), silent(t)
+	closed := netip.MustParseAddrPort("127.0.0.1:9") // discard: nothing listens
+	ctx := func() context.Context {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	for _, c := range []struct {
+		name, host, network, search, hosts string
+		servers                            []netip.AddrPort
+		want                               string // an address, or the error's words
+		from                               string
+		rcode                              int
+	}{
+		{"answer", "www.lab.example", "ip4", "", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},
+		{"hosts first", "www.lab.example", "ip", "", "192.0.2.7 www.lab.example\n", []netip.AddrPort{good}, "192.0.2.7", "hosts", 0},
+		{"search domain", "www", "ip4", "search nope.lab.example lab.example\n", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},
+		{"search past SERVFAIL", "www", "ip4", "search broken.example lab.example\n", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},
+		{"search stops at REFUSED", "www", "ip4", "search example.org lab.example\n", "", []netip.AddrPort{good}, "REFUSED", good.String(), dns.RcodeRefused},
+		{"silent, then the next", "www.lab.example", "ip6", "", "", []netip.AddrPort{quiet, good}, "2001:db8::80", good.String(), 0},
+		{"closed, then the next", "www.lab.example", "ip4", "", "", []netip.AddrPort{closed, good}, "192.0.2.80", good.String(), 0},
+		{"nxdomain", "nope.lab.example", "ip", "", "", []netip.AddrPort{good}, "NXDOMAIN", good.String(), dns.RcodeNameError},
+		{"no data", "v6only.lab.example", "ip4", "", "", []netip.AddrPort{good}, "NOERROR, no address", good.String(), dns.RcodeSuccess},
+		{"servfail", "x.broken.example", "ip4", "", "", []netip.AddrPort{good}, "SERVFAIL", good.String(), dns.RcodeServerFailure},
+		{"refused", "example.org", "ip4", "", "", []netip.AddrPort{good}, "REFUSED", good.String(), dns.RcodeRefused},
+		{"nobody answers", "www.lab.example", "ip4", "", "", []netip.AddrPort{quiet, closed}, "timeout", closed.String(), -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := stubFor(t, c.search, c.hosts, c.servers...)
+			ans, err := s.Lookup(ctx(), c.network, c.host)
+			if err == nil {
+				if ans.Addrs[0].String() != c.want || !strings.Contains(ans.From, c.from) {
+					t.Fatalf("got %v from %s; want %s from %s", ans.Addrs, ans.From, c.want, c.from)
+				}
+				return
+			}
+			var e *Error
+			if !errors.As(err, &e) || !strings.Contains(err.Error(), c.want) || e.From != c.from || e.Rcode != c.rcode {
+				t.Fatalf("got %v (%+v); want ~%q from %s rcode %d", err, e, c.want, c.from, c.rcode)
+			}
+		})
+	}
+}
+
+// TestConfFollowsChanges: an edited resolv.conf is read again, a replaced one too.
+func TestConfFollowsChanges(t *testing.T) {
+	c, _ := files(t, "nameserver 192.0.2.1\n", "")
+	f := NewConfFile(c)
+	f.f.recheck = 0
+	if got := f.Conf().Servers; len(got) != 1 || got[0].String() != "192.0.2.1:53" {
+		t.Fatalf("servers %v", got)
+	}
+	if err := os.WriteFile(c, []byte("nameserver 192.0.2.2\nnameserver 2001:db8::2\noptions ndots:3 timeout:2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := f.Conf()
+	if len(got.Servers) != 2 || got.Servers[1].String() != "[2001:db8::2]:53" || got.Ndots != 3 || got.Timeout != 2*time.Second {
+		t.Fatalf("after the edit: %+v", got)
+	}
+	tmp := c + ".new"
+	if err := os.WriteFile(tmp, []byte("# none\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, c); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Conf(); !got.Defaulted || got.Servers[0].String() != "127.0.0.1:53" {
+		t.Fatalf("after the replacement: %+v", got)
+	}
+}
+
+func TestCandidates(t *testing.T) {
+	c := Conf{Search: []string{"a.example", "b.example"}, Ndots: 1}
+	for host, want := range map[string]string{
+		"www":          "www.a.example. www.b.example. www.",
+		"www.x":        "www.x. www.x.a.example. www.x.b.example.",
+		"www.example.": "www.example.",
+	} {
+		if got := strings.Join(candidates(host, c), " "); got != want {
+			t.Errorf("%s: got %s, want %s", host, got, want)
+		}
+	}
+}
