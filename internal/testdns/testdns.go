@@ -58,6 +58,8 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	switch {
 	case dns.IsSubDomain(Zone, name):
 		h.authoritative(m, q, name, req)
+	case name == "." && q.Qtype == dns.TypeNS: // a root hint, as a resolver has it
+		m.Answer = append(m.Answer, &dns.NS{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns." + Zone})
 	case dns.IsSubDomain(Broken, name):
 		m.RecursionAvailable = true
 		if h.forward(req) != nil {

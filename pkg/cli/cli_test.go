@@ -69,6 +69,18 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "tls", "https://example.net/"},
 		{"probe", "http", "-6", "--connect-to", "127.0.0.1", "http://example.net/"},
 		{"probe", "http", "--header", "X-A: a\x01b", "http://127.0.0.1:1/"},
+		{"probe", "dns", "--type", "AAA", "--server", "127.0.0.1", "example.net"},
+		{"probe", "dns", "--server", "dns.example.net", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1:99999", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "--expect-answer", "(", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "--expect-rcode", "FINE", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "--transport", "doh", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "--ca", "/nonexistent/ca.pem", "--transport", "dot", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "--server-name", "x", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "example.net:53"},
+		{"probe", "dns", "--server", "127.0.0.1", "exa mple"},
+		{"probe", "dns", "--resolver", "127.0.0.1", "example.net"},
+		{"probe", "tcp", "--resolver", "resolver.example.net", "example.net:80"},
 	}
 	for _, c := range cases {
 		code, out, errs := run(c...)

@@ -102,10 +102,10 @@ func (m *metrics) serve(ctx context.Context, addr string, log *slog.Logger) (sto
 var baseLabels = []string{"probe", "kind", "target", "family", "interface", "server"}
 
 // legFamily is a leg's family label: the family it probes when that is fixed (a literal
-// address, ipv4, ipv6, each half of both), else "any" (a name resolved either way), so a
+// address, a server's, ipv4, ipv6, each half of both), else "any" (a name resolved either way), so a
 // leg's series never changes name.
 func legFamily(v *verdict.Verdict, o *probe.Options, literal bool) string {
-	if o.Family == probe.FamilyAny && !literal {
+	if o.Family == probe.FamilyAny && !literal && v.Server == "" { // a server's family is its own
 		return string(probe.FamilyAny)
 	}
 	if v.Family != "" {

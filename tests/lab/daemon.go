@@ -59,9 +59,10 @@ type DaemonOptions struct {
 	WatchdogUsec  int
 	// NS is where the daemon runs; nil: the lab's client.
 	NS *NS
-	// Profile: no config file at all (the gateway profile), with ResolvConf as the host's
-	// /etc/resolv.conf (in a private mount namespace: the machine's own is never read).
-	Profile    bool
+	// Profile: no config file at all (the gateway profile).
+	Profile bool
+	// ResolvConf, when set, is the daemon's /etc/resolv.conf (in a private mount namespace:
+	// the machine's own is never read); always with Profile.
 	ResolvConf string
 }
 
@@ -89,7 +90,7 @@ func (l *Lab) StartDaemon(bin, config string, opt DaemonOptions) (*Daemon, error
 	go d.readNotes()
 	args := []string{"--net=" + ns.Path(), "--"}
 	run := []string{bin, "run", "--config", d.Config}
-	if opt.Journal || opt.Profile {
+	if opt.Journal || opt.Profile || opt.ResolvConf != "" {
 		script, err := d.mountScript(opt)
 		if err != nil {
 			return nil, err
@@ -126,12 +127,15 @@ func (l *Lab) StartDaemon(bin, config string, opt DaemonOptions) (*Daemon, error
 // daemon ("$@").
 func (d *Daemon) mountScript(opt DaemonOptions) (string, error) {
 	script := "set -e\n"
-	if opt.Profile {
+	if opt.Profile || opt.ResolvConf != "" {
 		if err := os.WriteFile(filepath.Join(d.Dir, "resolv.conf"), []byte(opt.ResolvConf), 0o644); err != nil {
 			return "", err
 		}
 		script += `mount --bind "$DIR/resolv.conf" /etc/resolv.conf
-if [ -d /etc/reachd ]; then mount -t tmpfs tmpfs /etc/reachd; fi
+`
+	}
+	if opt.Profile {
+		script += `if [ -d /etc/reachd ]; then mount -t tmpfs tmpfs /etc/reachd; fi
 `
 	}
 	if opt.Journal {
@@ -154,7 +158,7 @@ exec "$@"`
 	return script, nil
 }
 
-// ResolvConf rewrites the daemon's resolv.conf (Profile).
+// ResolvConf rewrites the daemon's resolv.conf (DaemonOptions.ResolvConf), in place.
 func (d *Daemon) ResolvConf(text string) error {
 	return os.WriteFile(filepath.Join(d.Dir, "resolv.conf"), []byte(text), 0o644)
 }

@@ -110,6 +110,13 @@ func probeKind(t *testing.T, l *Lab, kind string, env []string, args ...string) 
 	t.Helper()
 	cmd := l.Client.Command(reachdBin, append([]string{"probe", kind, "--json"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
+	return runVerdicts(t, cmd)
+}
+
+// runVerdicts runs cmd (a reachd probe --json) and returns its verdicts, each validated
+// against docs/verdict.md, and its exit status.
+func runVerdicts(t *testing.T, cmd *exec.Cmd) ([]map[string]any, int) {
+	t.Helper()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -10,7 +10,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +18,7 @@ const (
 	PortUDPEcho    = 7  // echoes every datagram back
 	PortUDPClosed  = 9  // nothing listens: the server answers ICMP port unreachable
 	PortUDPDrop    = 10 // the router drops datagrams to it: silence
-	PortDNS        = 53 // a DNS server that answers ". NS"
+	PortDNS        = 53 // the lab's resolver (ServeDNS), UDP and TCP; 54 never answers, 55 is closed
 	oddMark        = 0x52
 	oddReplyOffset = 16 // where the wrong-payload reply flips a byte of the echoed data
 )
@@ -44,9 +43,6 @@ func (l *Lab) setupUDPICMP() error {
 		if err := l.serveUDPEcho(netip.AddrPortFrom(a, PortUDPEcho)); err != nil {
 			return err
 		}
-		if err := l.serveDNS(netip.AddrPortFrom(a, PortDNS)); err != nil {
-			return err
-		}
 		if err := l.serveUDPDelayed(netip.AddrPortFrom(a, PortUDPDelay)); err != nil {
 			return err
 		}
@@ -54,6 +50,9 @@ func (l *Lab) setupUDPICMP() error {
 		if err := l.routerRule(fmt.Sprintf("%s daddr %s udp dport %d drop", kw, a, PortUDPDrop)); err != nil {
 			return err
 		}
+	}
+	if err := l.ServeDNS(PortDNS, nil); err != nil {
+		return err
 	}
 	for _, a := range []netip.Addr{EchoDropV4, EchoDropV6} {
 		if err := l.routerRule(fmt.Sprintf("%s daddr %s %s drop", ipKw(a), a, echoMatch(a))); err != nil {
@@ -96,28 +95,6 @@ func (l *Lab) serveUDPEcho(addr netip.AddrPort) error {
 		}
 	}()
 	l.AddCloser(func() { pc.Close(); <-done })
-	return nil
-}
-
-// serveDNS answers every query on addr; ". NS" gets one NS record.
-func (l *Lab) serveDNS(addr netip.AddrPort) error {
-	var pc net.PacketConn
-	err := l.Server.Do(func() (err error) { pc, err = net.ListenPacket("udp", addr.String()); return err })
-	if err != nil {
-		return fmt.Errorf("dns on %s: %w", addr, err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Authoritative = true
-		if len(r.Question) == 1 && r.Question[0].Name == "." && r.Question[0].Qtype == dns.TypeNS {
-			m.Answer = append(m.Answer, &dns.NS{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns.lab.example."})
-		}
-		_ = w.WriteMsg(m)
-	})}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.ActivateAndServe() }()
-	l.AddCloser(func() { _ = srv.Shutdown(); <-done })
 	return nil
 }
 
