@@ -31,6 +31,7 @@ const (
 	Mail   = "mail." + Zone   // MX
 	Big    = "big." + Zone    // 40 TXT records: truncated over UDP
 	Secure = "secure." + Zone // A, with AD set when DO is asked (a validating resolver)
+	Wild   = "wild." + Zone   // every name under it has an A record
 	TTL    = 300
 )
 
@@ -119,6 +120,9 @@ func (h *Handler) authoritative(m *dns.Msg, q dns.Question, name string, req *dn
 		records[Big] = append(records[Big], fmt.Sprintf("%s %d IN TXT \"record %02d %s\"", Big, TTL, i, strings.Repeat("x", 60)))
 	}
 	owned, ok := records[name]
+	if dns.IsSubDomain(Wild, name) && name != Wild {
+		owned, ok = []string{fmt.Sprintf("%s %d IN A %s", name, TTL, h.V4)}, true
+	}
 	if !ok {
 		m.Rcode = dns.RcodeNameError
 		m.Ns = append(m.Ns, rr(fmt.Sprintf("%s 60 IN SOA ns.%s host.%s 1 3600 600 86400 60", Zone, Zone, Zone)))

@@ -105,7 +105,7 @@ var badConfigs = []struct {
 	{"mark out of range", head + "    kind: icmp\n    targets: [198.51.100.1]\n    mark: 0x100000000\n",
 		"5:11: mark: want an integer from 0 to 4294967295 (0x10 is 16), got \"0x100000000\""},
 	{"reserved label", head + "    kind: icmp\n    targets: [198.51.100.1]\n    labels: {target: x}\n",
-		"5:14: label \"target\" is one of reachd's own metric labels (probe, kind, target, family, interface, reason, le, quantile, job, instance)"},
+		"5:14: label \"target\" is one of reachd's own metric labels (probe, kind, target, family, interface, dns_server, reason, le, quantile, job, instance)"},
 	{"bad label key", head + "    kind: icmp\n    targets: [198.51.100.1]\n    labels: {Site: x}\n",
 		"5:14: label \"Site\": want at most 32 lower-case letters, digits and _, starting with a letter"},
 	{"defaults with a name", "defaults: {name: x}\n" + head + "    kind: icmp\n    targets: [198.51.100.1]\n",

@@ -481,7 +481,7 @@ var labelRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 
 // reservedLabels are the metrics' own labels and the ones a scrape adds, which a config
 // label must not shadow.
-var reservedLabels = []string{"probe", "kind", "target", "family", "interface", "reason", "le", "quantile", "job", "instance"}
+var reservedLabels = []string{"probe", "kind", "target", "family", "interface", "dns_server", "reason", "le", "quantile", "job", "instance"}
 
 func (d *doc) labels(e *entry) map[string]string {
 	if e == nil {

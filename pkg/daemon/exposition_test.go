@@ -64,10 +64,10 @@ func TestExposition(t *testing.T) {
 		if h == nil || len(h.Metric) != 2 || h.Metric[0].Histogram.GetSampleCount() != 1 {
 			t.Fatalf("rtt histogram: %v", h)
 		}
-		if !strings.Contains(string(text), `reachd_probe_success{family="ipv4",interface="",kind="icmp",probe="a",server="",site="fra\"1",target="198.51.100.1"} 1`) {
+		if !strings.Contains(string(text), `reachd_probe_success{dns_server="",family="ipv4",interface="",kind="icmp",probe="a",site="fra\"1",target="198.51.100.1"} 1`) {
 			t.Errorf("success series of a, labels sorted and escaped:\n%s", text)
 		}
-		if !strings.Contains(string(text), `reachd_probe_verdicts_total{family="ipv4",interface="",kind="tcp",probe="b",reason="ok",server="",site="",target="198.51.100.2:80"} 1`) {
+		if !strings.Contains(string(text), `reachd_probe_verdicts_total{dns_server="",family="ipv4",interface="",kind="tcp",probe="b",reason="ok",site="",target="198.51.100.2:80"} 1`) {
 			t.Errorf("verdicts series of b, reason in order, empty site:\n%s", text)
 		}
 		if got := mfs["reachd_probe_packets_received_total"]; got == nil || got.Metric[0].Counter.GetValue() != 2 {

@@ -99,7 +99,7 @@ func (m *metrics) serve(ctx context.Context, addr string, log *slog.Logger) (sto
 }
 
 // baseLabels are the labels of every per-target series, before the config's.
-var baseLabels = []string{"probe", "kind", "target", "family", "interface", "server"}
+var baseLabels = []string{"probe", "kind", "target", "family", "interface", "dns_server"}
 
 // legFamily is a leg's family label: the family it probes when that is fixed (a literal
 // address, a server's, ipv4, ipv6, each half of both), else "any" (a name resolved either way), so a

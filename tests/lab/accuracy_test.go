@@ -73,9 +73,9 @@ func busyLoops(t *testing.T, d time.Duration) (stop func()) {
 }
 
 // capture runs tcpdump on the client's veth with nanosecond timestamps until stop.
-func capture(t *testing.T, l *Lab, path string) (stop func()) {
+func capture(t *testing.T, l *Lab, path, filter string) (stop func()) {
 	t.Helper()
-	cmd := l.Client.Command("tcpdump", "-i", ClientIf, "-n", "-U", "--immediate-mode", "-B", "8192", "-s", "128", "--time-stamp-precision=nano", "-w", path, "tcp")
+	cmd := l.Client.Command("tcpdump", "-i", ClientIf, "-n", "-U", "--immediate-mode", "-B", "8192", "-s", "128", "--time-stamp-precision=nano", "-w", path, filter)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -98,6 +98,11 @@ func capture(t *testing.T, l *Lab, path string) (stop func()) {
 // cores saturated if load, while tcpdump captures on the client's veth; it returns the
 // prober's output and the capture's path.
 func captured(t *testing.T, l *Lab, args string, targets []string, noEBPF, load bool) ([]byte, string) {
+	return capturedFilter(t, l, args, targets, noEBPF, load, "tcp")
+}
+
+// capturedFilter is captured with the capture's filter.
+func capturedFilter(t *testing.T, l *Lab, args string, targets []string, noEBPF, load bool, filter string) ([]byte, string) {
 	if noEBPF {
 		args += " --no-ebpf"
 	}
@@ -108,7 +113,7 @@ func captured(t *testing.T, l *Lab, args string, targets []string, noEBPF, load 
 		defer stop()
 	}
 	pcap := t.TempDir() + "/cap.pcap"
-	stopCap := capture(t, l, pcap)
+	stopCap := capture(t, l, pcap, filter)
 	_, out := runInClient(t, l, args, targets, env)
 	time.Sleep(100 * time.Millisecond) // let tcpdump write the last packets
 	stopCap()

@@ -129,9 +129,9 @@ func TestDaemonFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range faults {
-		series := fmt.Sprintf(`{family="%s",interface="",kind="%s",probe="%s",server="",site="%s",target="%s"}`,
+		series := fmt.Sprintf(`{dns_server="",family="%s",interface="",kind="%s",probe="%s",site="%s",target="%s"}`,
 			familyOf(f.target), kindOf(f.probe), f.probe, map[bool]string{true: "lab"}[f.probe == "web"], f.target)
-		withReason := strings.Replace(series, `,server=`, `,reason="`+string(f.reason)+`",server=`, 1)
+		withReason := strings.Replace(series, `,site=`, `,reason="`+string(f.reason)+`",site=`, 1)
 		if !strings.Contains(m, "reachd_probe_verdicts_total"+withReason+" ") || !strings.Contains(m, "reachd_probe_success"+series+" 0\n") {
 			t.Errorf("metrics lack reachd_probe_verdicts_total%s and reachd_probe_success%s 0", withReason, series)
 		}

@@ -216,7 +216,7 @@ func TestDaemonHTTP(t *testing.T) {
 	found := false
 	for _, line := range strings.Split(m, "\n") {
 		found = found || strings.HasPrefix(line, "reachd_probe_tls_earliest_cert_expiry_timestamp_seconds{") &&
-			strings.Contains(line, `probe="web",server="",target="`+secure+`"} `)
+			strings.Contains(line, `probe="web",target="`+secure+`"} `)
 	}
 	if !found {
 		t.Errorf("no certificate expiry for %s in the metrics", secure)

@@ -163,3 +163,57 @@ func readPcap(path string) ([]pcapPacket, error) {
 	}
 	return out, nil
 }
+
+// ReadDatagramExchanges parses a pcap file as ReadHandshakes does and returns, for each
+// pair of UDP endpoints, the first datagram one side sent and the first the other sent
+// back, keyed by "local remote", local being the side that sent first.
+func ReadDatagramExchanges(path string) (map[string]Exchange, error) {
+	pkts, err := readPcap(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Exchange{}
+	for _, pk := range pkts {
+		src, dst, ok := udpOf(pk.data)
+		if !ok {
+			continue
+		}
+		fwd, rev := src.String()+" "+dst.String(), dst.String()+" "+src.String()
+		if x, ok := out[rev]; ok {
+			if x.Response == 0 {
+				x.Response = pk.ts
+				out[rev] = x
+			}
+			continue
+		}
+		if _, ok := out[fwd]; !ok {
+			out[fwd] = Exchange{Request: pk.ts}
+		}
+	}
+	return out, nil
+}
+
+// udpOf decodes Ethernet / IPv4 or IPv6 (no extension headers) / UDP.
+func udpOf(p []byte) (src, dst netip.AddrPort, ok bool) {
+	if len(p) < 14 {
+		return
+	}
+	et := binary.BigEndian.Uint16(p[12:14])
+	p = p[14:]
+	var sa, da netip.Addr
+	switch {
+	case et == 0x0800 && len(p) >= 20 && p[9] == 17:
+		hl := int(p[0]&0x0f) * 4
+		sa, da = netip.AddrFrom4([4]byte(p[12:16])), netip.AddrFrom4([4]byte(p[16:20]))
+		p = p[min(hl, len(p)):]
+	case et == 0x86dd && len(p) >= 40 && p[6] == 17:
+		sa, da = netip.AddrFrom16([16]byte(p[8:24])), netip.AddrFrom16([16]byte(p[24:40]))
+		p = p[40:]
+	default:
+		return
+	}
+	if len(p) < 8 {
+		return
+	}
+	return netip.AddrPortFrom(sa, binary.BigEndian.Uint16(p[0:2])), netip.AddrPortFrom(da, binary.BigEndian.Uint16(p[2:4])), true
+}

@@ -147,8 +147,8 @@ func TestDaemonResolvConf(t *testing.T) {
 		t.Fatal(err)
 	}
 	for server, want := range map[string]string{ap(ServerV6, 53): " 1\n", ap(closedResolverV4, 53): " 0\n", ap(ServerV4, 53): ""} {
-		series := fmt.Sprintf(`reachd_probe_success{family="%s",interface="",kind="dns",probe="resolvers",server="%s",target="www.lab.example"}`,
-			familyOf(server), server)
+		series := fmt.Sprintf(`reachd_probe_success{dns_server="%s",family="%s",interface="",kind="dns",probe="resolvers",target="www.lab.example"}`,
+			server, familyOf(server))
 		if got := strings.Contains(m, series+want); want == "" && strings.Contains(m, series) || want != "" && !got {
 			t.Errorf("metrics: want %s%q (empty: no such series)", series, want)
 		}
