@@ -26,7 +26,7 @@ import (
 // status and body judged. Each phase is timed at the wire where TC saw the packets.
 var httpKind = register(&Kind{
 	Name:    "http",
-	Order:   4,
+	Order:   5,
 	URL:     true,
 	Summary: "HTTP(S) request: status, body, redirects; TLS checked for https",
 	Example: "  reachd probe http https://example.net/health\n" +

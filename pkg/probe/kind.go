@@ -1,8 +1,10 @@
 package probe
 
 import (
+	"cmp"
 	"context"
 	"slices"
+	"strings"
 
 	"github.com/spf13/pflag"
 )
@@ -67,7 +69,7 @@ func Kinds() []*Kind {
 	for _, k := range registry {
 		out = append(out, k)
 	}
-	slices.SortFunc(out, func(a, b *Kind) int { return a.Order - b.Order })
+	slices.SortFunc(out, func(a, b *Kind) int { return cmp.Or(a.Order-b.Order, strings.Compare(a.Name, b.Name)) })
 	return out
 }
 

@@ -19,7 +19,7 @@ import (
 // how soon it expires. No request is sent.
 var tlsKind = register(&Kind{
 	Name:    "tls",
-	Order:   5,
+	Order:   6,
 	Summary: "TLS handshake: chain, name, expiry and OCSP staple checked (no HTTP)",
 	Example: "  reachd probe tls example.net:443\n" +
 		"  reachd probe tls --server-name www.example.net --warn-days 21 203.0.113.10:443\n" +
