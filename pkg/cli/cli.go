@@ -245,9 +245,12 @@ func runProbe(ctx context.Context, j engine.Job, pf *probeFlags, stdout, stderr 
 	}
 	defer eng.Close()
 
-	width := 0
+	width, servers := 0, 0
+	for _, s := range probe.Servers(j.Options) { // a dns verdict's target names its server
+		servers = max(servers, len(" @ ")+len(s.String()))
+	}
 	for _, t := range j.Targets {
-		width = max(width, min(len(t.Raw), 40))
+		width = max(width, min(len(t.Raw), 40)+min(servers, 30))
 	}
 	write := humanWriter(stdout, width)
 	if pf.json {

@@ -121,6 +121,16 @@ func legsOf(t target.Target, o *Options) []leg {
 	return legs
 }
 
+// Servers are the servers a job of o asks now when its kind asks servers (dns); nil for
+// the other kinds.
+func Servers(o *Options) []netip.AddrPort {
+	if sl, ok := o.Kind.(serverLister); ok {
+		s, _ := sl.servers()
+		return s
+	}
+	return nil
+}
+
 // serverLegs are a leg per server of the family asked for (any and both: every server)
 // and interface; with no such server, one leg per interface that says so.
 func serverLegs(sl serverLister, fam Family, ifaces []string) []leg {

@@ -28,7 +28,9 @@ func (h *HumanWriter) Write(v *Verdict) error {
 		rtt = strconv.FormatFloat(float64(*v.RTTMs), 'f', 3, 64) + " ms"
 	}
 	target := v.Target
-	if v.Addr != "" && !strings.Contains(v.Target, v.Addr) {
+	if v.Server != "" { // a name asked of a server: which one
+		target += " @ " + v.Server
+	} else if v.Addr != "" && !strings.Contains(v.Target, v.Addr) {
 		target += " (" + v.Addr + ")"
 	}
 	if v.Interface != "" {

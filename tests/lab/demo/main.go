@@ -101,6 +101,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		return 1
 	}
+	dnsDemo(show)
 	daemonDemo(l, *bin)
 	if *hold > 0 {
 		fmt.Printf("\nlab held for %s (Ctrl-C ends it): nsenter --net=%s %s probe ...\n", *hold, l.Client.Path(), *bin)
@@ -162,6 +163,23 @@ func webDemo(l *lab.Lab, show func(...string)) error {
 	return nil
 }
 
+// dnsDemo shows the dns kind and the resolver policy against the lab's resolver.
+func dnsDemo(show func(...string)) {
+	v4, v6 := lab.ServerV4.String(), "["+lab.ServerV6.String()+"]"
+	fmt.Println("\nDNS: the lab's resolver on 203.0.113.2 and 2001:db8:5::2 port 53 serves lab.example; broken.example's")
+	fmt.Println("upstream is dead (SERVFAIL); other names are refused; port 54 never answers, 55 is closed. One verdict")
+	fmt.Println("per resolver, the query timed at the wire; a failure below DNS keeps its own reason.")
+	show("probe", "dns", "--retries", "0", "--timeout", "1s", "--server", v4, "--server", v6,
+		"--server", v4+":54", "--server", v4+":55", "www.lab.example")
+	show("probe", "dns", "--retries", "0", "--server", v6, "nosuch.lab.example", "www.broken.example", "example.org",
+		"v6only.lab.example")
+	show("probe", "dns", "--retries", "0", "--server", v4, "--type", "TXT", "big.lab.example")
+	show("probe", "dns", "--json", "--retries", "0", "--server", v4, "--type", "MX", "mail.lab.example")
+	fmt.Println("\nEvery other kind resolves names through one policy (--resolver; by default /etc/hosts, then")
+	fmt.Println("resolv.conf's nameservers): the verdict says which resolver answered, or which rcode came from whom.")
+	show("probe", "tcp", "--retries", "0", "--resolver", v6, "www.lab.example:80", "nosuch.lab.example:80", "www.broken.example:80")
+}
+
 // daemonConfig is the demo daemon's config: a few targets every second.
 const daemonConfig = `defaults: {interval: 1s, timeout: 500ms, retries: 0}
 metrics: {listen: "127.0.0.1:9798"}
@@ -174,6 +192,10 @@ probes:
   - name: ping
     kind: icmp
     targets: [203.0.113.2, "2001:db8:5::2"]
+  - name: resolvers
+    kind: dns
+    targets: [www.lab.example]
+    dns: {server: [203.0.113.2, "[2001:db8:5::2]"]}
 `
 
 // daemonDemo runs reachd run for a few seconds: its first verdicts, the change a dropped
