@@ -28,8 +28,8 @@ FUZZTIME ?= 60s
 # duration run at its very end with no finding (golang/go#75804); tests/fuzz.sh explains.
 FUZZCOUNT ?= 20000x
 # Every fuzz target that reads bytes from the network or the user: package and name.
-FUZZ_TARGETS := probe:FuzzParseExtendedErr probe:FuzzParseICMP probe:FuzzParseQuotedEcho \
-	probe:FuzzRxControl probe:FuzzReplyChecks target:FuzzParseHostPort wire:FuzzTCParser \
+FUZZ_TARGETS := resolv:FuzzParseConf resolv:FuzzParseHosts probe:FuzzParseExtendedErr probe:FuzzParseICMP probe:FuzzParseQuotedEcho \
+	probe:FuzzRxControl probe:FuzzReplyChecks probe:FuzzDNSAnswer target:FuzzParseHostPort wire:FuzzTCParser \
 	config:FuzzParse
 
 test-unit: ## unit tests, no root needed, and a short run of every fuzz target

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"reachd/internal/testdns"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
@@ -98,4 +100,60 @@ func TestDNSAnswers(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestServerLegs: a dns job has a leg per server (and interface) of the family asked for;
+// none of that family is one leg that says so, naming the servers there are.
+func TestServerLegs(t *testing.T) {
+	o := newDNSOptions()
+	if err := parseFlags(o, "--server", "192.0.2.53", "--server", "[2001:db8::53]:5353", "--server", "fe80::53"); err != nil {
+		t.Fatal(err)
+	}
+	legs := serverLegs(o, FamilyAny, []string{"eth0", "eth1"})
+	if len(legs) != 6 || legs[0].server.String() != "192.0.2.53:53" || legs[3].server.String() != "[2001:db8::53]:5353" ||
+		legs[5].server.String() != "[fe80::53%eth1]:53" || legs[5].fam != FamilyV6 {
+		t.Fatalf("legs %+v", legs)
+	}
+	if legs := serverLegs(o, FamilyV4, []string{""}); len(legs) != 1 || legs[0].server.Addr().Is6() {
+		t.Fatalf("ipv4 legs %+v", legs)
+	}
+	o4 := newDNSOptions()
+	if err := parseFlags(o4, "--server", "192.0.2.53"); err != nil {
+		t.Fatal(err)
+	}
+	legs = serverLegs(o4, FamilyV6, []string{""})
+	if len(legs) != 1 || legs[0].server.IsValid() || !strings.Contains(legs[0].noServer, "no IPv6 server in --server (it lists 192.0.2.53:53)") {
+		t.Fatalf("no IPv6 server: %+v", legs)
+	}
+}
+
+// FuzzDNSAnswer: any bytes that come back for a query are checked and, when taken as its
+// answer, judged and described without a panic; an answer is never taken for another
+// question.
+func FuzzDNSAnswer(f *testing.F) {
+	o := newDNSOptions()
+	if err := parseFlags(o, "--expect-answer", "192", "--dnssec"); err != nil {
+		f.Fatal(err)
+	}
+	q := o.query(target.Target{Name: "www.example.net"})
+	q.Id = 0x1234
+	good := q.Copy()
+	good.Response = true
+	good.Answer = append(good.Answer, &dns.A{Hdr: dns.RR_Header{Name: "www.example.net.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+	b, _ := good.Pack()
+	f.Add(b)
+	f.Add([]byte{0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if checkAnswer(b, q) != "" {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatalf("taken but does not unpack: %v", err)
+		}
+		if !strings.EqualFold(m.Question[0].Name, "www.example.net.") || m.Id != q.Id {
+			t.Fatalf("an answer to another question taken: %v", m.Question)
+		}
+		_ = o.judge(q, m, Result{}, &verdict.DNS{})
+	})
 }

@@ -96,6 +96,7 @@ func TestStub(t *testing.T) {
 		rcode                              int
 	}{
 		{"answer", "www.lab.example", "ip4", "", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},
+		{"localhost", "db.localhost.", "ip6", "", "", []netip.AddrPort{quiet}, "::1", "localhost", 0},
 		{"hosts first", "www.lab.example", "ip", "", "192.0.2.7 www.lab.example\n", []netip.AddrPort{good}, "192.0.2.7", "hosts", 0},
 		{"search domain", "www", "ip4", "search nope.lab.example lab.example\n", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},
 		{"search past SERVFAIL", "www", "ip4", "search broken.example lab.example\n", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},

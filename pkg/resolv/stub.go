@@ -101,6 +101,11 @@ func (s *Stub) Lookup(ctx context.Context, network, host string) (Answer, error)
 		if addrs := s.hosts.Lookup(network, host); len(addrs) > 0 {
 			return Answer{Addrs: addrs, From: s.hosts.f.path, Name: host}, nil
 		}
+		// Names under localhost are the loopback's, never asked of a server (RFC 6761
+		// 6.3), also when the hosts file does not list them.
+		if n := strings.ToLower(strings.TrimSuffix(host, ".")); n == "localhost" || strings.HasSuffix(n, ".localhost") {
+			return Answer{Addrs: loopback(network), From: "localhost", Name: host}, nil
+		}
 	}
 	c := s.conf()
 	// As the C library searches: past NXDOMAIN, no data and SERVFAIL to the next name;
@@ -143,6 +148,16 @@ func reported(host string, tried []string, e *Error) *Error {
 	out := *e
 	out.Name, out.Tried = host, tried
 	return &out
+}
+
+func loopback(network string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()} {
+		if wants(network, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // candidates are the names to ask for host, in order (resolv.conf(5)'s ndots).
