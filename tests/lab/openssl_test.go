@@ -110,7 +110,10 @@ func TestTLSOpenSSLServer(t *testing.T) {
 		tm := v["timings_ms"].(map[string]any)
 		wired, _ := tm["wire"].([]any)
 		want := []string{"connect", "tls", "request"}
-		if c.kind == "tls" {
+		if c.kind == "tls" || c.reason != "ok" {
+			// A server that rejects the handshake after it (certificate required) races
+			// the request: its alert may be read before the request is written, or cut
+			// it short; the handshake's phases are the wire's either way.
 			want = want[:2]
 		}
 		for _, p := range want {
