@@ -17,10 +17,14 @@ import (
 	"github.com/miekg/dns"
 )
 
-// Zone is the authoritative zone; Broken the zone forwarded to a dead upstream.
+// Zone is the authoritative zone; Broken the zone forwarded to a dead upstream; Bare's
+// names are REFUSED with a bare header (no question, as some servers answer); Slow's
+// names are answered after the handler's SlowWait.
 const (
 	Zone   = "lab.example."
 	Broken = "broken.example."
+	Bare   = "bare.example."
+	Slow   = "slow.example."
 )
 
 // Names of the zone.
@@ -43,7 +47,8 @@ type Handler struct {
 	UpstreamWait time.Duration
 	// Dial opens the connection to the upstream (in a test's network namespace); nil:
 	// net.Dial.
-	Dial func(network, addr string) (net.Conn, error)
+	Dial     func(network, addr string) (net.Conn, error)
+	SlowWait time.Duration
 }
 
 func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
@@ -61,6 +66,13 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		h.authoritative(m, q, name, req)
 	case name == "." && q.Qtype == dns.TypeNS: // a root hint, as a resolver has it
 		m.Answer = append(m.Answer, &dns.NS{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: 60}, Ns: "ns." + Zone})
+	case dns.IsSubDomain(Bare, name):
+		m.Question, m.Rcode = nil, dns.RcodeRefused
+		_ = w.WriteMsg(m)
+		return
+	case dns.IsSubDomain(Slow, name):
+		time.Sleep(h.SlowWait)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: TTL}, A: net.ParseIP(h.V4)})
 	case dns.IsSubDomain(Broken, name):
 		m.RecursionAvailable = true
 		if h.forward(req) != nil {

@@ -81,6 +81,11 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "dns", "--server", "127.0.0.1", "exa mple"},
 		{"probe", "dns", "--resolver", "127.0.0.1", "example.net"},
 		{"probe", "tcp", "--resolver", "resolver.example.net", "example.net:80"},
+		{"probe", "tcp", "--resolver", "fe80::53", "example.net:80"},
+		{"probe", "dns", "--server", "127.0.0.1", "--server", "127.0.0.1:53", "example.net"},
+		{"probe", "dns", "-4", "--server", "::1", "example.net"},
+		{"probe", "dns", "--server", "fe80::53", "example.net"},
+		{"probe", "dns", "--server", "127.0.0.1", "--expect-rcode", "NXDOMAIN", "--expect-answer", "x", "example.net"},
 	}
 	for _, c := range cases {
 		code, out, errs := run(c...)

@@ -234,3 +234,28 @@ func TestLoadRefusesWhatIsNotAFile(t *testing.T) {
 		}
 	}
 }
+
+// TestDNSProbeConfig: a dns probe lists its servers under dns; a resolver in defaults
+// is for the other kinds (a dns probe asks its own servers), and one a dns probe sets
+// itself is an error at its line.
+func TestDNSProbeConfig(t *testing.T) {
+	good := "defaults: {resolver: \"198.51.100.53\"}\nprobes:\n" +
+		"  - {name: d, kind: dns, targets: [www.example.net], dns: {server: [\"198.51.100.53\", \"[2001:db8::53]:5353\"], type: AAAA}}\n" +
+		"  - {name: w, kind: tcp, targets: [\"www.example.net:443\"]}\n"
+	c, err := Parse("good.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, w := c.Probes[0].Options, c.Probes[1].Options
+	if o, ok := d.Kind.(*probe.DNSOptions); !ok || len(o.Servers) != 2 || d.Resolver != nil || w.Resolver == nil {
+		t.Fatalf("dns options %+v, resolvers %v and %v", d.Kind, d.Resolver, w.Resolver)
+	}
+	bad := "probes:\n  - {name: d, kind: dns, resolver: \"198.51.100.53\", targets: [www.example.net]}\n"
+	if _, err := Parse("bad.yaml", []byte(bad)); err == nil || !strings.Contains(err.Error(), "bad.yaml:2:") || !strings.Contains(err.Error(), "with server") {
+		t.Fatalf("a dns probe's own resolver: %v", err)
+	}
+	dup := "probes:\n  - {name: d, kind: dns, targets: [www.example.net], dns: {server: [\"198.51.100.53\", \"198.51.100.53:53\"]}}\n"
+	if _, err := Parse("dup.yaml", []byte(dup)); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("a server given twice: %v", err)
+	}
+}

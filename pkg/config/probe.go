@@ -195,8 +195,8 @@ func merge(k *probe.Kind, defs, own settings) settings {
 		if _, isKind := probe.Lookup(kind); isKind && kind != k.Name {
 			continue
 		}
-		if key == "count" && !kindTakes(k, "count") {
-			continue
+		if key == "count" && !kindTakes(k, "count") || key == "resolver" && k.NameTarget {
+			continue // dns asks its own servers; a probe that sets resolver itself is told so
 		}
 		out[key] = e
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,11 +63,8 @@ const (
 	TransportDoT = "dot"
 )
 
-// systemConf follows the system's resolv.conf for every dns probe of the process.
-var systemConf = resolv.NewConfFile(resolv.ConfPath)
-
 func newDNSOptions() *DNSOptions {
-	return &DNSOptions{Transport: TransportUDP, Recurse: true, conf: systemConf}
+	return &DNSOptions{Transport: TransportUDP, Recurse: true}
 }
 
 // MaxDNSServers bounds --server.
@@ -114,6 +112,9 @@ func (o *DNSOptions) Check(set func(string) bool) error {
 			return fmt.Errorf("--expect-answer %q is not a regular expression: %v", o.flags.expect, err)
 		}
 		o.Expect = re
+		if o.ExpectRcode != dns.RcodeSuccess {
+			return fmt.Errorf("--expect-answer needs answers: it cannot go with --expect-rcode %s", dns.RcodeToString[o.ExpectRcode])
+		}
 	}
 	if len(o.flags.servers) > MaxDNSServers {
 		return fmt.Errorf("at most %d --server, got %d", MaxDNSServers, len(o.flags.servers))
@@ -124,10 +125,10 @@ func (o *DNSOptions) Check(set func(string) bool) error {
 		if err != nil {
 			return err
 		}
+		if slices.Contains(o.Servers, ap) {
+			return fmt.Errorf("--server %s is given twice", ap)
+		}
 		o.Servers = append(o.Servers, ap)
-	}
-	if o.conf == nil {
-		o.conf = systemConf
 	}
 	return nil
 }
@@ -168,8 +169,8 @@ func (o *DNSOptions) servers() ([]netip.AddrPort, string) {
 		return o.Servers, "--server"
 	}
 	conf := o.conf
-	if conf == nil {
-		conf = systemConf
+	if conf == nil { // the file the system's resolver follows: the two agree
+		conf = resolv.SystemConf()
 	}
 	c := conf.Conf()
 	if o.Transport == TransportDoT || c.Defaulted { // resolv.conf's servers listen on 53

@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"reachd/pkg/resolv"
 	"reachd/pkg/verdict"
 )
 
@@ -59,19 +60,13 @@ func dnsOverUDP(ctx context.Context, a Attempt, q *dns.Msg, ev *dnsEvidence) (*d
 	return m, res
 }
 
-// checkAnswer says why reply is not the answer to q ("" when it is): a DNS response with
-// q's id and question.
+// checkAnswer says why reply is not the answer to q ("" when it is): resolv.IsAnswer.
 func checkAnswer(reply []byte, q *dns.Msg) string {
-	if why := checkDNSReply(reply, q.Id); why != "" {
-		return why
-	}
 	var m dns.Msg
-	_ = m.Unpack(reply)
-	if len(m.Question) != 1 || !strings.EqualFold(m.Question[0].Name, q.Question[0].Name) ||
-		m.Question[0].Qtype != q.Question[0].Qtype {
-		return "the DNS response answers another question"
+	if err := m.Unpack(reply); err != nil {
+		return fmt.Sprintf("the reply is not a DNS message (%v)", err)
 	}
-	return ""
+	return resolv.IsAnswer(&m, q)
 }
 
 // dnsOverStream asks q over TCP, or TLS with dot (RFC 7858, ALPN "dot"), on a connection
@@ -190,13 +185,9 @@ func (o *DNSOptions) judge(q, m *dns.Msg, res Result, d *verdict.DNS) Result {
 	}
 	res.Layer = ""
 	if m.Rcode != o.ExpectRcode {
-		res.Reason = verdict.BodyMismatch
-		switch m.Rcode {
-		case dns.RcodeNameError, dns.RcodeServerFailure, dns.RcodeRefused:
+		res.Reason = verdict.BodyMismatch // NOERROR, where another was expected
+		if m.Rcode != dns.RcodeSuccess {
 			res.Reason = rcodeReason(m.Rcode)
-		case dns.RcodeSuccess:
-		default:
-			res.Reason, res.Layer = verdict.ProtocolMismatch, verdict.LayerApplication
 		}
 		res.Detail = fmt.Sprintf("%s %s: %s %s", qq.Name, qtype, d.Rcode, how)
 		if o.ExpectRcode != dns.RcodeSuccess {
@@ -210,9 +201,10 @@ func (o *DNSOptions) judge(q, m *dns.Msg, res Result, d *verdict.DNS) Result {
 		return res
 	}
 	var asked []string
+	var records []dns.RR
 	for _, rr := range m.Answer {
 		if rr.Header().Rrtype == qq.Qtype || qq.Qtype == dns.TypeANY {
-			asked = append(asked, rrData(rr))
+			asked, records = append(asked, rrData(rr)), append(records, rr)
 		}
 	}
 	switch {
@@ -223,7 +215,7 @@ func (o *DNSOptions) judge(q, m *dns.Msg, res Result, d *verdict.DNS) Result {
 			res.Detail += fmt.Sprintf(" (%d other record(s): %s)", len(m.Answer), d.Answers[0].Type)
 		}
 		return res
-	case o.Expect != nil && !anyMatch(o.Expect, m.Answer):
+	case o.Expect != nil && !anyMatch(o.Expect, records):
 		res.Reason = verdict.BodyMismatch
 		res.Detail = fmt.Sprintf("no answer record matches --expect-answer %q (%s)", o.Expect, strings.Join(clip(asked, 4), ", "))
 		return res
@@ -266,9 +258,16 @@ func rrData(rr dns.RR) string {
 	return strings.TrimPrefix(rr.String(), rr.Header().String())
 }
 
+// rrLine is a record as one zone-file line, its fields separated by single spaces:
+// "www.example.net. 300 IN A 192.0.2.1".
+func rrLine(rr dns.RR) string {
+	return strings.Join(strings.Fields(rr.Header().String()), " ") + " " + rrData(rr)
+}
+
+// anyMatch says whether re matches some record, as a line or its data alone.
 func anyMatch(re interface{ MatchString(string) bool }, rrs []dns.RR) bool {
 	for _, rr := range rrs {
-		if re.MatchString(rr.String()) || re.MatchString(rrData(rr)) {
+		if re.MatchString(rrLine(rr)) || re.MatchString(rrData(rr)) {
 			return true
 		}
 	}

@@ -70,6 +70,9 @@ func (f *Flags) Options(probeName string) (*Options, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--resolver %q: want system or a resolver's ADDR[:PORT]", f.Resolver)
 		}
+		if a := ap.Addr(); a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "" {
+			return nil, fmt.Errorf("--resolver %s is link-local: give its zone ([fe80::53%%eth0]:53)", ap)
+		}
 		o.Resolver = resolv.Fixed(ap)
 	}
 	return o, nil

@@ -58,7 +58,7 @@ type Options struct {
 	Timeout    time.Duration
 	Policy     schedule.Policy
 	Sleep      schedule.Sleeper // nil: real sleeping
-	Resolver   Resolver         // nil: net.DefaultResolver
+	Resolver   Resolver         // nil: the system's (resolv.System)
 	Wire       *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
 	Kind       KindOptions      // the kind's own options; nil: its defaults
 	Log        *slog.Logger     // debug lines; nil: none
@@ -129,11 +129,11 @@ func checkIfName(s string) error {
 
 // CheckTarget says whether t can be probed with o: its family, a link-local address's zone.
 func CheckTarget(t target.Target, o *Options) error {
-	if _, asked := o.Kind.(serverLister); asked { // a name asked of servers: nothing to reach
+	if sl, asked := o.Kind.(serverLister); asked { // a name asked of servers: nothing to reach
 		if _, fixed := o.Resolver.(*resolv.Stub); fixed {
 			return fmt.Errorf("--resolver does not apply to the dns kind: name the resolvers to ask with --server")
 		}
-		return nil
+		return checkServers(sl, o)
 	}
 	what := fmt.Sprintf("target %q", t.Raw)
 	if p := pinned(t, o.Kind); p.Addr != t.Addr {
@@ -152,6 +152,25 @@ func CheckTarget(t target.Target, o *Options) error {
 			example = "fe80::1%eth0"
 		}
 		return fmt.Errorf("target %q is link-local: give its zone (%s) or --interface", t.Raw, example)
+	}
+	return nil
+}
+
+// checkServers says whether the servers a user named can be asked with o: their family,
+// a link-local one's zone. Those of resolv.conf are the host's: a verdict tells of them.
+func checkServers(sl serverLister, o *Options) error {
+	servers, from := sl.servers()
+	if from != "--server" {
+		return nil
+	}
+	for _, s := range servers {
+		a := s.Addr()
+		if f := familyOf(a); (o.Family == FamilyV4 || o.Family == FamilyV6) && f != o.Family {
+			return fmt.Errorf("--server %s is %s but the family asked for is %s", s, f, o.Family)
+		}
+		if a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "" && len(o.Interfaces) == 0 {
+			return fmt.Errorf("--server %s is link-local: give its zone (fe80::53%%eth0) or --interface", s)
+		}
 	}
 	return nil
 }

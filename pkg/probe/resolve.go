@@ -84,16 +84,19 @@ func resolveFailure(ctx context.Context, e *resolv.Error, fam Family) Result {
 	switch {
 	case e.NoData:
 		return fail(verdict.DNSNoAnswer, fmt.Sprintf("resolving %s: the name has no %s address (%s)", e.Name, familyWord(fam), tried))
-	case e.Rcode < 0 && ctx.Err() != nil:
-		return fail(verdict.DNSTimeout, fmt.Sprintf("resolving %s: no answer before the attempt deadline (%s)", e.Name, tried))
+	case e.Rcode < 0 && e.Local:
+		return fail(verdict.LocalError, fmt.Sprintf("resolving %s: no resolver could be asked from this host (%s)", e.Name, tried))
+	case e.Rcode < 0 && (e.Silent || ctx.Err() != nil):
+		return fail(verdict.DNSTimeout, fmt.Sprintf("resolving %s: no resolver answered in time (%s)", e.Name, tried))
 	case e.Rcode < 0:
-		return fail(verdict.DNSTimeout, fmt.Sprintf("resolving %s: no resolver answered (%s)", e.Name, tried))
+		return fail(verdict.DNSServfail, fmt.Sprintf("resolving %s: no resolver took the query (%s)", e.Name, tried))
 	}
 	return fail(rcodeReason(e.Rcode), fmt.Sprintf("resolving %s: %s", e.Name, tried))
 }
 
 // rcodeReason is the reason of a DNS answer's rcode (other than NOERROR): those the
-// contract names, and dns_servfail for the rest (FORMERR, NOTIMP: the resolver failed).
+// contract names, and dns_servfail for the rest (FORMERR, NOTIMP: the resolver failed us),
+// alike for the dns kind and for every other kind's resolution.
 func rcodeReason(rcode int) verdict.Reason {
 	switch rcode {
 	case dns.RcodeNameError:

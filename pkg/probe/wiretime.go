@@ -46,7 +46,8 @@ func tableFullNote(error) string {
 // link changes are followed by each attempt's own attach). Names are attached when first
 // probed.
 func Prepare(t target.Target, o *Options) {
-	if o.Wire == nil || !o.Wire.HasTC() || !t.IsLiteral() {
+	_, asked := o.Kind.(serverLister)
+	if o.Wire == nil || !o.Wire.HasTC() || !t.IsLiteral() && !asked {
 		return
 	}
 	for _, l := range legsOf(t, o) {

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,11 +19,11 @@ import (
 
 // Conf is what resolv.conf says, as far as a stub resolver needs.
 type Conf struct {
-	Servers  []netip.AddrPort
-	Search   []string // search domains, without their trailing dot
-	Ndots    int
-	Timeout  time.Duration // per server
-	Attempts int
+	Servers []netip.AddrPort // each once, in the file's order
+	Search  []string         // search domains, without their trailing dot
+	Ndots   int
+	Timeout time.Duration // per server
+	UseTCP  bool          // options use-vc (or tcp): queries over TCP
 	// Defaulted: the file named no usable nameserver, so Servers are the local host's (as
 	// glibc and Go do).
 	Defaulted bool
@@ -40,7 +41,8 @@ var defaultServers = []netip.AddrPort{
 // ParseConf reads a resolv.conf (resolv.conf(5)); what it does not understand is passed
 // over, as the C library does. A file that names no nameserver means the local host.
 func ParseConf(b []byte) Conf {
-	c := Conf{Ndots: 1, Timeout: 5 * time.Second, Attempts: 2}
+	c := Conf{Ndots: 1, Timeout: 5 * time.Second}
+	searched := false
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -52,12 +54,14 @@ func ParseConf(b []byte) Conf {
 			if len(f) < 2 {
 				continue
 			}
-			// A link-local server carries its zone (fe80::1%eth0), as glibc takes it.
-			if a, err := netip.ParseAddr(f[1]); err == nil && len(c.Servers) < maxServers {
-				c.Servers = append(c.Servers, netip.AddrPortFrom(a.Unmap(), 53))
+			// A link-local server carries its zone (fe80::1%eth0), as glibc takes it. A
+			// server listed twice (DHCP clients write such files) is one server.
+			a, err := netip.ParseAddr(f[1])
+			if ap := netip.AddrPortFrom(a.Unmap(), 53); err == nil && len(c.Servers) < maxServers && !slices.Contains(c.Servers, ap) {
+				c.Servers = append(c.Servers, ap)
 			}
 		case "search", "domain": // the last of them wins
-			c.Search = nil
+			c.Search, searched = nil, true
 			for _, d := range f[1:] {
 				if d = strings.TrimSuffix(d, "."); d != "" {
 					c.Search = append(c.Search, d)
@@ -70,16 +74,30 @@ func ParseConf(b []byte) Conf {
 	if len(c.Servers) == 0 {
 		c.Servers, c.Defaulted = defaultServers, true
 	}
+	if !searched { // the host name's domain, as glibc and Go take it
+		if h, err := os.Hostname(); err == nil {
+			if _, d, ok := strings.Cut(h, "."); ok && d != "" {
+				c.Search = []string{strings.TrimSuffix(d, ".")}
+			}
+		}
+	}
 	return c
 }
 
-// maxServers: glibc uses the first three nameservers (MAXNS); reachd probes each of those
-// listed, and bounds them so that a mistaken file does not become a flood.
-const maxServers = 16
+// maxServers: the dns kind probes each nameserver listed, bounded so that a mistaken file
+// does not become a flood; resolution asks the first three, as glibc (MAXNS) and Go do.
+const (
+	maxServers  = 16
+	stubServers = 3
+)
 
 func (c *Conf) option(opts []string) {
 	for _, o := range opts {
 		k, v, _ := strings.Cut(o, ":")
+		if k == "use-vc" || k == "tcp" {
+			c.UseTCP = true
+			continue
+		}
 		n, err := strconv.Atoi(v)
 		switch {
 		case err != nil:
@@ -87,8 +105,6 @@ func (c *Conf) option(opts []string) {
 			c.Ndots = min(max(n, 0), 15)
 		case k == "timeout":
 			c.Timeout = time.Duration(min(max(n, 1), 30)) * time.Second
-		case k == "attempts":
-			c.Attempts = min(max(n, 1), 5)
 		}
 	}
 }

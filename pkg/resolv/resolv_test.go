@@ -31,7 +31,8 @@ func serve(t *testing.T) netip.AddrPort {
 		}
 		pc.Close()
 	}
-	h := &testdns.Handler{V4: "192.0.2.80", V6: "2001:db8::80", Upstream: silent(t).String(), UpstreamWait: 50 * time.Millisecond}
+	h := &testdns.Handler{V4: "192.0.2.80", V6: "2001:db8::80", Upstream: silent(t).String(), UpstreamWait: 50 * time.Millisecond,
+		SlowWait: 2200 * time.Millisecond}
 	srv, err := testdns.Start(h, testdns.Listeners{UDP: pc, TCP: ln})
 	if err != nil {
 		t.Fatal(err)
@@ -107,11 +108,20 @@ func TestStub(t *testing.T) {
 		{"no data", "v6only.lab.example", "ip4", "", "", []netip.AddrPort{good}, "NOERROR, no address", good.String(), dns.RcodeSuccess},
 		{"servfail", "x.broken.example", "ip4", "", "", []netip.AddrPort{good}, "SERVFAIL", good.String(), dns.RcodeServerFailure},
 		{"refused", "example.org", "ip4", "", "", []netip.AddrPort{good}, "REFUSED", good.String(), dns.RcodeRefused},
+		{"refused, a bare header", "x.bare.example", "ip4", "", "", []netip.AddrPort{good}, "REFUSED", good.String(), dns.RcodeRefused},
+		{"a slow answer (over 2 s)", "x.slow.example", "ip4", "", "", []netip.AddrPort{good}, "192.0.2.80", good.String(), 0},
+		{".onion", "x.onion", "ip4", "", "", []netip.AddrPort{good}, "RFC 7686", "reachd", dns.RcodeNameError},
 		{"nobody answers", "www.lab.example", "ip4", "", "", []netip.AddrPort{quiet, closed}, "timeout", closed.String(), -1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := stubFor(t, c.search, c.hosts, c.servers...)
-			ans, err := s.Lookup(ctx(), c.network, c.host)
+			cx := ctx()
+			if strings.HasPrefix(c.name, "a slow") {
+				var cancel context.CancelFunc
+				cx, cancel = context.WithTimeout(context.Background(), 4*time.Second)
+				defer cancel()
+			}
+			ans, err := s.Lookup(cx, c.network, c.host)
 			if err == nil {
 				if ans.Addrs[0].String() != c.want || !strings.Contains(ans.From, c.from) {
 					t.Fatalf("got %v from %s; want %s from %s", ans.Addrs, ans.From, c.want, c.from)
@@ -154,14 +164,44 @@ func TestConfFollowsChanges(t *testing.T) {
 }
 
 func TestCandidates(t *testing.T) {
-	c := Conf{Search: []string{"a.example", "b.example"}, Ndots: 1}
+	c := Conf{Search: []string{"a.example", "b.example", strings.Repeat("x.", 122) + "example"}, Ndots: 1}
 	for host, want := range map[string]string{
-		"www":          "www.a.example. www.b.example. www.",
+		"www":          "www.a.example. www.b.example. www.", // www. and the long domain are over 253
 		"www.x":        "www.x. www.x.a.example. www.x.b.example.",
 		"www.example.": "www.example.",
+		"w":            "w.a.example. w.b.example. w." + strings.Repeat("x.", 122) + "example. w.",
 	} {
 		if got := strings.Join(candidates(host, c), " "); got != want {
 			t.Errorf("%s: got %s, want %s", host, got, want)
 		}
+	}
+}
+
+// TestParseConf: servers once each and at most maxServers, options read, bad lines passed
+// over; no nameserver means the local host's.
+func TestParseConf(t *testing.T) {
+	c := ParseConf([]byte("nameserver 192.0.2.1\nnameserver 192.0.2.1\nnameserver bogus\nnameserver fe80::1%eth0\n" +
+		"search a.example.\noptions ndots:2 timeout:3 use-vc rotate\n"))
+	if len(c.Servers) != 2 || c.Servers[1].String() != "[fe80::1%eth0]:53" || c.Ndots != 2 || c.Timeout != 3*time.Second ||
+		!c.UseTCP || len(c.Search) != 1 || c.Search[0] != "a.example" || c.Defaulted {
+		t.Fatalf("%+v", c)
+	}
+	if c := ParseConf(nil); !c.Defaulted || len(c.Servers) != 2 {
+		t.Fatalf("empty: %+v", c)
+	}
+}
+
+// TestOrder: of both families, the one this host reaches first, IPv6 only when it can
+// (RFC 6724: loopback ::1 has the highest precedence).
+func TestOrder(t *testing.T) {
+	got := order([]netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")})
+	if got[0].String() != "::1" {
+		t.Fatalf("loopbacks: %v, want ::1 first (precedence 50)", got)
+	}
+	if p := policyOf(netip.MustParseAddr("fd00::1")); p.label != 13 || p.precedence != 3 {
+		t.Fatalf("ULA policy %+v", p)
+	}
+	if p := policyOf(netip.MustParseAddr("192.0.2.1")); p.label != 4 || p.precedence != 35 {
+		t.Fatalf("IPv4 policy %+v", p)
 	}
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -26,13 +24,23 @@ type Stub struct {
 var (
 	systemOnce sync.Once
 	system     *Stub
+	systemConf *ConfFile
 )
 
 // System is the system's resolvers: /etc/hosts, then the nameservers of /etc/resolv.conf,
 // both followed as they change. One is shared by the whole process.
 func System() *Stub {
-	systemOnce.Do(func() { system = NewSystem(ConfPath, HostsPath) })
+	systemOnce.Do(func() {
+		systemConf = NewConfFile(ConfPath)
+		system = &Stub{conf: systemConf.Conf, hosts: NewHostsFile(HostsPath), name: "system"}
+	})
 	return system
+}
+
+// SystemConf is the system's resolv.conf, as System follows it.
+func SystemConf() *ConfFile {
+	System()
+	return systemConf
 }
 
 // NewSystem is a system policy over the given files (tests name their own).
@@ -44,20 +52,17 @@ func NewSystem(confPath, hostsPath string) *Stub {
 // Fixed is one resolver the user named: asked alone, without a hosts file or search
 // domains (a name is taken as fully qualified).
 func Fixed(server netip.AddrPort) *Stub {
-	c := Conf{Servers: []netip.AddrPort{server}, Ndots: 0, Timeout: 5 * time.Second, Attempts: 1}
+	c := Conf{Servers: []netip.AddrPort{server}, Ndots: 0, Timeout: 30 * time.Second}
 	return &Stub{conf: func() Conf { return c }, name: server.String()}
 }
 
 // String names the policy: "system" or the resolver's address.
 func (s *Stub) String() string { return s.name }
 
-// Conf is the configuration queries use now.
-func (s *Stub) Conf() Conf { return s.conf() }
-
 // Answer is a successful resolution.
 type Answer struct {
 	Addrs []netip.Addr
-	// From is who answered: a resolver's ADDR:PORT, or the hosts file's path.
+	// From is who answered: a resolver's ADDR:PORT, the hosts file's path, or "localhost".
 	From string
 	Name string // the name that had the addresses (after the search domains)
 }
@@ -70,7 +75,11 @@ type Error struct {
 	Rcode int
 	// NoData: the name exists but has no address of the family asked for.
 	NoData bool
-	From   string // who answered so (the last server tried, when none answered)
+	// With no answer: Silent, some server did not answer in its time; Local, every
+	// failure was this host's (no route, an address it cannot use); else the servers
+	// refused the query (port unreachable).
+	Silent, Local bool
+	From          string // who answered so (the last server tried, when none answered)
 	// Tried says what each server did, in order: "192.0.2.53:53 SERVFAIL", "...: timeout".
 	Tried []string
 }
@@ -87,7 +96,7 @@ func (e *Error) Error() string {
 }
 
 // Timeout says no server answered before the deadline.
-func (e *Error) Timeout() bool { return e.Rcode < 0 && !e.NoData }
+func (e *Error) Timeout() bool { return e.Rcode < 0 && e.Silent }
 
 // LookupNetIP resolves host (the probe package's Resolver).
 func (s *Stub) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
@@ -96,22 +105,35 @@ func (s *Stub) LookupNetIP(ctx context.Context, network, host string) ([]netip.A
 }
 
 // Lookup resolves host to addresses of network ("ip", "ip4", "ip6"), saying who answered.
+// Addresses of both families come in the order RFC 6724 prefers from this host.
 func (s *Stub) Lookup(ctx context.Context, network, host string) (Answer, error) {
+	n := strings.ToLower(strings.TrimSuffix(host, "."))
 	if s.hosts != nil {
 		if addrs := s.hosts.Lookup(network, host); len(addrs) > 0 {
-			return Answer{Addrs: addrs, From: s.hosts.f.path, Name: host}, nil
+			return Answer{Addrs: order(addrs), From: s.hosts.f.path, Name: host}, nil
 		}
 		// Names under localhost are the loopback's, never asked of a server (RFC 6761
 		// 6.3), also when the hosts file does not list them.
-		if n := strings.ToLower(strings.TrimSuffix(host, ".")); n == "localhost" || strings.HasSuffix(n, ".localhost") {
-			return Answer{Addrs: loopback(network), From: "localhost", Name: host}, nil
+		if n == "localhost" || strings.HasSuffix(n, ".localhost") {
+			return Answer{Addrs: order(loopback(network)), From: "localhost", Name: host}, nil
 		}
 	}
+	if n == "onion" || strings.HasSuffix(n, ".onion") { // RFC 7686: never asked of DNS
+		return Answer{}, &Error{Name: host, Rcode: dns.RcodeNameError, From: "reachd", Tried: []string{"an .onion name is not resolved by DNS (RFC 7686)"}}
+	}
 	c := s.conf()
-	// As the C library searches: past NXDOMAIN, no data and SERVFAIL to the next name;
-	// another failure (REFUSED, silence) ends the search. What is reported is the worst
-	// of what was met: SERVFAIL, else no data, else NXDOMAIN.
-	var nxdomain, nodata, servfail *Error
+	if len(c.Servers) > stubServers && s.hosts != nil {
+		c.Servers = c.Servers[:stubServers]
+	}
+	return s.search(ctx, c, network, host)
+}
+
+// search asks for each name of host's search list in turn, as the C library does: past
+// NXDOMAIN, no data and a server failure (SERVFAIL, FORMERR, NOTIMP) to the next name;
+// another failure (REFUSED, silence) ends the search. What is reported is the worst of
+// what was met: a failure, else no data, else NXDOMAIN.
+func (s *Stub) search(ctx context.Context, c Conf, network, host string) (Answer, error) {
+	var nxdomain, nodata, failed *Error
 	var tried []string
 	for _, name := range candidates(host, c) {
 		ans, err := s.ask(ctx, c, network, name)
@@ -128,19 +150,22 @@ func (s *Stub) Lookup(ctx context.Context, network, host string) (Answer, error)
 			}
 			tried = append(tried, t)
 		}
-		switch {
-		case e.NoData:
+		switch e.Rcode {
+		case dns.RcodeSuccess:
 			nodata = cmpOr(nodata, e)
-		case e.Rcode == dns.RcodeNameError:
+		case dns.RcodeNameError:
 			nxdomain = cmpOr(nxdomain, e)
-		case e.Rcode == dns.RcodeServerFailure:
-			servfail = cmpOr(servfail, e)
+		case dns.RcodeServerFailure, dns.RcodeFormatError, dns.RcodeNotImplemented:
+			failed = cmpOr(failed, e)
 		default:
-			servfail = cmpOr(servfail, e)
-			return Answer{}, reported(host, tried, servfail)
+			failed = cmpOr(failed, e)
+			return Answer{}, reported(host, tried, failed)
+		}
+		if ctx.Err() != nil {
+			break
 		}
 	}
-	return Answer{}, reported(host, tried, cmpOr(servfail, cmpOr(nodata, nxdomain)))
+	return Answer{}, reported(host, tried, cmpOr(failed, cmpOr(nodata, nxdomain)))
 }
 
 // reported is the search's failure: e's, for host, with everything tried.
@@ -160,14 +185,17 @@ func loopback(network string) []netip.Addr {
 	return out
 }
 
-// candidates are the names to ask for host, in order (resolv.conf(5)'s ndots).
+// candidates are the names to ask for host, in order (resolv.conf(5)'s ndots); a search
+// name longer than a name may be is not asked.
 func candidates(host string, c Conf) []string {
 	if strings.HasSuffix(host, ".") {
 		return []string{host}
 	}
 	var searched []string
 	for _, d := range c.Search {
-		searched = append(searched, host+"."+d+".")
+		if n := host + "." + d + "."; len(n) <= 254 {
+			searched = append(searched, n)
+		}
 	}
 	if strings.Count(host, ".") >= c.Ndots {
 		return append([]string{host + "."}, searched...)
@@ -180,25 +208,28 @@ func candidates(host string, c Conf) []string {
 // silence) passes the question to the next. Each server gets an equal share of the time
 // left, at most resolv.conf's timeout.
 func (s *Stub) ask(ctx context.Context, c Conf, network, name string) (Answer, error) {
-	fail := &Error{Name: name, Rcode: -1}
+	fail := &Error{Name: name, Rcode: -1, Local: true}
 	for i, srv := range c.Servers {
 		share := c.Timeout
 		if dl, ok := ctx.Deadline(); ok {
 			share = min(share, time.Until(dl)/time.Duration(len(c.Servers)-i))
 		}
-		if share <= 0 {
+		if share <= 0 || ctx.Err() != nil {
 			fail.Tried = append(fail.Tried, srv.String()+": no time left")
+			fail.Silent, fail.Local = true, false
 			continue
 		}
 		sctx, cancel := context.WithTimeout(ctx, share)
-		addrs, rcode, err := queryAddrs(sctx, srv, network, name)
+		addrs, rcode, err := queryAddrs(sctx, srv, network, name, c.UseTCP)
 		cancel()
 		if err == nil || fail.Rcode < 0 { // who answered, else the last one asked
 			fail.From = srv.String()
 		}
 		switch {
 		case err != nil:
-			fail.Tried = append(fail.Tried, fmt.Sprintf("%s: %s", srv, errWord(err)))
+			what, silent, local := errClass(err)
+			fail.Tried = append(fail.Tried, fmt.Sprintf("%s: %s", srv, what))
+			fail.Silent, fail.Local = fail.Silent || silent, fail.Local && local
 			continue
 		case rcode == dns.RcodeSuccess && len(addrs) > 0:
 			return Answer{Addrs: order(addrs), From: srv.String(), Name: name}, nil
@@ -217,27 +248,10 @@ func (s *Stub) ask(ctx context.Context, c Conf, network, name string) (Answer, e
 	return Answer{}, fail
 }
 
-// errWord says in a word or two what a query's error was.
-func errWord(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
-		errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case errors.Is(err, context.Canceled):
-		return "cancelled"
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Err.Error()
-	}
-	return err.Error()
-}
-
 // queryAddrs asks srv for name's A and/or AAAA records (both at once for "ip"). rcode is
 // the answer's: NXDOMAIN from either decides, else a failure of both; addresses of one
 // family answer even if the other query failed.
-func queryAddrs(ctx context.Context, srv netip.AddrPort, network, name string) ([]netip.Addr, int, error) {
+func queryAddrs(ctx context.Context, srv netip.AddrPort, network, name string, tcp bool) ([]netip.Addr, int, error) {
 	var types []uint16
 	switch network {
 	case "ip4":
@@ -256,12 +270,12 @@ func queryAddrs(ctx context.Context, srv netip.AddrPort, network, name string) (
 	var wg sync.WaitGroup
 	for i, t := range types {
 		wg.Go(func() {
-			m, err := Exchange(ctx, srv, Query(name, t, false))
+			m, err := Exchange(ctx, srv, Query(name, t, false), tcp)
 			if err != nil {
 				out[i].err = err
 				return
 			}
-			out[i].rcode, out[i].addrs = m.Rcode, Addresses(m, t)
+			out[i].rcode, out[i].addrs = m.Rcode, Addresses(m, name, t)
 		})
 	}
 	wg.Wait()
@@ -298,68 +312,4 @@ func cmpOr[E comparable](a, b E) E {
 		return a
 	}
 	return b
-}
-
-// Query is a recursive query for name/typ with EDNS0 (a 1232-byte UDP payload, the DNS
-// flag day's size that avoids fragments); dnssec sets the DO bit.
-func Query(name string, typ uint16, dnssec bool) *dns.Msg {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), typ)
-	m.RecursionDesired = true
-	m.SetEdns0(EDNSSize, dnssec)
-	return m
-}
-
-// EDNSSize is the UDP payload size reachd's queries offer.
-const EDNSSize = 1232
-
-// Exchange sends m to srv over UDP, and over TCP when the answer comes truncated.
-func Exchange(ctx context.Context, srv netip.AddrPort, m *dns.Msg) (*dns.Msg, error) {
-	c := &dns.Client{Net: "udp", UDPSize: EDNSSize}
-	r, _, err := c.ExchangeContext(ctx, m, srv.String())
-	if err == nil && r.Truncated {
-		c.Net = "tcp"
-		r, _, err = c.ExchangeContext(ctx, m, srv.String())
-	}
-	return r, err
-}
-
-// Addresses are the answer's records of type typ (A or AAAA), whoever owns them (the end
-// of a CNAME chain).
-func Addresses(m *dns.Msg, typ uint16) []netip.Addr {
-	var out []netip.Addr
-	for _, rr := range m.Answer {
-		switch r := rr.(type) {
-		case *dns.A:
-			if a, ok := netip.AddrFromSlice(r.A.To4()); ok && typ == dns.TypeA {
-				out = append(out, a)
-			}
-		case *dns.AAAA:
-			if a, ok := netip.AddrFromSlice(r.AAAA.To16()); ok && typ == dns.TypeAAAA {
-				out = append(out, a)
-			}
-		}
-	}
-	return out
-}
-
-// order puts the family this host can reach first when both came (RFC 6724's first rule,
-// then its preference for IPv6): a connected UDP socket tells, without sending anything.
-func order(addrs []netip.Addr) []netip.Addr {
-	var v4, v6 []netip.Addr
-	for _, a := range addrs {
-		if a.Is4() {
-			v4 = append(v4, a)
-		} else {
-			v6 = append(v6, a)
-		}
-	}
-	if len(v4) == 0 || len(v6) == 0 {
-		return addrs
-	}
-	if c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(v6[0], 53))); err == nil {
-		c.Close()
-		return append(v6, v4...)
-	}
-	return append(v4, v6...)
 }

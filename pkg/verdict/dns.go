@@ -15,7 +15,7 @@ type DNS struct {
 	Flags []string `json:"flags,omitempty"` // the header's flags that are set: qr aa tc rd ra ad cd
 	// Answers are the answer section's records, each as "NAME TTL CLASS TYPE DATA" parts.
 	Answers   []DNSRecord `json:"answers,omitempty"`
-	Authority int         `json:"authority"` // records in the authority section (an SOA with NXDOMAIN)
+	Authority int         `json:"authority,omitempty"` // records in the authority section (an SOA with NXDOMAIN)
 	// RTTMs is the query's round trip: its first byte leaving to the answer's first byte
 	// arriving, at TC when it saw both (timing_source says).
 	RTTMs *Millis `json:"rtt_ms,omitempty"`
