@@ -125,6 +125,17 @@ type accuracy struct {
 	p50, p99, max float64 // µs
 }
 
+// quantiles summarises the errors (µs) of a bench against a capture; none at all fails it.
+func quantiles(t *testing.T, diffs []float64) accuracy {
+	t.Helper()
+	if len(diffs) == 0 {
+		t.FailNow()
+	}
+	slices.Sort(diffs)
+	q := func(p float64) float64 { return diffs[min(len(diffs)-1, int(math.Ceil(p*float64(len(diffs))))-1)] }
+	return accuracy{len(diffs), q(0.50), q(0.99), diffs[len(diffs)-1]}
+}
+
 // measure probes targets in-process (so that the storm can run inside the prober) while
 // capturing, and compares each verdict's rtt_ms with the capture's SYN→SYN-ACK interval.
 func measure(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (accuracy, map[string]int) {
@@ -165,12 +176,7 @@ func measure(t *testing.T, l *Lab, targets []string, noEBPF, load bool) (accurac
 	if missing > 0 {
 		t.Errorf("%d of %d handshakes not in the capture (%d handshakes captured)", missing, missing+len(diffs), len(hs))
 	}
-	if len(diffs) == 0 {
-		t.FailNow()
-	}
-	slices.Sort(diffs)
-	q := func(p float64) float64 { return diffs[min(len(diffs)-1, int(math.Ceil(p*float64(len(diffs))))-1)] }
-	return accuracy{len(diffs), q(0.50), q(0.99), diffs[len(diffs)-1]}, sources
+	return quantiles(t, diffs), sources
 }
 
 // TestBenchWireAccuracy is `make bench`: how far each verdict's rtt_ms is from the same

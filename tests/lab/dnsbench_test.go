@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -96,12 +95,7 @@ func dnsRTTAccuracy(t *testing.T, l *Lab, server string, n int, noEBPF, load boo
 	if missing > 0 {
 		t.Errorf("%d of %d queries not in the capture", missing, missing+len(diffs))
 	}
-	if len(diffs) == 0 {
-		t.FailNow()
-	}
-	slices.Sort(diffs)
-	q := func(p float64) float64 { return diffs[min(len(diffs)-1, int(math.Ceil(p*float64(len(diffs))))-1)] }
-	return accuracy{len(diffs), q(0.50), q(0.99), diffs[len(diffs)-1]}, sources
+	return quantiles(t, diffs), sources
 }
 
 // TestBenchDNSRTT is `make bench`: how far each dns verdict's dns.rtt_ms is from the

@@ -73,12 +73,7 @@ func ttfbAccuracy(t *testing.T, l *Lab, targets []string, extra string, noEBPF, 
 	if missing > 0 {
 		t.Errorf("%d of %d exchanges not in the capture", missing, missing+len(diffs))
 	}
-	if len(diffs) == 0 {
-		t.FailNow()
-	}
-	slices.Sort(diffs)
-	q := func(p float64) float64 { return diffs[min(len(diffs)-1, int(math.Ceil(p*float64(len(diffs))))-1)] }
-	return accuracy{len(diffs), q(0.50), q(0.99), diffs[len(diffs)-1]}, wired
+	return quantiles(t, diffs), wired
 }
 
 // TestBenchHTTPTTFB is `make bench`: how far each http verdict's ttfb is from the request
