@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"reachd/internal/testdns"
 	"reachd/pkg/verdict"
 )
 
@@ -93,6 +95,36 @@ func TestSystemResolvers(t *testing.T) {
 		if r, ok := want[fmt.Sprint(v["server"])]; !ok || v["reason"] != string(r) {
 			t.Errorf("server %v: %v, want %v", v["server"], v["reason"], r)
 		}
+	}
+}
+
+// TestStubResolverNamed: a resolv.conf that names systemd-resolved's stub (127.0.0.53) gets
+// dns verdicts that say so: its answers are its upstreams', relayed.
+func TestStubResolverNamed(t *testing.T) {
+	l := requireLab(t)
+	var pc net.PacketConn
+	err := l.Client.Do(func() (err error) { pc, err = net.ListenPacket("udp", "127.0.0.53:53"); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := testdns.Start(&testdns.Handler{V4: ServerV4.String(), V6: ServerV6.String()}, testdns.Listeners{UDP: pc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	conf := "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+	vs, code := probeResolvConf(t, l, conf, "dns", "--retries", "0", "www.lab.example")
+	if len(vs) != 1 {
+		t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
+	}
+	d, _ := vs[0]["dns"].(map[string]any)
+	t.Logf("→ %s: %s (dns %v)", vs[0]["reason"], vs[0]["detail"], d)
+	if vs[0]["reason"] != string(verdict.OK) || vs[0]["server"] != "127.0.0.53:53" || d["stub"] != "systemd-resolved" {
+		t.Errorf("got %v server %v stub %v; want ok from 127.0.0.53:53, stub systemd-resolved", vs[0]["reason"], vs[0]["server"], d["stub"])
+	}
+	vs, _ = probeResolvConf(t, l, conf, "tcp", "--retries", "0", "-4", fmt.Sprintf("www.lab.example:%d", PortOpen))
+	if len(vs) != 1 || vs[0]["reason"] != string(verdict.OK) || vs[0]["resolver"] != "127.0.0.53:53" {
+		t.Errorf("tcp through the stub: %v", vs)
 	}
 }
 
