@@ -210,6 +210,9 @@ func (pf *probeFlags) job(k *probe.Kind, kopts probe.KindOptions, set func(strin
 	}
 	opts.Kind = kopts
 	j.Options = opts
+	if err := probe.CheckServerZones(opts); err != nil {
+		return j, usageError{err}
+	}
 	for _, a := range args {
 		t, err := k.ParseTarget(a)
 		if err != nil {

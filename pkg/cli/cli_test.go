@@ -85,6 +85,7 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "dns", "--server", "127.0.0.1", "--server", "127.0.0.1:53", "example.net"},
 		{"probe", "dns", "-4", "--server", "::1", "example.net"},
 		{"probe", "dns", "--server", "fe80::53", "example.net"},
+		{"probe", "dns", "--server", "fe80::53%reachd-nope0", "example.net"},
 		{"probe", "dns", "--server", "127.0.0.1", "--expect-rcode", "NXDOMAIN", "--expect-answer", "x", "example.net"},
 	}
 	for _, c := range cases {

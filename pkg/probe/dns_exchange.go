@@ -53,17 +53,28 @@ func dnsOverUDP(ctx context.Context, a Attempt, q *dns.Msg, ev *dnsEvidence) (*d
 		return nil, res
 	}
 	m := new(dns.Msg)
-	if err := m.Unpack(reply); err != nil { // checkAnswer took it: cannot happen
-		return nil, Result{Reason: verdict.ProtocolMismatch, Layer: verdict.LayerApplication, sent: true, Detail: err.Error()}
+	if err := m.Unpack(reply); err != nil { // checkAnswer took it: truncated mid-record
+		m = &dns.Msg{MsgHdr: dns.MsgHdr{Id: q.Id, Response: true, Truncated: true}}
 	}
 	ev.dns.RTTMs, ev.dns.Size = verdict.MsPtr(res.RTT), len(reply)
 	return m, res
 }
 
-// checkAnswer says why reply is not the answer to q ("" when it is): resolv.IsAnswer.
+// truncatedHeader says whether reply's header is a truncated response with id: its
+// records may be cut in the middle, so that it does not parse, and TCP asks again.
+func truncatedHeader(reply []byte, id uint16) bool {
+	const qr, tc = 0x80, 0x02 // in the header's third byte
+	return len(reply) >= 12 && binary.BigEndian.Uint16(reply) == id && reply[2]&(qr|tc) == qr|tc
+}
+
+// checkAnswer says why reply is not the answer to q ("" when it is): resolv.IsAnswer, or
+// a truncated answer whose records do not parse (it is asked again over TCP).
 func checkAnswer(reply []byte, q *dns.Msg) string {
 	var m dns.Msg
 	if err := m.Unpack(reply); err != nil {
+		if truncatedHeader(reply, q.Id) {
+			return ""
+		}
 		return fmt.Sprintf("the reply is not a DNS message (%v)", err)
 	}
 	return resolv.IsAnswer(&m, q)

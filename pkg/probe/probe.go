@@ -175,6 +175,24 @@ func checkServers(sl serverLister, o *Options) error {
 	return nil
 }
 
+// CheckServerZones says whether the zones of the servers a user named (dns --server) are
+// interfaces on this host.
+func CheckServerZones(o *Options) error {
+	sl, ok := o.Kind.(serverLister)
+	if !ok {
+		return nil
+	}
+	servers, from := sl.servers()
+	for _, s := range servers {
+		if z := s.Addr().Zone(); from == "--server" && z != "" {
+			if _, err := net.InterfaceByName(z); err != nil && !isNumber(z) {
+				return fmt.Errorf("--server %s: zone %s is not an interface on this host", s, z)
+			}
+		}
+	}
+	return nil
+}
+
 // CheckZone says whether the zone of t, if any, is an interface on this host.
 func CheckZone(t target.Target) error {
 	if z := t.Addr.Zone(); t.IsLiteral() && z != "" {

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // Conf is what resolv.conf says, as far as a stub resolver needs.
@@ -27,6 +29,7 @@ type Conf struct {
 	// Defaulted: the file named no usable nameserver, so Servers are the local host's (as
 	// glibc and Go do).
 	Defaulted bool
+	searchSet bool // a search or domain line was there
 }
 
 // ConfPath is the system's resolv.conf.
@@ -42,7 +45,6 @@ var defaultServers = []netip.AddrPort{
 // over, as the C library does. A file that names no nameserver means the local host.
 func ParseConf(b []byte) Conf {
 	c := Conf{Ndots: 1, Timeout: 5 * time.Second}
-	searched := false
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -61,9 +63,9 @@ func ParseConf(b []byte) Conf {
 				c.Servers = append(c.Servers, ap)
 			}
 		case "search", "domain": // the last of them wins
-			c.Search, searched = nil, true
+			c.Search, c.searchSet = nil, true
 			for _, d := range f[1:] {
-				if d = strings.TrimSuffix(d, "."); d != "" {
+				if d = strings.TrimSuffix(d, "."); isName(d) {
 					c.Search = append(c.Search, d)
 				}
 			}
@@ -74,15 +76,30 @@ func ParseConf(b []byte) Conf {
 	if len(c.Servers) == 0 {
 		c.Servers, c.Defaulted = defaultServers, true
 	}
-	if !searched { // the host name's domain, as glibc and Go take it
-		if h, err := os.Hostname(); err == nil {
-			if _, d, ok := strings.Cut(h, "."); ok && d != "" {
-				c.Search = []string{strings.TrimSuffix(d, ".")}
-			}
-		}
+	return c
+}
+
+// isName says whether d can be a search domain: a name whose labels fit (a domain that
+// cannot be asked would end every search that reaches it).
+func isName(d string) bool {
+	_, ok := dns.IsDomainName(d)
+	return ok && d != "" && len(d) <= 253
+}
+
+// withHostDomain is c with the host name's domain as its search list when the file named
+// none, as glibc and Go take it.
+func (c Conf) withHostDomain(hostname string) Conf {
+	if c.searchSet {
+		return c
+	}
+	if _, d, ok := strings.Cut(strings.TrimSuffix(hostname, "."), "."); ok && isName(d) {
+		c.Search = []string{d}
 	}
 	return c
 }
+
+// hostname is the host's name, for the default search domain (a variable: tests set it).
+var hostname = os.Hostname
 
 // maxServers: the dns kind probes each nameserver listed, bounded so that a mistaken file
 // does not become a flood; resolution asks the first three, as glibc (MAXNS) and Go do.
@@ -162,7 +179,10 @@ type ConfFile struct{ f file }
 
 // NewConfFile follows the resolv.conf at path.
 func NewConfFile(path string) *ConfFile {
-	return &ConfFile{file{path: path, recheck: recheck, parse: func(b []byte) any { return ParseConf(b) }}}
+	return &ConfFile{file{path: path, recheck: recheck, parse: func(b []byte) any {
+		h, _ := hostname()
+		return ParseConf(b).withHostDomain(h)
+	}}}
 }
 
 // Path is the file followed.

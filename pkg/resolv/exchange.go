@@ -57,20 +57,49 @@ func exchange(ctx context.Context, network string, srv netip.AddrPort, m *dns.Ms
 	defer stop()
 	conn := &dns.Conn{Conn: c, UDPSize: dns.MaxMsgSize}
 	if err := conn.WriteMsg(m); err != nil {
-		return nil, err
+		return nil, ctxErr(ctx, err)
 	}
 	for {
-		r, err := conn.ReadMsg()
+		var h dns.Header
+		b, err := conn.ReadMsgHeader(&h)
 		var ne net.Error
-		switch {
-		case errors.As(err, &ne), errors.Is(err, os.ErrDeadlineExceeded), err != nil && network != "udp":
-			return nil, err
-		case err == nil && IsAnswer(r, m) == "":
+		if err != nil && (network != "udp" || errors.As(err, &ne) || errors.Is(err, os.ErrDeadlineExceeded)) {
+			return nil, ctxErr(ctx, err)
+		}
+		if err != nil { // a datagram too short to be DNS
+			continue
+		}
+		r := new(dns.Msg)
+		switch uerr := r.Unpack(b); {
+		case uerr != nil && h.Id == m.Id && h.Bits&(bitQR|bitTC) == bitQR|bitTC:
+			// Truncated in the middle of a record: the header says so, and TCP asks again.
+			r = &dns.Msg{MsgHdr: dns.MsgHdr{Id: h.Id, Response: true, Truncated: true}}
+			return r, nil
+		case uerr == nil && IsAnswer(r, m) == "":
 			return r, nil
 		case network != "udp":
+			if uerr != nil {
+				return nil, fmt.Errorf("the server's message does not parse: %w", uerr)
+			}
 			return nil, fmt.Errorf("the server's message is not the answer: %s", IsAnswer(r, m))
 		}
+		// Over UDP, another datagram (garbage, an earlier query's answer) is passed over.
 	}
+}
+
+// The header's QR and TC bits (RFC 1035 4.1.1).
+const (
+	bitQR = 1 << 15
+	bitTC = 1 << 9
+)
+
+// ctxErr is err, or the context's when it ended the exchange (its deadline or a
+// cancellation set the socket's deadline to now).
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return err
 }
 
 // IsAnswer says why r is not the answer to q ("" when it is): a response with q's id whose
@@ -94,20 +123,24 @@ func IsAnswer(r, q *dns.Msg) string {
 }
 
 // errClass says in a word or two what a query's error was, whether the server was silent,
-// and whether the failure was this host's (a connection it could not even open).
+// and whether the failure was this host's: a UDP socket it could not connect (that only
+// looks up the route), or a datagram its own firewall refused. A TCP connect's error may be
+// a router's ICMP error, and a read's is (port unreachable, host unreachable).
 func errClass(err error) (what string, silent, local bool) {
 	var ne net.Error
 	var oe *net.OpError
 	switch {
+	case errors.Is(err, context.Canceled):
+		return "cancelled", true, false
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		return "timeout", true, false
-	case errors.Is(err, context.Canceled):
-		return "cancelled", true, false
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused (port unreachable)", false, false
 	case errors.As(err, &oe) && oe.Err != nil:
-		return oe.Err.Error(), false, oe.Op == "dial"
+		local := oe.Op == "dial" && strings.HasPrefix(oe.Net, "udp") ||
+			oe.Op == "write" && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES))
+		return oe.Err.Error(), false, local
 	}
 	return err.Error(), false, false
 }
@@ -139,7 +172,8 @@ func Addresses(m *dns.Msg, name string, typ uint16) []netip.Addr {
 				out = append(out, a)
 			}
 		case *dns.AAAA:
-			if a, ok := netip.AddrFromSlice(r.AAAA.To16()); ok && typ == dns.TypeAAAA {
+			// An IPv4-mapped AAAA is not an IPv6 address to probe.
+			if a, ok := netip.AddrFromSlice(r.AAAA.To16()); ok && typ == dns.TypeAAAA && !a.Is4In6() {
 				out = append(out, a)
 			}
 		}

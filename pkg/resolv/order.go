@@ -6,10 +6,10 @@ import (
 )
 
 // order puts the family this host should use first when both came, as RFC 6724's
-// destination address selection decides between the first address of each: an address
-// this host has no route to last (rule 1), then one whose label matches its source's
-// (rule 5), then the higher precedence (rule 6). A connected UDP socket gives the route's
-// source without sending anything. One family: as given.
+// destination address selection decides between the first address of each (prefer). A
+// connected UDP socket gives the route's source without sending anything; it is the main
+// routing context's (a probe's --interface or --mark may route otherwise). One family: as
+// given.
 func order(addrs []netip.Addr) []netip.Addr {
 	var v4, v6 []netip.Addr
 	for _, a := range addrs {
@@ -28,19 +28,40 @@ func order(addrs []netip.Addr) []netip.Addr {
 	return append(v6, v4...)
 }
 
-// prefer says whether a goes before b.
+// prefer says whether a goes before b: RFC 6724's rules 1, 2, 5, 6 and 8 (3, 4 and 7 are
+// about the source's state and tunnels, which a prober does not weigh).
 func prefer(a, b netip.Addr) bool {
 	sa, oka := source(a)
 	sb, okb := source(b)
-	if oka != okb {
+	if oka != okb { // rule 1: a destination with no route last
 		return oka
 	}
-	pa, pb := policyOf(a), policyOf(b)
-	ma, mb := oka && policyOf(sa).label == pa.label, okb && policyOf(sb).label == pb.label
-	if ma != mb {
+	if ma, mb := oka && scope(sa) == scope(a), okb && scope(sb) == scope(b); ma != mb { // rule 2
 		return ma
 	}
-	return pa.precedence > pb.precedence
+	pa, pb := policyOf(a), policyOf(b)
+	if ma, mb := oka && policyOf(sa).label == pa.label, okb && policyOf(sb).label == pb.label; ma != mb { // rule 5
+		return ma
+	}
+	if pa.precedence != pb.precedence { // rule 6
+		return pa.precedence > pb.precedence
+	}
+	return scope(a) < scope(b) // rule 8: the smaller scope
+}
+
+// scope is an address's scope (RFC 4291 2.7, RFC 6724 3.2 for IPv4): link-local (2),
+// site-local (5) or global (14).
+func scope(a netip.Addr) int {
+	a = a.Unmap()
+	switch {
+	case a.IsMulticast() && a.Is6():
+		return int(a.As16()[1] & 0x0f)
+	case a.IsLoopback(), a.IsLinkLocalUnicast():
+		return 2
+	case a.Is6() && netip.MustParsePrefix("fec0::/10").Contains(a):
+		return 5
+	}
+	return 14
 }
 
 // source is the address this host would send to dst from, if it has a route.

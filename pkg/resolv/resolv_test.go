@@ -52,6 +52,23 @@ func silent(t *testing.T) netip.AddrPort {
 	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
 
+// TestHostDomain: with no search line, the host name's domain is searched (glibc, Go);
+// a search line, even an empty one, keeps it out; a domain that cannot be asked is dropped.
+func TestHostDomain(t *testing.T) {
+	if got := ParseConf(nil).withHostDomain("gw1.site.example"); len(got.Search) != 1 || got.Search[0] != "site.example" {
+		t.Errorf("no search line: %v", got.Search)
+	}
+	if got := ParseConf([]byte("search .\n")).withHostDomain("gw1.site.example"); len(got.Search) != 0 {
+		t.Errorf("search .: %v", got.Search)
+	}
+	if got := ParseConf([]byte("search " + strings.Repeat("x", 64) + ".example ok.example\n")); len(got.Search) != 1 || got.Search[0] != "ok.example" {
+		t.Errorf("a 64-octet label: %v", got.Search)
+	}
+	if got := ParseConf(nil).withHostDomain("gw1"); len(got.Search) != 0 {
+		t.Errorf("an undotted host name: %v", got.Search)
+	}
+}
+
 func files(t *testing.T, conf, hosts string) (string, string) {
 	dir := t.TempDir()
 	c, h := filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "hosts")
@@ -82,6 +99,10 @@ func stubFor(t *testing.T, search string, hosts string, servers ...netip.AddrPor
 }
 
 func TestStub(t *testing.T) {
+	// A host name with a domain the test server refuses: the files name no search line,
+	// so it is searched too, after the name as written (whose answer is the one reported).
+	hostname = func() (string, error) { return "host1.corp.example", nil }
+	defer func() { hostname = os.Hostname }()
 	good, quiet := serve(t), silent(t)
 	closed := netip.MustParseAddrPort("127.0.0.1:9") // discard: nothing listens
 	ctx := func() context.Context {
@@ -203,5 +224,10 @@ func TestOrder(t *testing.T) {
 	}
 	if p := policyOf(netip.MustParseAddr("192.0.2.1")); p.label != 4 || p.precedence != 35 {
 		t.Fatalf("IPv4 policy %+v", p)
+	}
+	for a, want := range map[string]int{"fe80::1": 2, "127.0.0.1": 2, "169.254.1.1": 2, "ff05::1": 5, "2001:db8::1": 14, "192.0.2.1": 14} {
+		if got := scope(netip.MustParseAddr(a)); got != want {
+			t.Errorf("scope(%s) %d, want %d", a, got, want)
+		}
 	}
 }

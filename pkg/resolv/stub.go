@@ -76,8 +76,8 @@ type Error struct {
 	// NoData: the name exists but has no address of the family asked for.
 	NoData bool
 	// With no answer: Silent, some server did not answer in its time; Local, every
-	// failure was this host's (no route, an address it cannot use); else the servers
-	// refused the query (port unreachable).
+	// failure was this host's (no route, an address it cannot use, its own firewall);
+	// else the servers refused the query or could not be reached (an ICMP error).
 	Silent, Local bool
 	From          string // who answered so (the last server tried, when none answered)
 	// Tried says what each server did, in order: "192.0.2.53:53 SERVFAIL", "...: timeout".
@@ -128,14 +128,16 @@ func (s *Stub) Lookup(ctx context.Context, network, host string) (Answer, error)
 	return s.search(ctx, c, network, host)
 }
 
-// search asks for each name of host's search list in turn, as the C library does: past
-// NXDOMAIN, no data and a server failure (SERVFAIL, FORMERR, NOTIMP) to the next name;
-// another failure (REFUSED, silence) ends the search. What is reported is the worst of
-// what was met: a failure, else no data, else NXDOMAIN.
+// search asks for each name of host's search list in turn: past NXDOMAIN, no data and a
+// server failure (SERVFAIL; FORMERR and NOTIMP too, as Go's resolver goes on) to the next
+// name; another failure (REFUSED, silence) ends the search. As the C library reports it:
+// when the name as written was asked first, its own answer; else the worst of what was
+// met: a failure, else no data, else NXDOMAIN. A search the deadline cut short is silence.
 func (s *Stub) search(ctx context.Context, c Conf, network, host string) (Answer, error) {
-	var nxdomain, nodata, failed *Error
+	var nxdomain, nodata, failed, asIs *Error
 	var tried []string
-	for _, name := range candidates(host, c) {
+	names := candidates(host, c)
+	for i, name := range names {
 		ans, err := s.ask(ctx, c, network, name)
 		if err == nil {
 			return ans, nil
@@ -150,6 +152,9 @@ func (s *Stub) search(ctx context.Context, c Conf, network, host string) (Answer
 			}
 			tried = append(tried, t)
 		}
+		if i == 0 && name == dns.Fqdn(host) {
+			asIs = e
+		}
 		switch e.Rcode {
 		case dns.RcodeSuccess:
 			nodata = cmpOr(nodata, e)
@@ -159,13 +164,15 @@ func (s *Stub) search(ctx context.Context, c Conf, network, host string) (Answer
 			failed = cmpOr(failed, e)
 		default:
 			failed = cmpOr(failed, e)
-			return Answer{}, reported(host, tried, failed)
+			return Answer{}, reported(host, tried, cmpOr(asIs, failed))
 		}
-		if ctx.Err() != nil {
-			break
+		if ctx.Err() != nil && i < len(names)-1 {
+			cut := &Error{Rcode: -1, Silent: true, From: e.From}
+			tried = append(tried, "no time left for the rest of the search list")
+			return Answer{}, reported(host, tried, cmpOr(asIs, cut))
 		}
 	}
-	return Answer{}, reported(host, tried, cmpOr(failed, cmpOr(nodata, nxdomain)))
+	return Answer{}, reported(host, tried, cmpOr(asIs, cmpOr(failed, cmpOr(nodata, nxdomain))))
 }
 
 // reported is the search's failure: e's, for host, with everything tried.
@@ -193,7 +200,7 @@ func candidates(host string, c Conf) []string {
 	}
 	var searched []string
 	for _, d := range c.Search {
-		if n := host + "." + d + "."; len(n) <= 254 {
+		if n := host + "." + d + "."; isName(n[:len(n)-1]) {
 			searched = append(searched, n)
 		}
 	}
