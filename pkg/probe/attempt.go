@@ -65,6 +65,7 @@ type Result struct {
 	Kind         kindResult    // nil: nothing of the kind's own to tell
 
 	sent     bool          // a packet left (not a local error before sending)
+	proto    uint8         // the flow's protocol (with Local: its conntrack key); 0: none
 	waited   time.Duration // how long a timeout waited
 	icmpAt   time.Time     // when the kernel received the ICMP error (socket timestamp)
 	neighbor string        // the next hop that never resolved, when that is the verdict

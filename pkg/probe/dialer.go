@@ -158,7 +158,7 @@ func tcpOutcome(ctx context.Context, f *os.File, fd int, deadline, start time.Ti
 		tcpOf(&res).synRetransmits = &n
 	}
 	if sn, err := unix.Getsockname(fd); err == nil {
-		res.Local = addrPortOf(sn)
+		res.Local, res.proto = addrPortOf(sn), unix.IPPROTO_TCP
 	}
 	switch {
 	case waitErr != nil && errors.Is(waitErr, os.ErrDeadlineExceeded) && errors.Is(ctx.Err(), context.Canceled):

@@ -122,7 +122,7 @@ func (s *session) finish(ev *tlsEvidence) {
 // outcome is r with what the session's TCP handshake measured: the verdict's round trip,
 // local address and timing source are the connection's.
 func (s *session) outcome(r Result, ev *tlsEvidence) Result {
-	r.Kind, r.Local, r.TimingSource = ev, s.tcp.Local, s.tcp.TimingSource
+	r.Kind, r.Local, r.proto, r.TimingSource = ev, s.tcp.Local, s.tcp.proto, s.tcp.TimingSource
 	r.RTT, r.HasRTT, r.Connect, r.sent = s.tcp.RTT, s.tcp.HasRTT, s.tcp.Connect, true
 	if r.Reason == verdict.OK && r.Detail == "" {
 		r.Detail = s.tcp.Detail

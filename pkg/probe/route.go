@@ -11,19 +11,19 @@ import (
 )
 
 // routeEvidence records the route a failed probe took, so a verdict says which way it went.
-func routeEvidence(a Attempt) *verdict.Route {
+func routeEvidence(a Attempt) (*verdict.Route, netctx.Route) {
 	r, err := netctx.RouteTo(routeQuery(a))
 	if err != nil {
-		return nil
+		return nil, r
 	}
-	out := &verdict.Route{Dev: r.Dev, Table: r.Table, Type: r.Type}
+	out := &verdict.Route{Dev: r.Dev, Table: r.Table, Type: r.Type, Mark: a.Mark}
 	if r.Gateway.IsValid() {
 		out.Gateway = r.Gateway.String()
 	}
 	if r.Src.IsValid() {
 		out.Src = r.Src.String()
 	}
-	return out
+	return out, r
 }
 
 // scopeID turns a zone (interface name or index) into an interface index.

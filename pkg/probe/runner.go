@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"reachd/pkg/netctx"
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
@@ -322,7 +323,9 @@ func describe(v *verdict.Verdict, out outcome) {
 		v.Local = last.Local.String()
 	}
 	if !v.OK && out.addr.IsValid() && last.sent {
-		v.Route = routeEvidence(out.attempt)
+		var rt netctx.Route
+		v.Route, rt = routeEvidence(out.attempt)
+		v.Context = snapshot(v, out.attempt, rt, last)
 	}
 }
 

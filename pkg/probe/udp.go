@@ -177,7 +177,7 @@ func udpExchange(ctx context.Context, a Attempt, o *UDPOptions) (Result, *udpCon
 	}
 	res = u.result(evs, a, timeout)
 	if sn, err := unix.Getsockname(fd); err == nil {
-		res.Local = addrPortOf(sn)
+		res.Local, res.proto = addrPortOf(sn), unix.IPPROTO_UDP
 	}
 	if sendErr != nil {
 		res.Detail += fmt.Sprintf("; sending stopped after %d of %d datagrams: %v", sent, o.Count, sendErr)

@@ -69,6 +69,7 @@ type Verdict struct {
 	Wire    *Wire    `json:"wire,omitempty"`
 	Tries   []Try    `json:"tries,omitempty"`
 	Route   *Route   `json:"route,omitempty"`
+	Context *Context `json:"context,omitempty"`
 	Local   string   `json:"local,omitempty"`
 	// Interface is the interface the probe was bound to, if any.
 	Interface string `json:"interface,omitempty"`
@@ -171,6 +172,7 @@ type Route struct {
 	Src     string `json:"src,omitempty"`
 	Table   int    `json:"table,omitempty"`
 	Type    string `json:"type,omitempty"`
+	Mark    uint32 `json:"mark,omitempty"` // the probe's SO_MARK, which chose the table
 }
 
 // SetReason sets reason, its usual layer and ok together so they never disagree.

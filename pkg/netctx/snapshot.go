@@ -1,0 +1,81 @@
+package netctx
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"reachd/pkg/verdict"
+)
+
+// SnapshotQuery says what a failure snapshot is of: the route the probe's packets took,
+// its next hop, and its flow.
+type SnapshotQuery struct {
+	Route  Route
+	Target netip.Addr
+	Flow   Flow
+}
+
+// Snapshot reads the host's state toward a failed probe's target: the egress interface's
+// state, counters and addresses, the next hop's neighbor entry, and the flow's conntrack
+// entry with the table's health. At most SnapshotRate a second per interface (a burst of
+// SnapshotBurst) are whole: past that it says so and reads nothing, so that a gateway with
+// many failing targets does not storm netlink.
+func Snapshot(q SnapshotQuery) *verdict.Context {
+	out := &verdict.Context{}
+	if q.Route.LinkIndex <= 0 {
+		return nil
+	}
+	if !allow(q.Route.LinkIndex, time.Now()) {
+		out.Limited = fmt.Sprintf("more than %d snapshots a second on %s: this one is left out", SnapshotRate, q.Route.Dev)
+		return out
+	}
+	if l, addrs, err := linkState(q.Route.LinkIndex); err == nil {
+		out.Link, out.Addresses = l, addrs
+	}
+	// A local or loopback route has no next hop to resolve.
+	if q.Route.Type == "unicast" && (out.Link == nil || out.Link.Name != "lo") {
+		out.Neighbor = neighbor(q.Route.NextHop(q.Target), q.Route.LinkIndex)
+	}
+	// A namespace with no ct rule tracks nothing: its empty table says nothing either.
+	if ct, err := conntrackOf(q.Flow); err == nil && (ct.Entry != nil || ct.Count > 0 || ct.Invalid+ct.InsertFailed+ct.Drop+ct.EarlyDrop > 0) {
+		out.Conntrack = ct
+	}
+	return out
+}
+
+// The snapshot rate cap per interface.
+const (
+	SnapshotRate  = 10
+	SnapshotBurst = 20
+)
+
+// buckets are the per-interface token buckets of the rate cap (bounded by the host's
+// interfaces).
+var buckets = struct {
+	sync.Mutex
+	m map[int]*bucket
+}{m: map[int]*bucket{}}
+
+type bucket struct {
+	tokens float64
+	at     time.Time
+}
+
+func allow(index int, now time.Time) bool {
+	buckets.Lock()
+	defer buckets.Unlock()
+	b, ok := buckets.m[index]
+	if !ok {
+		b = &bucket{tokens: SnapshotBurst, at: now}
+		buckets.m[index] = b
+	}
+	b.tokens = min(SnapshotBurst, b.tokens+now.Sub(b.at).Seconds()*SnapshotRate)
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
