@@ -73,6 +73,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	e := &Engine{cfg: cfg, release: func() {}, unfollow: func() {}}
+	netctx.Baseline() // failure snapshots count conntrack's drops from now
 	if !cfg.OneShot {
 		// Asked again every interval, routes are cached until the kernel reports a change;
 		// echo sockets stay open between probes.

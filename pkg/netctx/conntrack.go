@@ -53,6 +53,19 @@ func conntrackOf(f Flow) (*verdict.Conntrack, error) {
 	return out, nil
 }
 
+// Baseline records the connection tracker's counters now, so that the first snapshot of
+// the process (a one-shot run's) says what happened since it started rather than nothing.
+func Baseline() {
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if stats, err := c.Stats(); err == nil {
+		ctChange(stats)
+	}
+}
+
 // ctChange sums the per-CPU counters and returns how they moved since the last snapshot
 // (zero the first time).
 func ctChange(stats []conntrack.Stats) (invalid, insertFailed, drop, earlyDrop uint64) {

@@ -3,6 +3,7 @@ package netctx
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -41,5 +42,26 @@ func TestRouteToLoopback(t *testing.T) {
 	}
 	if r.Dev != "lo" || r.Type != "local" {
 		t.Errorf("route to 127.0.0.1: %+v", r)
+	}
+}
+
+// TestSnapshotRateCap: a burst passes, then one a tenth of a second per interface; each
+// interface has its own bucket.
+func TestSnapshotRateCap(t *testing.T) {
+	now := time.Unix(1000, 0)
+	n := 0
+	for range 100 {
+		if allow(-7, now) {
+			n++
+		}
+	}
+	if n != SnapshotBurst {
+		t.Fatalf("%d of 100 at once passed, want the burst %d", n, SnapshotBurst)
+	}
+	if allow(-7, now.Add(50*time.Millisecond)) || !allow(-7, now.Add(110*time.Millisecond)) {
+		t.Fatal("the cap does not refill at its rate")
+	}
+	if !allow(-8, now) {
+		t.Fatal("another interface shares the bucket")
 	}
 }

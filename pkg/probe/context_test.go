@@ -1,0 +1,36 @@
+package probe
+
+import (
+	"strings"
+	"testing"
+
+	"reachd/pkg/verdict"
+)
+
+// TestConntrackCause: detail names the tracker when the flow died on this host: a full
+// table without the flow's entry, INVALID packets while the probe heard nothing, an entry
+// that never saw a reply; and nothing when the tracker saw the answer or the verdict is
+// not silence.
+func TestConntrackCause(t *testing.T) {
+	noReply := &verdict.ConntrackEntry{Orig: "198.51.100.2:40000 -> 203.0.113.2:80", State: "SYN_SENT"}
+	replied := &verdict.ConntrackEntry{Orig: "198.51.100.2:40000 -> 203.0.113.2:80", State: "ESTABLISHED", SeenReply: true}
+	for _, c := range []struct {
+		name   string
+		ct     verdict.Conntrack
+		reason verdict.Reason
+		want   string
+	}{
+		{"full", verdict.Conntrack{Count: 65536, Max: 65536, InsertFailed: 3}, verdict.Timeout, "table is full (65536 of 65536 entries; 3 insert failures"},
+		{"drops", verdict.Conntrack{Count: 10, Max: 65536, Drop: 7}, verdict.Timeout, "this host dropped the probe's packets"},
+		{"invalid", verdict.Conntrack{Count: 10, Max: 65536, Invalid: 2}, verdict.Timeout, "2 packet(s) INVALID"},
+		{"no reply", verdict.Conntrack{Entry: noReply, Count: 1, Max: 65536}, verdict.Timeout, "saw no reply for the flow (198.51.100.2:40000 -> 203.0.113.2:80, SYN_SENT)"},
+		{"udp no reply", verdict.Conntrack{Entry: &verdict.ConntrackEntry{Orig: "a -> b"}, Count: 1, Max: 65536}, verdict.OpenFiltered, "(a -> b, UNREPLIED)"},
+		{"replied", verdict.Conntrack{Entry: replied, Count: 1, Max: 65536}, verdict.Timeout, ""},
+		{"refused is not silence", verdict.Conntrack{Entry: noReply, Count: 1, Max: 65536, Invalid: 4}, verdict.Refused, ""},
+	} {
+		got := conntrackCause(&c.ct, c.reason)
+		if c.want == "" && got != "" || !strings.Contains(got, c.want) {
+			t.Errorf("%s: %q, want ~%q", c.name, got, c.want)
+		}
+	}
+}
