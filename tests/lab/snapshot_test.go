@@ -2,10 +2,13 @@ package lab
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
+	"reachd/pkg/netctx"
 	"reachd/pkg/verdict"
 )
 
@@ -80,5 +83,58 @@ func TestFailureSnapshot(t *testing.T) {
 				t.Errorf("conntrack %v, want no entry (notrack) and INVALID packets counted", ct)
 			}
 		})
+	}
+}
+
+// TestSnapshotRateCap: a daemon with 1,000 targets failing at once (refused, on the server's
+// AnyIP block) takes whole snapshots at no more than the cap per interface (a burst of 20,
+// then 10 a second); the others say they were left out. The whole ones are its netlink load.
+func TestSnapshotRateCap(t *testing.T) {
+	l := requireLab(t)
+	var targets []string
+	for i := range 1000 {
+		targets = append(targets, ap(netip.MustParseAddr(fmt.Sprintf("2001:db8:a::9:%x", i+1)), PortClosed))
+	}
+	cfg := fmt.Sprintf("defaults: {interval: 4s, timeout: 500ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {verdicts: all, journald: off}\nprobes:\n  - {name: closed, kind: tcp, targets: %s}\n", yamlList(targets))
+	d := startReady(t, l, cfg, DaemonOptions{})
+	var first, last time.Time
+	whole, limited := 0, 0
+	seen := map[string]bool{}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(seen) < len(targets) && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		for _, ln := range d.Lines() {
+			tg, _ := ln.V["target"].(string)
+			if ln.V == nil || ln.V["probe"] != "closed" || seen[tg] {
+				continue
+			}
+			seen[tg] = true
+			if first.IsZero() || ln.At.Before(first) {
+				first = ln.At
+			}
+			if ln.At.After(last) {
+				last = ln.At
+			}
+			cx, _ := ln.V["context"].(map[string]any)
+			switch {
+			case cx["limited"] != nil:
+				limited++
+			case cx["link"] != nil:
+				whole++
+			default:
+				t.Fatalf("a refused verdict without a snapshot: %s", ln.Text)
+			}
+		}
+	}
+	d.Kill()
+	span := last.Sub(first).Seconds()
+	capped := netctx.SnapshotBurst + int(span*netctx.SnapshotRate) + 2
+	t.Logf("%d verdicts over %.1f s: %d whole snapshots (cap %d), %d left out", len(seen), span, whole, capped, limited)
+	if len(seen) < len(targets) {
+		t.Fatalf("only %d of %d targets gave a verdict", len(seen), len(targets))
+	}
+	if whole > capped || limited == 0 || whole < netctx.SnapshotBurst {
+		t.Errorf("%d whole snapshots in %.1f s, want between %d and %d (the burst, then %d a second), and some left out",
+			whole, span, netctx.SnapshotBurst, capped, netctx.SnapshotRate)
 	}
 }
