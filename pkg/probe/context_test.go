@@ -3,6 +3,7 @@ package probe
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"reachd/pkg/verdict"
 )
@@ -32,5 +33,22 @@ func TestConntrackCause(t *testing.T) {
 		if c.want == "" && got != "" || !strings.Contains(got, c.want) {
 			t.Errorf("%s: %q, want ~%q", c.name, got, c.want)
 		}
+	}
+}
+
+// TestTraceRateCap: a burst of traces passes, then TraceRate a second.
+func TestTraceRateCap(t *testing.T) {
+	now := time.Unix(2000, 0)
+	n := 0
+	for range 50 {
+		if traceAllowed(now) {
+			n++
+		}
+	}
+	if n > TraceBurst || n == 0 {
+		t.Fatalf("%d of 50 at once, want at most the burst %d", n, TraceBurst)
+	}
+	if !traceAllowed(now.Add(time.Second / TraceRate)) {
+		t.Fatal("the cap does not refill at its rate")
 	}
 }

@@ -22,7 +22,14 @@ type Flags struct {
 	Source     string
 	Mark       uint32
 	Resolver   string
+	Trace      string
 }
+
+// Values of --trace.
+const (
+	TraceOnFailure = "on-failure"
+	TraceNever     = "never"
+)
 
 // Defaults of the shared flags (seed 2.1: 3 s per attempt, 3 retries).
 const (
@@ -38,6 +45,8 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.Interfaces, "interface", nil, "send through this interface (SO_BINDTODEVICE); repeat it for one verdict per interface")
 	fs.StringVar(&f.Source, "source", "", "source address to bind")
 	fs.Uint32Var(&f.Mark, "mark", 0, "SO_MARK of the probe's sockets, for policy routing (needs CAP_NET_ADMIN)")
+	fs.StringVar(&f.Trace, "trace", TraceNever, "on a timeout or a router's ICMP error, trace the probe's own flow hop by hop: on-failure or never (--trace alone: on-failure; tcp)")
+	fs.Lookup("trace").NoOptDefVal = TraceOnFailure
 	fs.StringVar(&f.Resolver, "resolver", "system", "who resolves target names: system (/etc/hosts, then each nameserver of /etc/resolv.conf) or a resolver's ADDR[:PORT]")
 }
 
@@ -64,6 +73,13 @@ func (f *Flags) Options(probeName string) (*Options, error) {
 	}
 	if err := o.Check(); err != nil { // --source against the family
 		return nil, err
+	}
+	switch f.Trace {
+	case TraceNever, "":
+	case TraceOnFailure:
+		o.Trace = true
+	default:
+		return nil, fmt.Errorf("--trace %q: want on-failure or never", f.Trace)
 	}
 	if f.Resolver != "" && f.Resolver != "system" {
 		ap, err := parseServer(f.Resolver, 53)

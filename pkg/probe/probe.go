@@ -61,6 +61,7 @@ type Options struct {
 	Resolver   Resolver         // nil: the system's (resolv.System)
 	Wire       *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
 	Kind       KindOptions      // the kind's own options; nil: its defaults
+	Trace      bool             // trace the flow's path when it fails (--trace)
 	Log        *slog.Logger     // debug lines; nil: none
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"reachd/pkg/netctx"
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
@@ -203,6 +205,14 @@ func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *v
 	}
 	out := attempts(ctx, k, t, l, o, v)
 	describe(v, out)
+	if o.Trace && traceable(v, out.last) {
+		if traceAllowed(time.Now()) {
+			v.Path = traceTCP(ctx, out.attempt, out.last.Local, min(o.Timeout, time.Second))
+			v.Detail += "; " + pathDetail(v.Path)
+		} else {
+			v.Detail += fmt.Sprintf("; path not traced: over %d traces a second", TraceRate)
+		}
+	}
 	if cut := out.attempts < o.Policy.Retries+1 && !v.OK && schedule.Retryable(out.last.Reason); cut && out.stopped {
 		v.Detail += " (reachd stopped before its retries)"
 	} else if cut && ctx.Err() != nil {
@@ -281,6 +291,15 @@ func pinned(t target.Target, kopts KindOptions) target.Target {
 		t.Addr = p.pinnedAddr()
 	}
 	return t
+}
+
+// traceable says whether a failed verdict's path is worth a trace: its TCP flow got no
+// answer, or a router's ICMP error.
+func traceable(v *verdict.Verdict, last Result) bool {
+	if v.OK || last.proto != unix.IPPROTO_TCP || !last.Local.IsValid() || !last.sent {
+		return false
+	}
+	return last.Reason == verdict.Timeout || last.ICMP != nil && last.ICMP.From != "" && last.ICMP.From != v.Addr
 }
 
 // describe writes the final attempt's result into v.

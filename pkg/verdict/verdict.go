@@ -70,6 +70,7 @@ type Verdict struct {
 	Tries   []Try    `json:"tries,omitempty"`
 	Route   *Route   `json:"route,omitempty"`
 	Context *Context `json:"context,omitempty"`
+	Path    *Path    `json:"path,omitempty"`
 	Local   string   `json:"local,omitempty"`
 	// Interface is the interface the probe was bound to, if any.
 	Interface string `json:"interface,omitempty"`
