@@ -106,3 +106,115 @@ func (c *Chain) routes() error {
 	}
 	return nil
 }
+
+// ECMP is a chain with two equal-cost paths at hop 2, r1 hashing flows over them by their
+// 5-tuple:
+//
+//	client ── r1 ─┬─ r2a ─┬─ r3 ── server
+//	              └─ r2b ─┘
+//
+// Returns come back through r2a.
+type ECMP struct {
+	Client, R1, R2a, R2b, R3, Server *NS
+}
+
+// ECMPServer is the server's address; ECMPHop2a/b are r2a's and r2b's addresses toward r1.
+var (
+	ECMPServerV4 = netip.MustParseAddr("198.51.100.190")
+	ECMPServerV6 = netip.MustParseAddr("2001:db8:e:5::2")
+	ECMPHop2aV4  = netip.MustParseAddr("198.51.100.170")
+	ECMPHop2bV4  = netip.MustParseAddr("198.51.100.174")
+)
+
+// ECMPChain builds the ECMP topology; it is removed with the lab.
+func (l *Lab) ECMPChain() (*ECMP, error) {
+	base := fmt.Sprintf("%s%d-%d-", namePrefix, os.Getpid(), seq.Add(1))
+	e := &ECMP{}
+	nss := []**NS{&e.Client, &e.R1, &e.R2a, &e.R2b, &e.R3, &e.Server}
+	for i, p := range nss {
+		ns, err := newNS(fmt.Sprintf("%se%d", base, i))
+		if err != nil {
+			return nil, err
+		}
+		l.AddCloser(func() { ns.nl.Close(); ns.handle.Close(); _ = netns.DeleteNamed(ns.Name) })
+		*p = ns
+		for _, kv := range [][2]string{{"net.ipv6.conf.all.accept_dad", "0"}, {"net.ipv6.conf.default.accept_dad", "0"},
+			{"net.ipv6.conf.default.accept_ra", "0"}, {"net.ipv4.icmp_ratemask", "0"}, {"net.ipv6.icmp.ratemask", ""},
+			{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"},
+			// Policy 3 hashes the fields named (55 = 0x37: addresses, protocol, ports): a router's
+			// hash of the headers. Policy 1 would take the hash a veth carries over from
+			// the sending socket (a random one per socket), which no wire does.
+			{"net.ipv4.fib_multipath_hash_policy", "3"}, {"net.ipv4.fib_multipath_hash_fields", "55"},
+			{"net.ipv6.fib_multipath_hash_policy", "3"}, {"net.ipv6.fib_multipath_hash_fields", "55"}} {
+			if err := ns.Sysctl(kv[0], kv[1]); err != nil {
+				return nil, err
+			}
+		}
+		if err := ns.Run("ip", "link", "set", "lo", "up"); err != nil {
+			return nil, err
+		}
+	}
+	// Links: name in each end, and the /30 (v4) and /64 (v6) they share; left ends .1/::1.
+	links := []struct {
+		a      *NS
+		an     string
+		b      *NS
+		bn     string
+		v4, v6 string
+	}{
+		{e.Client, "r0", e.R1, "l0", "198.51.100.164", "2001:db8:e:0"},
+		{e.R1, "ra", e.R2a, "l0", "198.51.100.168", "2001:db8:e:1"},
+		{e.R1, "rb", e.R2b, "l0", "198.51.100.172", "2001:db8:e:2"},
+		{e.R2a, "r0", e.R3, "la", "198.51.100.176", "2001:db8:e:3"},
+		{e.R2b, "r0", e.R3, "lb", "198.51.100.180", "2001:db8:e:4"},
+		{e.R3, "r0", e.Server, "l0", "198.51.100.188", "2001:db8:e:5"},
+	}
+	end := func(net4 string, n int) string { // the /30's n-th address
+		a := netip.MustParseAddr(net4)
+		for range n {
+			a = a.Next()
+		}
+		return a.String()
+	}
+	for _, k := range links {
+		if err := veth(k.a, k.an, k.b, k.bn); err != nil {
+			return nil, err
+		}
+		for _, x := range []struct {
+			ns   *NS
+			dev  string
+			cidr string
+		}{{k.a, k.an, end(k.v4, 1) + "/30"}, {k.b, k.bn, end(k.v4, 2) + "/30"}, {k.a, k.an, k.v6 + "::1/64"}, {k.b, k.bn, k.v6 + "::2/64"}} {
+			if err := addAddr(x.ns, x.dev, x.cidr); err != nil {
+				return nil, err
+			}
+		}
+	}
+	routes := []struct {
+		ns   *NS
+		args []string
+	}{
+		{e.Client, []string{"route", "add", "default", "via", "198.51.100.166"}},
+		{e.Client, []string{"-6", "route", "add", "default", "via", "2001:db8:e:0::2"}},
+		{e.R1, []string{"route", "add", "default", "nexthop", "via", "198.51.100.170", "nexthop", "via", "198.51.100.174"}},
+		{e.R1, []string{"-6", "route", "add", "default", "nexthop", "via", "2001:db8:e:1::2", "nexthop", "via", "2001:db8:e:2::2"}},
+		{e.R2a, []string{"route", "add", "default", "via", "198.51.100.178"}},
+		{e.R2a, []string{"-6", "route", "add", "default", "via", "2001:db8:e:3::2"}},
+		{e.R2a, []string{"route", "add", "198.51.100.164/30", "via", "198.51.100.169"}},
+		{e.R2a, []string{"-6", "route", "add", "2001:db8:e:0::/64", "via", "2001:db8:e:1::1"}},
+		{e.R2b, []string{"route", "add", "default", "via", "198.51.100.182"}},
+		{e.R2b, []string{"-6", "route", "add", "default", "via", "2001:db8:e:4::2"}},
+		{e.R2b, []string{"route", "add", "198.51.100.164/30", "via", "198.51.100.173"}},
+		{e.R2b, []string{"-6", "route", "add", "2001:db8:e:0::/64", "via", "2001:db8:e:2::1"}},
+		{e.R3, []string{"route", "add", "default", "via", "198.51.100.177"}},
+		{e.R3, []string{"-6", "route", "add", "default", "via", "2001:db8:e:3::1"}},
+		{e.Server, []string{"route", "add", "default", "via", "198.51.100.189"}},
+		{e.Server, []string{"-6", "route", "add", "default", "via", "2001:db8:e:5::1"}},
+	}
+	for _, r := range routes {
+		if err := r.ns.Run("ip", r.args...); err != nil {
+			return nil, fmt.Errorf("ip %v in %s: %w", r.args, r.ns.Name, err)
+		}
+	}
+	return e, nil
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"reachd/pkg/verdict"
@@ -88,3 +89,68 @@ func TestPathTrace(t *testing.T) {
 		}
 	}
 }
+
+// TestPathTraceECMP: of two equal-cost paths at hop 2 only one is broken (r2b drops the
+// port); a failed probe's trace follows its own flow down the broken path (hop 2 silent),
+// never the working one, whose r2a would answer. Each probe has a new source port, so
+// over a few the hash sends some each way.
+func TestPathTraceECMP(t *testing.T) {
+	l := requireLab(t)
+	e, err := l.ECMPChain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const port = 8201
+	if _, err := l.Serve(e.Server, fmt.Sprintf("[::]:%d", port)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.R2b.Nft(fmt.Sprintf("table inet trace {\n chain pre { type filter hook prerouting priority -300; tcp dport %d drop; }\n}\n", port)); err != nil {
+		t.Fatal(err)
+	}
+	for _, v6 := range []bool{false, true} {
+		fam := map[bool]string{false: "ipv4", true: "ipv6"}[v6]
+		srv, hop1 := ECMPServerV4, "198.51.100.166"
+		if v6 {
+			srv, hop1 = ECMPServerV6, "2001:db8:e::2"
+		}
+		t.Run(fam, func(t *testing.T) {
+			t.Parallel()
+			// 16 flows: the chance that the hash sends them all one way is 2^-15.
+			var ok, lost atomicCount
+			t.Cleanup(func() {
+				t.Logf("%s: %d ok through r2a, %d lost at r2b", fam, ok.get(), lost.get())
+				if ok.get() == 0 || lost.get() == 0 {
+					t.Errorf("%s: %d ok, %d lost: the hash did not split the flows (want some of each)", fam, ok.get(), lost.get())
+				}
+			})
+			for i := range 16 {
+				t.Run(fmt.Sprint(i), func(t *testing.T) {
+					t.Parallel()
+					cmd := e.Client.Command(reachdBin, "probe", "tcp", "--json", "--retries", "0", "--timeout", "500ms", "--trace", netip.AddrPortFrom(srv, port).String())
+					vs, _ := runVerdicts(t, cmd)
+					if len(vs) != 1 {
+						t.Fatalf("want 1 verdict, got %d", len(vs))
+					}
+					v := vs[0]
+					if v["reason"] == string(verdict.OK) {
+						ok.add()
+						return
+					}
+					lost.add()
+					p, _ := v["path"].(map[string]any)
+					hops, _ := p["hops"].([]any)
+					t.Logf("%s from %v: %s", v["reason"], v["local"], v["detail"])
+					if v["reason"] != string(verdict.Timeout) || p["last_answered"] != float64(1) || numOr0(p, "first_silent") != float64(2) ||
+						len(hops) == 0 || hops[0].(map[string]any)["addr"] != hop1 {
+						t.Errorf("the trace did not follow the flow down r2b: %v %v", v["reason"], p)
+					}
+				})
+			}
+		})
+	}
+}
+
+type atomicCount struct{ n atomic.Int64 }
+
+func (c *atomicCount) add()       { c.n.Add(1) }
+func (c *atomicCount) get() int64 { return c.n.Load() }
