@@ -96,3 +96,43 @@ func sentCount(t *testing.T, host *NS) uint64 {
 	t.Fatalf("no packet count in %q", out)
 	return 0
 }
+
+// TestBenchTrace is `make bench`: what a path trace costs a failed probe, beside the probe
+// without one, on the four-router chain with the flow dropped at hop 3: wall time and the
+// packets each sends (counted on the client).
+func TestBenchTrace(t *testing.T) {
+	l := benchOnly(t)
+	c, err := l.Chain(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const port = 8301
+	if err := c.Routers[2].Nft(fmt.Sprintf("table inet trace {\n chain pre { type filter hook prerouting priority -300; tcp dport %d drop; }\n}\n", port)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.Nft("table inet snap { counter sent { }\n chain out { type filter hook output priority 0; tcp dport 8301 counter name sent; }\n}\n"); err != nil {
+		t.Fatal(err)
+	}
+	target := netip.AddrPortFrom(c.ServerAddr(false), port).String()
+	const n = 5
+	for _, side := range []struct {
+		name string
+		args []string
+	}{{"without trace", nil}, {"with trace", []string{"--trace"}}} {
+		before := sentCount(t, c.Client)
+		var walls []time.Duration
+		for range n {
+			args := append([]string{"probe", "tcp", "--json", "--retries", "0", "--timeout", "500ms"}, side.args...)
+			cmd := c.Client.Command(reachdBin, append(args, target)...)
+			t0 := time.Now()
+			out, _ := cmd.Output()
+			walls = append(walls, time.Since(t0))
+			if side.args != nil && !strings.Contains(string(out), "lost after hop 2") {
+				t.Fatalf("the trace did not end at hop 2: %s", out)
+			}
+		}
+		slices.Sort(walls)
+		fmt.Printf("BENCH trace, a flow dropped at hop 3, %-13s: wall p50 %6.0f ms, %.1f packets a probe\n",
+			side.name, float64(walls[n/2])/float64(time.Millisecond), float64(sentCount(t, c.Client)-before)/n)
+	}
+}
