@@ -413,7 +413,7 @@ func stuckAfter(cfg *config.Config) time.Duration {
 	var longest time.Duration
 	for _, p := range cfg.Probes {
 		o := p.Options
-		chain := time.Duration(o.Policy.Retries+1) * probe.AttemptBudget(p.Kind, o)
+		chain := time.Duration(o.Policy.Retries+1)*probe.AttemptBudget(p.Kind, o) + probe.AfterBudget(o)
 		for i, b := 0, float64(o.Policy.Initial); i < o.Policy.Retries; i, b = i+1, b*o.Policy.Multiplier {
 			chain += time.Duration(b * (1 + o.Policy.Jitter))
 		}
@@ -425,7 +425,7 @@ func stuckAfter(cfg *config.Config) time.Duration {
 func maxBudget(cfg *config.Config) time.Duration {
 	var m time.Duration
 	for _, p := range cfg.Probes {
-		m = max(m, probe.AttemptBudget(p.Kind, p.Options))
+		m = max(m, probe.AttemptBudget(p.Kind, p.Options)+probe.AfterBudget(p.Options))
 	}
 	return m
 }

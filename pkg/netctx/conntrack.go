@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ti-mo/conntrack"
 
@@ -25,7 +26,7 @@ func (f Flow) Valid() bool { return f.Proto != 0 && f.Local.IsValid() && f.Remot
 // what happened since.
 var ctSeen = struct {
 	sync.Mutex
-	seen                                bool
+	at                                  time.Time
 	invalid, insertFailed, drop, eDrops uint64
 }{}
 
@@ -42,9 +43,12 @@ func conntrackOf(f Flow) (*verdict.Conntrack, error) {
 		return nil, fmt.Errorf("conntrack table: %w", err)
 	}
 	out := &verdict.Conntrack{Count: g.Entries, Max: g.MaxEntries}
+	// Read and recorded under the lock: concurrent snapshots each take their own window.
+	ctSeen.Lock()
 	if stats, err := c.Stats(); err == nil {
-		out.Invalid, out.InsertFailed, out.Drop, out.EarlyDrop = ctChange(stats)
+		out.Invalid, out.InsertFailed, out.Drop, out.EarlyDrop, out.SinceMs = ctChange(stats, time.Now())
 	}
+	ctSeen.Unlock()
 	if f.Valid() {
 		if e, err := c.Get(query(f)); err == nil {
 			out.Entry = entryOf(e)
@@ -61,24 +65,25 @@ func Baseline() {
 		return
 	}
 	defer c.Close()
+	ctSeen.Lock()
+	defer ctSeen.Unlock()
 	if stats, err := c.Stats(); err == nil {
-		ctChange(stats)
+		ctChange(stats, time.Now())
 	}
 }
 
-// ctChange sums the per-CPU counters and returns how they moved since the last snapshot
-// (zero the first time).
-func ctChange(stats []conntrack.Stats) (invalid, insertFailed, drop, earlyDrop uint64) {
+// ctChange sums the per-CPU counters and returns how they moved since the last reading
+// (zero the first time), and over how long. The caller holds ctSeen's lock.
+func ctChange(stats []conntrack.Stats, now time.Time) (invalid, insertFailed, drop, earlyDrop uint64, over verdict.Millis) {
 	var inv, ins, dr, ed uint64
 	for _, s := range stats {
 		inv, ins, dr, ed = inv+uint64(s.Invalid), ins+uint64(s.InsertFailed), dr+uint64(s.Drop), ed+uint64(s.EarlyDrop)
 	}
-	ctSeen.Lock()
-	defer ctSeen.Unlock()
-	if ctSeen.seen && inv >= ctSeen.invalid && ins >= ctSeen.insertFailed && dr >= ctSeen.drop && ed >= ctSeen.eDrops {
+	if !ctSeen.at.IsZero() && inv >= ctSeen.invalid && ins >= ctSeen.insertFailed && dr >= ctSeen.drop && ed >= ctSeen.eDrops {
 		invalid, insertFailed, drop, earlyDrop = inv-ctSeen.invalid, ins-ctSeen.insertFailed, dr-ctSeen.drop, ed-ctSeen.eDrops
+		over = verdict.Ms(now.Sub(ctSeen.at))
 	}
-	ctSeen.seen, ctSeen.invalid, ctSeen.insertFailed, ctSeen.drop, ctSeen.eDrops = true, inv, ins, dr, ed
+	ctSeen.at, ctSeen.invalid, ctSeen.insertFailed, ctSeen.drop, ctSeen.eDrops = now, inv, ins, dr, ed
 	return
 }
 

@@ -24,12 +24,13 @@ type linkCounters struct {
 }
 
 // linkState reads the interface's state, counters and addresses.
-func linkState(index int) (*verdict.Link, []string, error) {
+func linkState(index int) (*verdict.Link, []string, bool, error) {
 	var l netlink.Link
 	var err error
-	withHandle(func(h *netlink.Handle) { l, err = h.LinkByIndex(index) })
+	var readAt time.Time
+	withHandle(func(h *netlink.Handle) { l, err = h.LinkByIndex(index); readAt = time.Now() })
 	if err != nil {
-		return nil, nil, fmt.Errorf("link %d: %w", index, err)
+		return nil, nil, false, fmt.Errorf("link %d: %w", index, err)
 	}
 	a := l.Attrs()
 	out := &verdict.Link{Name: a.Name, Index: a.Index, OperState: a.OperState.String(), MTU: a.MTU,
@@ -37,7 +38,7 @@ func linkState(index int) (*verdict.Link, []string, error) {
 	if s := a.Statistics; s != nil {
 		out.RxErrors, out.TxErrors, out.RxDropped, out.TxDropped = s.RxErrors, s.TxErrors, s.RxDropped, s.TxDropped
 	}
-	out.Change = linkChange(out, time.Now())
+	out.Change = linkChange(out, readAt)
 	var addrs []netlink.Addr
 	withHandle(func(h *netlink.Handle) { addrs, err = h.AddrList(l, netlink.FAMILY_ALL) })
 	var list []string
@@ -47,14 +48,17 @@ func linkState(index int) (*verdict.Link, []string, error) {
 			list = append(list, netip.PrefixFrom(p.Unmap(), ones).String())
 		}
 	}
-	return out, list, nil
+	return out, list, a.RawFlags&unixIFFNoARP != 0, nil
 }
 
 // maxAddresses bounds the addresses a snapshot lists (a host may have hundreds on a link).
 const maxAddresses = 16
 
-// unixIFFLowerUp is IFF_LOWER_UP: the link has carrier.
-const unixIFFLowerUp = 1 << 16
+// IFF_LOWER_UP (the link has carrier) and IFF_NOARP (no neighbor table: tun, wireguard).
+const (
+	unixIFFLowerUp = 1 << 16
+	unixIFFNoARP   = 0x80
+)
 
 // linkChange records l's counters and returns how they moved since the last snapshot of
 // its interface (nil the first time, or after a counter went back: a new link).
@@ -62,6 +66,10 @@ func linkChange(l *verdict.Link, now time.Time) *verdict.LinkChange {
 	cur := linkCounters{now, l.RxErrors, l.TxErrors, l.RxDropped, l.TxDropped}
 	linkSeen.Lock()
 	prev, ok := linkSeen.m[l.Index]
+	if ok && now.Before(prev.at) { // a concurrent snapshot read later and recorded first
+		linkSeen.Unlock()
+		return nil
+	}
 	linkSeen.m[l.Index] = cur
 	linkSeen.Unlock()
 	if !ok || cur.rxErrors < prev.rxErrors || cur.txErrors < prev.txErrors || cur.rxDropped < prev.rxDropped || cur.txDropped < prev.txDropped {

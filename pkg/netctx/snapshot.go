@@ -31,11 +31,13 @@ func Snapshot(q SnapshotQuery) *verdict.Context {
 		out.Limited = fmt.Sprintf("more than %d snapshots a second on %s: this one is left out", SnapshotRate, q.Route.Dev)
 		return out
 	}
-	if l, addrs, err := linkState(q.Route.LinkIndex); err == nil {
-		out.Link, out.Addresses = l, addrs
+	noARP := false
+	if l, addrs, na, err := linkState(q.Route.LinkIndex); err == nil {
+		out.Link, out.Addresses, noARP = l, addrs, na
 	}
-	// A local or loopback route has no next hop to resolve.
-	if q.Route.Type == "unicast" && (out.Link == nil || out.Link.Name != "lo") {
+	// A local or loopback route, or a link without a neighbor table, has no next hop to
+	// resolve.
+	if q.Route.Type == "unicast" && !noARP && (out.Link == nil || out.Link.Name != "lo") {
 		out.Neighbor = neighbor(q.Route.NextHop(q.Target), q.Route.LinkIndex)
 	}
 	// A namespace with no ct rule tracks nothing: its empty table says nothing either.
@@ -63,6 +65,13 @@ type bucket struct {
 	at     time.Time
 }
 
+func later(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return b
+	}
+	return a
+}
+
 func allow(index int, now time.Time) bool {
 	buckets.Lock()
 	defer buckets.Unlock()
@@ -71,6 +80,7 @@ func allow(index int, now time.Time) bool {
 		b = &bucket{tokens: SnapshotBurst, at: now}
 		buckets.m[index] = b
 	}
+	now = later(now, b.at) // read before the lock: another may have gone first
 	b.tokens = min(SnapshotBurst, b.tokens+now.Sub(b.at).Seconds()*SnapshotRate)
 	b.at = now
 	if b.tokens < 1 {

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"fmt"
+	"time"
 
 	"reachd/pkg/netctx"
 	"reachd/pkg/verdict"
@@ -15,7 +16,7 @@ func snapshot(v *verdict.Verdict, a Attempt, rt netctx.Route, res Result) *verdi
 		q.Flow = netctx.Flow{Proto: res.proto, Local: res.Local, Remote: a.Addr}
 	}
 	c := netctx.Snapshot(q)
-	if c != nil && c.Conntrack != nil {
+	if c != nil && c.Conntrack != nil && q.Flow.Valid() { // causes need the flow looked up
 		if why := conntrackCause(c.Conntrack, v.Reason); why != "" {
 			v.Detail += "; " + why
 		}
@@ -23,17 +24,21 @@ func snapshot(v *verdict.Verdict, a Attempt, rt netctx.Route, res Result) *verdi
 	return c
 }
 
-// conntrackCause says what the tracker knows of where the flow died, if it knows: a table
-// too full to take it, packets it found INVALID (which a ct state invalid rule drops), or
-// an entry that never saw a reply (the packets left; nothing came back to this host).
+// conntrackCause says what the tracker knows of where the flow died, if it knows, in this
+// order: an entry that never saw a reply (the packets left; nothing came back to this
+// host); no entry, with a table at its limit (this host could not track the flow); no
+// entry, with packets found INVALID host-wide meanwhile (a ct state invalid rule drops
+// them: the answer to an untracked flow is one). The counters are host-wide, so only the
+// flow's own entry, or its absence, makes them its cause.
 func conntrackCause(ct *verdict.Conntrack, r verdict.Reason) string {
 	silent := r == verdict.Timeout || r == verdict.OpenFiltered || r == verdict.DNSTimeout
+	full := ct.Max > 0 && uint64(ct.Count)*100 >= uint64(ct.Max)*95
 	switch {
-	case ct.Entry == nil && (ct.InsertFailed > 0 || ct.Drop > 0 || ct.Max > 0 && ct.Count >= ct.Max):
-		return fmt.Sprintf("conntrack has no entry for the flow and its table is full (%d of %d entries; %d insert failures, %d drops since the last snapshot): this host dropped the probe's packets",
-			ct.Count, ct.Max, ct.InsertFailed, ct.Drop)
-	case silent && ct.Invalid > 0:
-		return fmt.Sprintf("conntrack found %d packet(s) INVALID since the last snapshot: a ct state invalid rule on this host may have dropped the answer", ct.Invalid)
+	case ct.Entry == nil && full:
+		return fmt.Sprintf("conntrack has no entry for the flow and its table is at its limit (%d of %d entries; %d insert failures, %d drops host-wide in the last %s): this host could not track the probe's packets",
+			ct.Count, ct.Max, ct.InsertFailed, ct.Drop, since(ct.SinceMs))
+	case silent && ct.Entry == nil && ct.Invalid > 0:
+		return fmt.Sprintf("conntrack has no entry for the flow, and found %d packet(s) INVALID host-wide in the last %s: a ct state invalid rule here drops an untracked flow's answers", ct.Invalid, since(ct.SinceMs))
 	case silent && ct.Entry != nil && !ct.Entry.SeenReply:
 		state := ct.Entry.State
 		if state == "" {
@@ -42,4 +47,8 @@ func conntrackCause(ct *verdict.Conntrack, r verdict.Reason) string {
 		return fmt.Sprintf("conntrack saw no reply for the flow (%s, %s): the packets left this host and nothing came back to it", ct.Entry.Orig, state)
 	}
 	return ""
+}
+
+func since(ms verdict.Millis) string {
+	return time.Duration(float64(ms) * float64(time.Millisecond)).Round(time.Millisecond).String()
 }

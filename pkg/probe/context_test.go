@@ -21,9 +21,10 @@ func TestConntrackCause(t *testing.T) {
 		reason verdict.Reason
 		want   string
 	}{
-		{"full", verdict.Conntrack{Count: 65536, Max: 65536, InsertFailed: 3}, verdict.Timeout, "table is full (65536 of 65536 entries; 3 insert failures"},
-		{"drops", verdict.Conntrack{Count: 10, Max: 65536, Drop: 7}, verdict.Timeout, "this host dropped the probe's packets"},
-		{"invalid", verdict.Conntrack{Count: 10, Max: 65536, Invalid: 2}, verdict.Timeout, "2 packet(s) INVALID"},
+		{"full", verdict.Conntrack{Count: 65000, Max: 65536, InsertFailed: 3, SinceMs: 1500}, verdict.Timeout, "table is at its limit (65000 of 65536 entries; 3 insert failures, 0 drops host-wide in the last 1.5s)"},
+		{"drops, far from full: a clash", verdict.Conntrack{Count: 10, Max: 65536, Drop: 7, InsertFailed: 7}, verdict.Timeout, ""},
+		{"invalid", verdict.Conntrack{Count: 10, Max: 65536, Invalid: 2, SinceMs: 900}, verdict.Timeout, "found 2 packet(s) INVALID host-wide in the last 900ms"},
+		{"invalid beside an entry that saw no reply", verdict.Conntrack{Entry: noReply, Count: 10, Max: 65536, Invalid: 2}, verdict.Timeout, "saw no reply"},
 		{"no reply", verdict.Conntrack{Entry: noReply, Count: 1, Max: 65536}, verdict.Timeout, "saw no reply for the flow (198.51.100.2:40000 -> 203.0.113.2:80, SYN_SENT)"},
 		{"udp no reply", verdict.Conntrack{Entry: &verdict.ConntrackEntry{Orig: "a -> b"}, Count: 1, Max: 65536}, verdict.OpenFiltered, "(a -> b, UNREPLIED)"},
 		{"replied", verdict.Conntrack{Entry: replied, Count: 1, Max: 65536}, verdict.Timeout, ""},
@@ -38,6 +39,9 @@ func TestConntrackCause(t *testing.T) {
 
 // TestTraceRateCap: a burst of traces passes, then TraceRate a second.
 func TestTraceRateCap(t *testing.T) {
+	traceTokens.Lock()
+	traceTokens.tokens, traceTokens.at = TraceBurst, time.Time{}
+	traceTokens.Unlock()
 	now := time.Unix(2000, 0)
 	n := 0
 	for range 50 {
@@ -45,8 +49,8 @@ func TestTraceRateCap(t *testing.T) {
 			n++
 		}
 	}
-	if n > TraceBurst || n == 0 {
-		t.Fatalf("%d of 50 at once, want at most the burst %d", n, TraceBurst)
+	if n != TraceBurst {
+		t.Fatalf("%d of 50 at once, want the burst %d", n, TraceBurst)
 	}
 	if !traceAllowed(now.Add(time.Second / TraceRate)) {
 		t.Fatal("the cap does not refill at its rate")

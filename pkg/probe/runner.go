@@ -206,12 +206,7 @@ func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *v
 	out := attempts(ctx, k, t, l, o, v)
 	describe(v, out)
 	if o.Trace && traceable(v, out.last) {
-		if traceAllowed(time.Now()) {
-			v.Path = traceTCP(ctx, out.attempt, out.last.Local, min(o.Timeout, time.Second))
-			v.Detail += "; " + pathDetail(v.Path)
-		} else {
-			v.Detail += fmt.Sprintf("; path not traced: over %d traces a second", TraceRate)
-		}
+		trace(ctx, v, out)
 	}
 	if cut := out.attempts < o.Policy.Retries+1 && !v.OK && schedule.Retryable(out.last.Reason); cut && out.stopped {
 		v.Detail += " (reachd stopped before its retries)"
@@ -293,13 +288,36 @@ func pinned(t target.Target, kopts KindOptions) target.Target {
 	return t
 }
 
-// traceable says whether a failed verdict's path is worth a trace: its TCP flow got no
-// answer, or a router's ICMP error.
+// traceable says whether a failed verdict's path is worth a trace: its TCP handshake got
+// no answer, or a router's ICMP error (not this host's), through a router (a target on a
+// connected route has no path to trace).
 func traceable(v *verdict.Verdict, last Result) bool {
-	if v.OK || last.proto != unix.IPPROTO_TCP || !last.Local.IsValid() || !last.sent {
+	if v.OK || last.proto != unix.IPPROTO_TCP || !last.Local.IsValid() || !last.sent || v.Route == nil || v.Route.Gateway == "" {
 		return false
 	}
-	return last.Reason == verdict.Timeout || last.ICMP != nil && last.ICMP.From != "" && last.ICMP.From != v.Addr
+	if last.Layer != "" && last.Layer != verdict.LayerTransport && last.Layer != verdict.LayerNetwork {
+		return false // the handshake completed: TLS or the application failed
+	}
+	return last.Reason == verdict.Timeout || last.ICMP != nil && !last.ICMP.Local && last.ICMP.From != "" && last.ICMP.From != v.Addr
+}
+
+// trace traces a failed verdict's flow and says where it was lost, within the rate cap.
+func trace(ctx context.Context, v *verdict.Verdict, out outcome) {
+	if !traceAllowed(time.Now()) {
+		v.Detail += fmt.Sprintf("; path not traced: over %d traces a second", TraceRate)
+		return
+	}
+	var known netip.Addr
+	if ic := out.last.ICMP; ic != nil {
+		known, _ = netip.ParseAddr(ic.From)
+	}
+	p, err := traceTCP(ctx, out.attempt, out.last.Local, min(out.attempt.Timeout, time.Second), known)
+	if err != nil {
+		v.Detail += "; path not traced: " + err.Error()
+		return
+	}
+	v.Path = p
+	v.Detail += "; " + pathDetail(p)
 }
 
 // describe writes the final attempt's result into v.
@@ -352,6 +370,15 @@ func describe(v *verdict.Verdict, out outcome) {
 // leave room for it).
 func AttemptBudget(k *Kind, o *Options) time.Duration {
 	return attemptBudget(o.Timeout, k.options(o.Kind))
+}
+
+// AfterBudget is how long a failed chain of o may take after its last attempt: its path
+// trace, when o asks for one.
+func AfterBudget(o *Options) time.Duration {
+	if o.Trace {
+		return TraceBudget
+	}
+	return 0
 }
 
 // attemptBudget is how long one attempt may take: the timeout, and for several packets

@@ -54,6 +54,13 @@ func setupSocket(fd int, a Attempt, stamps int) (Result, bool) {
 	if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
 		return socketError("setsockopt IP_RECVERR", err), false
 	}
+	if a.Addr.Addr().Is6() {
+		// No random flow label (per socket, and redrawn on a retransmission): the flow
+		// label is part of many routers' ECMP hash, and a probe's retries and its path
+		// trace must go the way its first packet went. Kernels without the option keep
+		// theirs.
+		_ = unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_AUTOFLOWLABEL, 0)
+	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPING, stamps); err != nil {
 		return socketError("setsockopt SO_TIMESTAMPING", err), false
 	}

@@ -42,6 +42,9 @@ var traceTokens = struct {
 func traceAllowed(now time.Time) bool {
 	traceTokens.Lock()
 	defer traceTokens.Unlock()
+	if now.Before(traceTokens.at) { // read before the lock: another went first
+		now = traceTokens.at
+	}
 	if !traceTokens.at.IsZero() {
 		traceTokens.tokens = min(TraceBurst, traceTokens.tokens+now.Sub(traceTokens.at).Seconds()*TraceRate)
 	}
@@ -53,18 +56,37 @@ func traceAllowed(now time.Time) bool {
 	return true
 }
 
-// traceTCP traces the flow local → a.Addr. Each hop waits at most wait.
-func traceTCP(ctx context.Context, a Attempt, local netip.AddrPort, wait time.Duration) *verdict.Path {
+// TraceBudget bounds a trace's time, whatever its hops: a daemon's chain of attempts
+// waits for it.
+const TraceBudget = 8 * time.Second
+
+// traceTCP traces the flow local → a.Addr. Each hop waits at most wait. known is a router
+// the failed attempt heard from (its ICMP error), if any: silent hops before it do not end
+// the trace. A trace this host cannot make (its socket, the flow's port taken) is an error.
+func traceTCP(ctx context.Context, a Attempt, local netip.AddrPort, wait time.Duration, known netip.Addr) (*verdict.Path, error) {
+	ctx, cancel := context.WithTimeout(ctx, TraceBudget)
+	defer cancel()
 	p := &verdict.Path{}
 	silent := 0
-	for ttl := 1; ttl <= maxTraceHops && silent < traceSilentEnd && ctx.Err() == nil; ttl++ {
-		h, reached, final := tcpHop(ctx, a, local, ttl, wait)
+	seen := map[string]int{}
+	for ttl := 1; ttl <= maxTraceHops && (silent < traceSilentEnd || known.IsValid()) && ctx.Err() == nil; ttl++ {
+		h, reached, final, err := tcpHop(ctx, a, local, ttl, wait)
+		if err != nil {
+			return nil, err
+		}
+		if ctx.Err() != nil { // cut short: not silence
+			p.Incomplete = true
+			break
+		}
 		p.Hops = append(p.Hops, h)
 		if h.Addr == "" {
 			silent++
 			continue
 		}
 		silent = 0
+		if known.IsValid() && h.Addr == known.WithZone("").String() {
+			known = netip.Addr{}
+		}
 		if prev := len(p.Hops) - 2; final && !reached && prev >= 0 && p.Hops[prev].Addr == h.Addr {
 			// The router that let TTL n-1 expire forwards TTL n and rejects it: its
 			// error belongs to its own hop (TTL is checked before the forward hook).
@@ -72,6 +94,11 @@ func traceTCP(ctx context.Context, a Attempt, local netip.AddrPort, wait time.Du
 			break
 		}
 		p.LastAnswered = ttl
+		if n, loop := seen[h.Addr]; loop && n < ttl-1 {
+			p.Loop = true // the same router again, not at the next hop: a routing loop
+			break
+		}
+		seen[h.Addr] = ttl
 		if reached || final {
 			p.Reached = reached
 			break
@@ -81,22 +108,28 @@ func traceTCP(ctx context.Context, a Attempt, local netip.AddrPort, wait time.Du
 		h := &p.Hops[i]
 		if h.Addr == "" && h.N < p.LastAnswered {
 			h.RateLimited = true
-		} else if h.Addr == "" && p.FirstSilent == 0 {
+		} else if h.Addr == "" && p.FirstSilent == 0 && !p.Incomplete {
 			p.FirstSilent = h.N
 		}
 	}
-	return p
+	return p, nil
 }
 
 // pathDetail words where a trace ended: "lost after hop 3 (198.51.100.9)".
 func pathDetail(p *verdict.Path) string {
 	switch {
 	case p.Reached:
-		return fmt.Sprintf("the path reaches the target in %d hop(s)", p.LastAnswered)
+		return fmt.Sprintf("path: the target answers at hop %d", p.LastAnswered)
+	case p.Loop:
+		return fmt.Sprintf("path: a routing loop: %s answers again at hop %d", p.Hops[p.LastAnswered-1].Addr, p.LastAnswered)
+	case p.LastAnswered == 0 && p.Incomplete:
+		return "path: the trace was cut short before any hop answered"
 	case p.LastAnswered == 0:
 		return "path: no hop answered (lost at the first hop, or its router does not send time exceeded)"
 	case p.FirstSilent > 0:
 		return fmt.Sprintf("path: lost after hop %d (%s)", p.LastAnswered, p.Hops[p.LastAnswered-1].Addr)
+	case p.Incomplete:
+		return fmt.Sprintf("path: hop %d (%s) answered before the trace was cut short", p.LastAnswered, p.Hops[p.LastAnswered-1].Addr)
 	}
 	last := p.Hops[p.LastAnswered-1]
 	return fmt.Sprintf("path: hop %d (%s) answered %s", p.LastAnswered, last.Addr, last.ICMP)
@@ -104,59 +137,57 @@ func pathDetail(p *verdict.Path) string {
 
 // tcpHop sends the flow's SYN with ttl and says who answered: reached when it was the
 // target, final when the answer ends the trace (an ICMP error other than time exceeded).
-func tcpHop(ctx context.Context, a Attempt, local netip.AddrPort, ttl int, wait time.Duration) (h verdict.Hop, reached, final bool) {
+// An error is this host's: the hop could not be sent.
+func tcpHop(ctx context.Context, a Attempt, local netip.AddrPort, ttl int, wait time.Duration) (h verdict.Hop, reached, final bool, err error) {
 	h.N = ttl
 	if l := local.Addr(); l.Is6() && l.IsLinkLocalUnicast() && l.Zone() == "" {
 		local = netip.AddrPortFrom(l.WithZone(a.Addr.Addr().Zone()), local.Port())
 	}
-	f, fd, sa, _, ok := probeSocket(a, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	f, fd, sa, res, ok := probeSocket(a, unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if !ok {
-		return h, false, true
+		return h, false, false, errors.New(res.Detail)
 	}
 	defer f.Close()
 	b := a
 	b.Source = netip.Addr{} // bound below, with the flow's port
-	if _, ok := setupSocket(fd, b, sockStreamStamps); !ok || hopSocket(fd, local, ttl) != nil {
-		return h, false, true
+	if res, ok := setupSocket(fd, b, sockStreamStamps); !ok {
+		return h, false, false, errors.New(res.Detail)
+	}
+	if err := hopSocket(fd, local, ttl); err != nil {
+		return h, false, false, err
 	}
 	sent := time.Now()
 	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
-		return h, false, true
+		return h, false, false, fmt.Errorf("connect from %s: %w", local, err)
 	}
 	until := sent.Add(wait)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(until) {
-		until = dl
-	}
-	for time.Now().Before(until) {
+	for ctx.Err() == nil && time.Now().Before(until) {
+		// Short polls: a daemon stopping, or the trace's budget, ends the wait.
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT | unix.POLLERR}}
-		if n, _ := unix.Poll(pfd, int(max(time.Until(until).Milliseconds(), 1))); n == 0 {
-			break
+		if n, _ := unix.Poll(pfd, int(min(max(time.Until(until).Milliseconds(), 1), 100))); n == 0 {
+			continue
 		}
 		if q, ok := lastICMP(drainErrQueue(fd)); ok {
 			at := q.At
 			if at.IsZero() {
 				at = time.Now()
 			}
-			v6 := a.Addr.Addr().Is6()
-			reason, name := ClassifyICMP(v6, q.Type, q.Code)
+			reason, name := ClassifyICMP(a.Addr.Addr().Is6(), q.Type, q.Code)
 			h.Addr, h.ICMP, h.RTTMs = q.Offender.String(), name, verdict.MsPtr(at.Sub(sent))
 			reached = q.Offender.WithZone("") == a.Addr.Addr().WithZone("")
-			return h, reached, reason != verdict.TTLExceeded
+			return h, reached, reason != verdict.TTLExceeded, nil
 		}
 		soErr, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 		if soErr == 0 && pfd[0].Revents&unix.POLLOUT != 0 || unix.Errno(soErr) == unix.ECONNREFUSED {
 			h.Addr, h.RTTMs = a.Addr.Addr().WithZone("").String(), verdict.MsPtr(time.Since(sent))
-			return h, true, true
-		}
-		if ctx.Err() != nil {
-			break
+			return h, true, true, nil
 		}
 	}
-	return h, false, false
+	return h, false, false, nil
 }
 
 // hopSocket readies fd to carry the flow's SYN at ttl: the flow's local address and port
-// (free again: the attempt's socket was closed with a reset), and closed with a reset too.
+// (free again: the attempt's socket is closed), and closed with a reset.
 func hopSocket(fd int, local netip.AddrPort, ttl int) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
 		return err
@@ -175,5 +206,8 @@ func hopSocket(fd int, local netip.AddrPort, ttl int) error {
 	if err != nil {
 		return err
 	}
-	return unix.Bind(fd, sa)
+	if err := unix.Bind(fd, sa); err != nil {
+		return fmt.Errorf("bind the flow's own %s: %w", local, err)
+	}
+	return nil
 }

@@ -50,8 +50,10 @@ type Conntrack struct {
 	// Count and Max: entries in the table, and its limit (nf_conntrack_max).
 	Count uint32 `json:"count"`
 	Max   uint32 `json:"max"`
-	// Since the last snapshot: packets conntrack found INVALID, entries it failed to
-	// insert, and packets it dropped (a full table).
+	// Over SinceMs (since the last snapshot, or reachd's start), host-wide: packets
+	// conntrack found INVALID, entries it failed to insert (a full table, or a clash of
+	// parallel flows), packets it dropped, and entries it evicted to make room.
+	SinceMs      Millis `json:"since_ms"`
 	Invalid      uint64 `json:"invalid"`
 	InsertFailed uint64 `json:"insert_failed"`
 	Drop         uint64 `json:"drop"`

@@ -10,6 +10,10 @@ type Path struct {
 	// silent hops that ended the trace (0: it did not end in silence).
 	LastAnswered int `json:"last_answered"`
 	FirstSilent  int `json:"first_silent,omitempty"`
+	// Loop: a router answered again further on (a routing loop); Incomplete: the trace
+	// was cut short (its time budget, reachd stopping) before its end.
+	Loop       bool `json:"loop,omitempty"`
+	Incomplete bool `json:"incomplete,omitempty"`
 }
 
 // Hop is one TTL's probe and its answer.

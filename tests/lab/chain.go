@@ -141,11 +141,12 @@ func (l *Lab) ECMPChain() (*ECMP, error) {
 		for _, kv := range [][2]string{{"net.ipv6.conf.all.accept_dad", "0"}, {"net.ipv6.conf.default.accept_dad", "0"},
 			{"net.ipv6.conf.default.accept_ra", "0"}, {"net.ipv4.icmp_ratemask", "0"}, {"net.ipv6.icmp.ratemask", ""},
 			{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"},
-			// Policy 3 hashes the fields named (55 = 0x37: addresses, protocol, ports): a router's
-			// hash of the headers. Policy 1 would take the hash a veth carries over from
-			// the sending socket (a random one per socket), which no wire does.
-			{"net.ipv4.fib_multipath_hash_policy", "3"}, {"net.ipv4.fib_multipath_hash_fields", "55"},
-			{"net.ipv6.fib_multipath_hash_policy", "3"}, {"net.ipv6.fib_multipath_hash_fields", "55"}} {
+			// Policy 3 hashes the fields named (63 = 0x3f: addresses, IPv6's flow label,
+			// protocol, ports): a router's hash of the headers. Policy 1 would take the
+			// hash a veth carries over from the sending socket (a random one per socket),
+			// which no wire does.
+			{"net.ipv4.fib_multipath_hash_policy", "3"}, {"net.ipv4.fib_multipath_hash_fields", "63"},
+			{"net.ipv6.fib_multipath_hash_policy", "3"}, {"net.ipv6.fib_multipath_hash_fields", "63"}} {
 			if err := ns.Sysctl(kv[0], kv[1]); err != nil {
 				return nil, err
 			}

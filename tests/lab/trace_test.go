@@ -55,7 +55,7 @@ func TestPathTrace(t *testing.T) {
 		}{
 			{"drop at hop 3", dropAt3, verdict.Timeout, 2, 3, 0, "lost after hop 2"},
 			{"hop 2 quiet, drop at hop 4", dropAt4, verdict.Timeout, 3, 4, 2, "lost after hop 3"},
-			{"reject at hop 4", rejectAt4, verdict.AdminProhibited, 4, 0, 0, "hop 4"},
+			{"reject at hop 4", rejectAt4, verdict.AdminProhibited, 4, 0, 0, "path: hop 4 (" + c.Hop(4, v6).String() + ") answered communication administratively prohibited"},
 		} {
 			t.Run(fam+"/"+tc.name, func(t *testing.T) {
 				t.Parallel()
