@@ -129,7 +129,10 @@ func parseErrQueueOOB(oob []byte) []QueuedError {
 func drainErrQueue(fd int) []QueuedError {
 	var out []QueuedError
 	buf := make([]byte, 512)
-	oob := make([]byte, 512)
+	// Room for every control message: an error may come with a timestamp and the
+	// kernel's timestamping statistics (448 bytes) ahead of IP_RECVERR's, which a
+	// shorter buffer cuts off (MSG_CTRUNC).
+	oob := make([]byte, 2048)
 	for range 16 {
 		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {

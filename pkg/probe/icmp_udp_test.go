@@ -35,7 +35,7 @@ func TestICMPLoopback(t *testing.T) {
 	done := make(chan int)
 	for i, a := range targets {
 		go func() {
-			res[i] = runICMP(ctx, Attempt{Addr: netip.AddrPortFrom(netip.MustParseAddr(a), 0), Timeout: time.Second, Opts: &ICMPOptions{Packets{Count: 3, Interval: 10 * time.Millisecond}}})
+			res[i] = runICMP(ctx, Attempt{Addr: netip.AddrPortFrom(netip.MustParseAddr(a), 0), Timeout: time.Second, Opts: &ICMPOptions{Packets: Packets{Count: 3, Interval: 10 * time.Millisecond}}})
 			done <- i
 		}()
 	}

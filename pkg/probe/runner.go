@@ -384,6 +384,9 @@ func AfterBudget(o *Options) time.Duration {
 // attemptBudget is how long one attempt may take: the timeout, and for several packets
 // the intervals between them too.
 func attemptBudget(timeout time.Duration, o KindOptions) time.Duration {
+	if io, ok := o.(*ICMPOptions); ok && io.PMTU {
+		timeout += PMTUBudget
+	}
 	if po, ok := o.(packetOptions); ok {
 		if p := po.packets(); p.Count > 1 {
 			return timeout + time.Duration(p.Count-1)*p.Interval

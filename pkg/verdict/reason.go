@@ -30,6 +30,7 @@ const (
 	ProtocolUnreachable Reason = "protocol_unreachable"
 	TTLExceeded         Reason = "ttl_exceeded"
 	FragNeeded          Reason = "frag_needed"
+	MTUBlackhole        Reason = "mtu_blackhole"
 	ICMPError           Reason = "icmp_error"
 	OpenFiltered        Reason = "open_filtered"
 	NoRoute             Reason = "no_route"
@@ -71,6 +72,7 @@ var layers = map[Reason][]Layer{
 	ProtocolUnreachable: {LayerNetwork, LayerLocal},
 	TTLExceeded:         {LayerNetwork},
 	FragNeeded:          {LayerNetwork, LayerLocal},
+	MTUBlackhole:        {LayerNetwork},
 	ICMPError:           {LayerNetwork, LayerLocal},
 	OpenFiltered:        {LayerTransport},
 	NoRoute:             {LayerLocal},
