@@ -3,6 +3,8 @@ package daemon
 import (
 	"sync"
 	"time"
+
+	"reachd/pkg/schedule"
 )
 
 // logBudget bounds the verdict records logged per second over all targets: with
@@ -11,16 +13,14 @@ import (
 // budget records are counted, not written, and a line says how many, once a minute.
 type logBudget struct {
 	mu         sync.Mutex
-	rate       float64 // records per second; 0: no limit
-	burst      float64
-	tokens     float64
-	at         time.Time
+	rate       int // records per second; 0: no limit
+	bucket     schedule.Bucket
 	suppressed uint64 // since the last summary
 	summaryAt  time.Time
 }
 
 func newLogBudget(rate, burst int, now time.Time) *logBudget {
-	return &logBudget{rate: float64(rate), burst: float64(burst), tokens: float64(burst), at: now, summaryAt: now}
+	return &logBudget{rate: rate, bucket: schedule.NewBucket(float64(rate), float64(burst)), summaryAt: now}
 }
 
 // configure gives the budget a reload's rate and burst, with the burst's tokens for the new
@@ -29,7 +29,7 @@ func newLogBudget(rate, burst int, now time.Time) *logBudget {
 func (b *logBudget) configure(rate, burst int, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.rate, b.burst, b.tokens, b.at = float64(rate), float64(burst), float64(burst), now
+	b.rate, b.bucket = rate, schedule.NewBucket(float64(rate), float64(burst))
 }
 
 // take says whether a record may be written now; summary is the count of records
@@ -37,17 +37,8 @@ func (b *logBudget) configure(rate, burst int, now time.Time) {
 func (b *logBudget) take(now time.Time) (ok bool, summary uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.rate > 0 {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
-		b.at = now
-		if b.tokens >= 1 {
-			b.tokens--
-			ok = true
-		} else {
-			b.suppressed++
-		}
-	} else {
-		ok = true
+	if ok = b.rate <= 0 || b.bucket.Take(now); !ok {
+		b.suppressed++
 	}
 	if b.suppressed > 0 && now.Sub(b.summaryAt) >= time.Minute {
 		summary, b.suppressed, b.summaryAt = b.suppressed, 0, now

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"reachd/pkg/schedule"
 	"reachd/pkg/verdict"
 )
 
@@ -57,35 +58,17 @@ const (
 // interfaces).
 var buckets = struct {
 	sync.Mutex
-	m map[int]*bucket
-}{m: map[int]*bucket{}}
-
-type bucket struct {
-	tokens float64
-	at     time.Time
-}
-
-func later(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return b
-	}
-	return a
-}
+	m map[int]*schedule.Bucket
+}{m: map[int]*schedule.Bucket{}}
 
 func allow(index int, now time.Time) bool {
 	buckets.Lock()
 	defer buckets.Unlock()
 	b, ok := buckets.m[index]
 	if !ok {
-		b = &bucket{tokens: SnapshotBurst, at: now}
+		nb := schedule.NewBucket(SnapshotRate, SnapshotBurst)
+		b = &nb
 		buckets.m[index] = b
 	}
-	now = later(now, b.at) // read before the lock: another may have gone first
-	b.tokens = min(SnapshotBurst, b.tokens+now.Sub(b.at).Seconds()*SnapshotRate)
-	b.at = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return b.Take(now)
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"reachd/pkg/schedule"
 	"reachd/pkg/verdict"
 )
 
@@ -40,7 +41,7 @@ func TestConntrackCause(t *testing.T) {
 // TestTraceRateCap: a burst of traces passes, then TraceRate a second.
 func TestTraceRateCap(t *testing.T) {
 	traceTokens.Lock()
-	traceTokens.tokens, traceTokens.at = TraceBurst, time.Time{}
+	traceTokens.Bucket = schedule.NewBucket(TraceRate, TraceBurst)
 	traceTokens.Unlock()
 	now := time.Unix(2000, 0)
 	n := 0

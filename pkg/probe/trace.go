@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"reachd/pkg/schedule"
 	"reachd/pkg/verdict"
 )
 
@@ -34,26 +35,14 @@ const (
 
 var traceTokens = struct {
 	sync.Mutex
-	tokens float64
-	at     time.Time
-}{tokens: TraceBurst}
+	schedule.Bucket
+}{Bucket: schedule.NewBucket(TraceRate, TraceBurst)}
 
 // traceAllowed takes a token of the trace rate cap, if one is left.
 func traceAllowed(now time.Time) bool {
 	traceTokens.Lock()
 	defer traceTokens.Unlock()
-	if now.Before(traceTokens.at) { // read before the lock: another went first
-		now = traceTokens.at
-	}
-	if !traceTokens.at.IsZero() {
-		traceTokens.tokens = min(TraceBurst, traceTokens.tokens+now.Sub(traceTokens.at).Seconds()*TraceRate)
-	}
-	traceTokens.at = now
-	if traceTokens.tokens < 1 {
-		return false
-	}
-	traceTokens.tokens--
-	return true
+	return traceTokens.Take(now)
 }
 
 // TraceBudget bounds a trace's time, whatever its hops: a daemon's chain of attempts
