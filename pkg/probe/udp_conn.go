@@ -100,13 +100,7 @@ func (u *udpConn) wait(ctx context.Context, until time.Time, all bool) error {
 // drain reads both queues to empty (the poller is edge-triggered) and reports whether
 // every datagram sent has been answered.
 func (u *udpConn) drain() bool {
-	for range 1 << 12 {
-		n, oobn, _, _, err := unix.Recvmsg(u.fd, u.buf[:], u.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
-		if err != nil {
-			break
-		}
-		u.errQueued(u.buf[:n], u.oob[:oobn])
-	}
+	u.drainErrors()
 	for range 1 << 12 {
 		n, oobn, _, _, err := unix.Recvmsg(u.fd, u.buf[:], u.oob[:], unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EAGAIN) {
@@ -116,6 +110,12 @@ func (u *udpConn) drain() bool {
 			// A pending socket error (an ICMP error) that this read cleared; its details
 			// were in the error queue. Without them (no IP_RECVERR support), the errno
 			// alone still says what happened.
+			// An ICMP error that came after the error queue was read sets the socket's
+			// error with its details queued: read them, and fall back on the errno only
+			// when none were.
+			if u.drainErrors() > 0 {
+				continue
+			}
 			if d := u.oldestOpen(time.Now(), nil); d != nil && isAsyncICMPErrno(err) {
 				d.err, d.errUser = errnoAsICMP(err), time.Now()
 			}
@@ -131,6 +131,21 @@ func (u *udpConn) drain() bool {
 	return len(u.dgrams) > 0
 }
 
+// drainErrors reads the error queue to empty and says how many ICMP errors it held.
+func (u *udpConn) drainErrors() int {
+	n := 0
+	for range 1 << 12 {
+		m, oobn, _, _, err := unix.Recvmsg(u.fd, u.buf[:], u.oob[:], unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if err != nil {
+			break
+		}
+		if u.errQueued(u.buf[:m], u.oob[:oobn]) {
+			n++
+		}
+	}
+	return n
+}
+
 // oldestOpen is the earliest datagram still waiting at now for which fits holds (nil:
 // any).
 func (u *udpConn) oldestOpen(now time.Time, fits func(*dgram) bool) *dgram {
@@ -143,20 +158,20 @@ func (u *udpConn) oldestOpen(now time.Time, fits func(*dgram) bool) *dgram {
 }
 
 // errQueued handles one error-queue message: a transmit timestamp, or an ICMP error, whose
-// data is the start of the datagram it answers.
-func (u *udpConn) errQueued(b, oob []byte) {
+// data is the start of the datagram it answers. It says whether it was an ICMP error.
+func (u *udpConn) errQueued(b, oob []byte) bool {
 	m := parseRxOOB(oob)
 	if m.ee == nil {
-		return
+		return false
 	}
 	if m.ee.Origin == eeOriginTimestamping {
 		if i := int(m.ee.Data); i < len(u.dgrams) && u.dgrams[i].txKernel.IsZero() {
 			u.dgrams[i].txKernel = m.at
 		}
-		return
+		return false
 	}
 	if !m.ee.IsICMP() {
-		return
+		return false
 	}
 	now := time.Now()
 	// The error's data is the start of the datagram it answers: the oldest one still
@@ -169,6 +184,7 @@ func (u *udpConn) errQueued(b, oob []byte) {
 	if d != nil {
 		d.err, d.errUser = m.ee, now
 	}
+	return true
 }
 
 // received matches one reply to the datagram it answers.
