@@ -79,6 +79,12 @@ func linkChange(l *verdict.Link, now time.Time) *verdict.LinkChange {
 		TxErrors: cur.txErrors - prev.txErrors, RxDropped: cur.rxDropped - prev.rxDropped, TxDropped: cur.txDropped - prev.txDropped}
 }
 
+// ticksAgo turns the neighbor table's "clock ticks ago" into milliseconds: the kernel
+// reports them in USER_HZ, 100 a second on every Linux architecture.
+func ticksAgo(t uint32) *verdict.Millis {
+	return verdict.MsPtr(time.Duration(t) * 10 * time.Millisecond)
+}
+
 // neighbor reads ip's neighbor entry on the link (State NONE when there is none).
 func neighbor(ip netip.Addr, index int) *verdict.Neighbor {
 	out := &verdict.Neighbor{Addr: ip.WithZone("").String(), State: "NONE"}
@@ -98,6 +104,7 @@ func neighbor(ip netip.Addr, index int) *verdict.Neighbor {
 			if len(n.HardwareAddr) > 0 {
 				out.LLAddr = n.HardwareAddr.String()
 			}
+			out.UpdatedMs, out.ConfirmedMs = ticksAgo(n.Updated), ticksAgo(n.Confirmed)
 			break
 		}
 	}

@@ -41,6 +41,10 @@ type Neighbor struct {
 	Addr   string `json:"addr"`
 	LLAddr string `json:"lladdr,omitempty"`
 	State  string `json:"state"` // REACHABLE, STALE, INCOMPLETE, FAILED, ... or NONE: no entry
+	// The entry's age: since it entered its state, and since the neighbor last confirmed
+	// it is there (an answer, or a higher layer's confirmation); absent with no entry.
+	UpdatedMs   *Millis `json:"updated_ms,omitempty"`
+	ConfirmedMs *Millis `json:"confirmed_ms,omitempty"`
 }
 
 // Conntrack is what the connection tracker of this host knows of the probe's flow, and

@@ -71,7 +71,7 @@ func TestFailureSnapshot(t *testing.T) {
 				t.Errorf("addresses %s", addrs)
 			}
 			nb, _ := cx["neighbor"].(map[string]any)
-			if nb["state"] == "NONE" || nb["state"] == "FAILED" || nb["lladdr"] == nil {
+			if nb["state"] == "NONE" || nb["state"] == "FAILED" || nb["lladdr"] == nil || nb["updated_ms"] == nil || nb["confirmed_ms"] == nil {
 				t.Errorf("neighbor %v, want the gateway's resolved entry", nb)
 			}
 			ct, _ := cx["conntrack"].(map[string]any)
