@@ -3,6 +3,7 @@ package probe
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -160,7 +161,7 @@ func (s *session) ask(ctx context.Context, conn net.Conn, q *dns.Msg) (*dns.Msg,
 	return m, len(body), nil
 }
 
-var errNotAnswer = fmt.Errorf("not the answer")
+var errNotAnswer = errors.New("not the answer")
 
 // askFailure classifies a failed question over a connection: silence is dns_timeout (the
 // server took the connection but did not answer), a close or reset keeps its reason.
@@ -168,7 +169,7 @@ func (s *session) askFailure(err error, a Attempt) Result {
 	if !s.marks.first.set() {
 		s.marks.first, s.marks.firstRx = mark{at: time.Now()}, -1
 	}
-	if strings.Contains(err.Error(), errNotAnswer.Error()) {
+	if errors.Is(err, errNotAnswer) {
 		return Result{Reason: verdict.ProtocolMismatch, Layer: verdict.LayerApplication, sent: true, Detail: err.Error()}
 	}
 	wait := a.Timeout

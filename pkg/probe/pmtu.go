@@ -174,18 +174,11 @@ func newPMTUSocket(a Attempt) (*pmtuSocket, error) {
 // echo sends an echo request of size bytes (IP header included) and waits for its reply,
 // or a router's fragmentation needed / packet too big.
 func (ps *pmtuSocket) echo(ctx context.Context, size int, seq uint16, wait time.Duration) (bool, *QueuedError, error) {
-	hdr := 20
-	typ, reply := byte(8), byte(0)
+	hdr, reply := 20, icmp4EchoReply
 	if ps.v6 {
-		hdr, typ, reply = 40, 128, 129
+		hdr, reply = 40, icmp6EchoReply
 	}
-	msg := make([]byte, size-hdr)
-	msg[0] = typ
-	binary.BigEndian.PutUint16(msg[4:], ps.id)
-	binary.BigEndian.PutUint16(msg[6:], seq)
-	if !ps.v6 {
-		binary.BigEndian.PutUint16(msg[2:], checksum(msg))
-	}
+	msg := buildEcho(ps.v6, ps.id, seq, make([]byte, size-hdr-echoHeaderLen))
 	if _, err := unix.Write(ps.fd, msg); err != nil {
 		if errors.Is(err, unix.EMSGSIZE) { // larger than this host lets out: not the path's
 			return false, nil, nil
@@ -200,7 +193,7 @@ func (ps *pmtuSocket) echo(ctx context.Context, size int, seq uint16, wait time.
 			continue
 		}
 		for _, q := range drainErrQueue(ps.fd) {
-			if q.IsICMP() && (!ps.v6 && q.Type == 3 && q.Code == 4 || ps.v6 && q.Type == 2) {
+			if q.IsICMP() && (!ps.v6 && q.Type == icmp4DestUnreach && q.Code == 4 || ps.v6 && q.Type == icmp6PacketTooBig) {
 				return false, &q, nil
 			}
 		}
@@ -211,28 +204,10 @@ func (ps *pmtuSocket) echo(ctx context.Context, size int, seq uint16, wait time.
 		if err != nil {
 			continue
 		}
-		b := buf[:n]
-		if !ps.v6 && len(b) >= 20 { // raw IPv4 sockets hand over the IP header
-			b = b[int(b[0]&0x0f)*4:]
-		}
-		if len(b) >= 8 && b[0] == reply && binary.BigEndian.Uint16(b[4:]) == ps.id && binary.BigEndian.Uint16(b[6:]) == seq {
+		// Raw IPv4 sockets hand over the IP header.
+		if p, err := parseICMP(buf[:n], ps.v6, !ps.v6); err == nil && p.Type == reply && p.ID == ps.id && p.Seq == seq {
 			return true, nil, nil
 		}
 	}
 	return false, nil, nil
-}
-
-// checksum is the Internet checksum (RFC 1071).
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return ^uint16(s)
 }

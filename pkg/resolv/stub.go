@@ -18,7 +18,6 @@ import (
 type Stub struct {
 	conf  func() Conf
 	hosts *HostsFile // nil: no hosts file (a resolver the user named)
-	name  string
 }
 
 var (
@@ -32,7 +31,7 @@ var (
 func System() *Stub {
 	systemOnce.Do(func() {
 		systemConf = NewConfFile(ConfPath)
-		system = &Stub{conf: systemConf.Conf, hosts: NewHostsFile(HostsPath), name: "system"}
+		system = &Stub{conf: systemConf.Conf, hosts: NewHostsFile(HostsPath)}
 	})
 	return system
 }
@@ -46,18 +45,15 @@ func SystemConf() *ConfFile {
 // NewSystem is a system policy over the given files (tests name their own).
 func NewSystem(confPath, hostsPath string) *Stub {
 	cf, hf := NewConfFile(confPath), NewHostsFile(hostsPath)
-	return &Stub{conf: cf.Conf, hosts: hf, name: "system"}
+	return &Stub{conf: cf.Conf, hosts: hf}
 }
 
 // Fixed is one resolver the user named: asked alone, without a hosts file or search
 // domains (a name is taken as fully qualified).
 func Fixed(server netip.AddrPort) *Stub {
 	c := Conf{Servers: []netip.AddrPort{server}, Ndots: 0, Timeout: 30 * time.Second}
-	return &Stub{conf: func() Conf { return c }, name: server.String()}
+	return &Stub{conf: func() Conf { return c }}
 }
-
-// String names the policy: "system" or the resolver's address.
-func (s *Stub) String() string { return s.name }
 
 // Answer is a successful resolution.
 type Answer struct {
@@ -94,9 +90,6 @@ func (e *Error) Error() string {
 	}
 	return fmt.Sprintf("resolving %s: %s (%s)", e.Name, what, strings.Join(e.Tried, "; "))
 }
-
-// Timeout says no server answered before the deadline.
-func (e *Error) Timeout() bool { return e.Rcode < 0 && e.Silent }
 
 // LookupNetIP resolves host (the probe package's Resolver).
 func (s *Stub) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {

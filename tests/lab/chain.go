@@ -118,12 +118,10 @@ type ECMP struct {
 	Client, R1, R2a, R2b, R3, Server *NS
 }
 
-// ECMPServer is the server's address; ECMPHop2a/b are r2a's and r2b's addresses toward r1.
+// ECMPServerV4 and ECMPServerV6 are the server's addresses.
 var (
 	ECMPServerV4 = netip.MustParseAddr("198.51.100.190")
 	ECMPServerV6 = netip.MustParseAddr("2001:db8:e:5::2")
-	ECMPHop2aV4  = netip.MustParseAddr("198.51.100.170")
-	ECMPHop2bV4  = netip.MustParseAddr("198.51.100.174")
 )
 
 // ECMPChain builds the ECMP topology; it is removed with the lab.
