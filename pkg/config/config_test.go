@@ -260,16 +260,17 @@ func TestDNSProbeConfig(t *testing.T) {
 	}
 }
 
-// TestTraceConfig: trace in defaults is for the kinds that trace (TCP flows); an icmp
-// probe that sets it itself is an error at its line.
+// TestTraceConfig: trace in defaults is for every kind, and a probe may turn it off; a bad
+// value is an error at its line.
 func TestTraceConfig(t *testing.T) {
-	good := "defaults: {trace: on-failure}\nprobes:\n  - {name: w, kind: tcp, targets: [\"198.51.100.1:443\"]}\n  - {name: p, kind: icmp, targets: [198.51.100.1]}\n"
+	good := "defaults: {trace: on-failure}\nprobes:\n  - {name: w, kind: tcp, targets: [\"198.51.100.1:443\"]}\n  - {name: p, kind: icmp, targets: [198.51.100.1]}\n" +
+		"  - {name: u, kind: udp, trace: never, targets: [\"198.51.100.1:53\"]}\n"
 	c, err := Parse("good.yaml", []byte(good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.Probes[0].Options.Trace || c.Probes[1].Options.Trace {
-		t.Fatalf("trace: tcp %v, icmp %v", c.Probes[0].Options.Trace, c.Probes[1].Options.Trace)
+	if !c.Probes[0].Options.Trace || !c.Probes[1].Options.Trace || c.Probes[2].Options.Trace {
+		t.Fatalf("trace: tcp %v, icmp %v, udp %v", c.Probes[0].Options.Trace, c.Probes[1].Options.Trace, c.Probes[2].Options.Trace)
 	}
 	if _, err := Parse("bad.yaml", []byte("probes:\n  - {name: w, kind: tcp, trace: sometimes, targets: [\"198.51.100.1:443\"]}\n")); err == nil || !strings.Contains(err.Error(), "bad.yaml:2:") {
 		t.Fatalf("a bad trace value: %v", err)

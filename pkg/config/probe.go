@@ -195,9 +195,8 @@ func merge(k *probe.Kind, defs, own settings) settings {
 		if _, isKind := probe.Lookup(kind); isKind && kind != k.Name {
 			continue
 		}
-		if key == "count" && !kindTakes(k, "count") || key == "resolver" && k.NameTarget || key == "trace" && !k.Traceable {
-			// dns asks its own servers, and only TCP flows are traced: a probe that sets
-			// either itself is told so
+		if key == "count" && !kindTakes(k, "count") || key == "resolver" && k.NameTarget {
+			// dns asks its own servers: a probe that sets it itself is told so
 			continue
 		}
 		out[key] = e

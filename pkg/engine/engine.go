@@ -169,9 +169,6 @@ func Check(j Job) error {
 	if err := j.Options.Check(); err != nil {
 		return err
 	}
-	if j.Options.Trace && !j.Kind.Traceable {
-		return fmt.Errorf("--trace sends a probe's TCP flow again: it is for tcp, http, tls and line, not %s", j.Kind.Name)
-	}
 	for _, t := range j.Targets {
 		if err := probe.CheckTarget(t, j.Options); err != nil {
 			return err

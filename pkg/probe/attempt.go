@@ -66,6 +66,7 @@ type Result struct {
 
 	sent     bool          // a packet left (not a local error before sending)
 	proto    uint8         // the flow's protocol (with Local: its conntrack key); 0: none
+	payload  []byte        // a path trace sends it again: the first datagram (udp), echo request (icmp)
 	waited   time.Duration // how long a timeout waited
 	icmpAt   time.Time     // when the kernel received the ICMP error (socket timestamp)
 	neighbor string        // the next hop that never resolved, when that is the verdict

@@ -32,6 +32,9 @@ type QueuedError struct {
 	Data     uint32     // ee_data: a transmit timestamp's SOF_TIMESTAMPING_OPT_ID counter
 	Offender netip.Addr // who sent the ICMP error; invalid if the kernel gave none
 	At       time.Time  // the kernel's receive timestamp (SO_TIMESTAMPNS); zero if none
+	// Quote is what the error quotes after the original packet's IP header, as far as the
+	// kernel hands it over: for a raw ICMP socket, the echo request's header and data.
+	Quote []byte
 }
 
 // IsICMP reports whether the error came from an ICMP or ICMPv6 message.
@@ -134,11 +137,14 @@ func drainErrQueue(fd int) []QueuedError {
 	// shorter buffer cuts off (MSG_CTRUNC).
 	oob := make([]byte, 2048)
 	for range 16 {
-		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err != nil {
 			break
 		}
-		out = append(out, parseErrQueueOOB(oob[:oobn])...)
+		for _, q := range parseErrQueueOOB(oob[:oobn]) {
+			q.Quote = append([]byte(nil), buf[:min(n, echoHeaderLen)]...)
+			out = append(out, q)
+		}
 	}
 	return out
 }

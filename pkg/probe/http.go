@@ -25,11 +25,10 @@ import (
 // as by the tls kind for https), redirects followed hop by hop with each recorded, and the
 // status and body judged. Each phase is timed at the wire where TC saw the packets.
 var httpKind = register(&Kind{
-	Name:      "http",
-	Order:     5,
-	Traceable: true,
-	URL:       true,
-	Summary:   "HTTP(S) request: status, body, redirects; TLS checked for https",
+	Name:    "http",
+	Order:   5,
+	URL:     true,
+	Summary: "HTTP(S) request: status, body, redirects; TLS checked for https",
 	Example: "  reachd probe http https://example.net/health\n" +
 		"  reachd probe http --expect-status 200-299 --body-regex ready http://198.51.100.10:8080/ready\n" +
 		"  reachd probe http --connect-to 203.0.113.10 --warn-days 14 https://www.example.net/",

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"reachd/pkg/verdict"
 	"reachd/pkg/wire"
@@ -104,6 +105,12 @@ func runICMP(ctx context.Context, a Attempt) Result {
 		p.collected(x.echoes)
 	}
 	res := echoResult(x.echoes, evs, a, timeout)
+	if len(x.echoes) > 0 {
+		res.proto, res.payload = unix.IPPROTO_ICMP, buildEcho(k.v6, p.id, x.echoes[0].seq, p.payload(x.echoes[0]))
+		if k.v6 {
+			res.proto = unix.IPPROTO_ICMPV6
+		}
+	}
 	ev := res.Kind.(*echoEvidence)
 	ev.id = int(p.id)
 	st := ev.stats

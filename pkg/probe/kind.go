@@ -24,9 +24,7 @@ type Kind struct {
 	// NameTarget: targets are names asked of servers (dns), not hosts probed: "." or a
 	// name, or an address (whose reverse name is asked).
 	NameTarget bool
-	// Traceable: its flows are TCP's, which a path trace (--trace) sends again.
-	Traceable bool
-	Needs     Needs
+	Needs      Needs
 	// NewOptions returns the kind's own options at their defaults (nil: it has none).
 	NewOptions func() KindOptions
 	run        func(ctx context.Context, a Attempt) Result

@@ -24,10 +24,9 @@ import (
 // only listens) and then matches the next line received against --expect i. The verdict
 // names the step that failed, what it expected and what came.
 var lineKind = register(&Kind{
-	Name:      "line",
-	Order:     7,
-	Traceable: true,
-	Summary:   "line protocol dialogue: --send and --expect steps in order (SMTP, POP3, Redis, ...)",
+	Name:    "line",
+	Order:   7,
+	Summary: "line protocol dialogue: --send and --expect steps in order (SMTP, POP3, Redis, ...)",
 	Example: "  reachd probe line --send '' --expect '^220 ' --send 'QUIT\\r\\n' --expect '^221' 198.51.100.25:25\n" +
 		"  reachd probe line --send 'PING\\r\\n' --expect '^\\+PONG' '[2001:db8::7]:6379'\n" +
 		"  reachd probe line --tls --ca /etc/ssl/private-ca.pem --send '' --expect '^\\+OK' mail.example.net:995",

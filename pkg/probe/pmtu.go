@@ -2,11 +2,9 @@ package probe
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -82,7 +80,7 @@ func pmtuSearch(ctx context.Context, a Attempt, wait time.Duration) (pmtuResult,
 	if err != nil {
 		return r, err
 	}
-	defer unix.Close(ps.fd)
+	defer ps.close()
 	r.high = ifc.MTU
 	low, high := pmtuMin(v6), ifc.MTU
 	try := func(size int) (bool, error) {
@@ -127,48 +125,23 @@ func pmtuSearch(ctx context.Context, a Attempt, wait time.Duration) (pmtuResult,
 	return r, nil
 }
 
-// pmtuSocket is a raw echo socket of its own, connected to the target, with DF set and
-// the error queue on.
-type pmtuSocket struct {
-	fd int
-	v6 bool
-	id uint16
-}
+// pmtuSocket is a raw echo socket with DF set and never held back by a cached path MTU.
+type pmtuSocket struct{ *rawEcho }
 
 func newPMTUSocket(a Attempt) (*pmtuSocket, error) {
-	v6 := a.Addr.Addr().Is6()
-	domain, proto := unix.AF_INET, unix.IPPROTO_ICMP
+	e, err := openRawEcho(a, "a path MTU search")
+	if err != nil {
+		return nil, err
+	}
 	level, disc, probe := unix.SOL_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE
-	if v6 {
-		domain, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+	if e.v6 {
 		level, disc, probe = unix.SOL_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
-	if err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return nil, errors.New("a path MTU search needs a raw socket: CAP_NET_RAW")
-		}
-		return nil, fmt.Errorf("raw socket: %w", err)
-	}
-	ps := &pmtuSocket{fd: fd, v6: v6}
-	if res, ok := setupSocket(fd, a, 0); !ok { // no timestamps: a search is timed as a whole
-		unix.Close(fd)
-		return nil, errors.New(res.Detail)
-	}
-	sa, err := sockaddrOf(netip.AddrPortFrom(a.Addr.Addr(), 0)) // raw: no port
-	if err == nil {
-		err = unix.SetsockoptInt(fd, level, disc, probe)
-	}
-	if err == nil {
-		err = unix.Connect(fd, sa)
-	}
-	if err != nil {
-		unix.Close(fd)
+	if err := unix.SetsockoptInt(e.fd, level, disc, probe); err != nil {
+		e.close()
 		return nil, fmt.Errorf("path MTU socket: %w", err)
 	}
-	idb, _ := random(2)
-	ps.id = binary.BigEndian.Uint16(idb)
-	return ps, nil
+	return &pmtuSocket{e}, nil
 }
 
 // echo sends an echo request of size bytes (IP header included) and waits for its reply,
@@ -197,16 +170,10 @@ func (ps *pmtuSocket) echo(ctx context.Context, size int, seq uint16, wait time.
 				return false, &q, nil
 			}
 		}
-		if pfd[0].Revents&unix.POLLIN == 0 {
-			continue
-		}
-		n, _, err := unix.Recvfrom(ps.fd, buf, unix.MSG_DONTWAIT)
-		if err != nil {
-			continue
-		}
-		// Raw IPv4 sockets hand over the IP header.
-		if p, err := parseICMP(buf[:n], ps.v6, !ps.v6); err == nil && p.Type == reply && p.ID == ps.id && p.Seq == seq {
-			return true, nil, nil
+		for p, _, ok := ps.read(buf); ok; p, _, ok = ps.read(buf) {
+			if p.Type == reply && p.ID == ps.id && p.Seq == seq {
+				return true, nil, nil
+			}
 		}
 	}
 	return false, nil, nil

@@ -9,12 +9,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"reachd/pkg/netctx"
 	"reachd/pkg/schedule"
 	"reachd/pkg/target"
 	"reachd/pkg/verdict"
+
+	"golang.org/x/sys/unix"
 )
 
 // Run probes t with kind k and returns one verdict per leg: per probed family (two with
@@ -288,17 +288,23 @@ func pinned(t target.Target, kopts KindOptions) target.Target {
 	return t
 }
 
-// traceable says whether a failed verdict's path is worth a trace: its TCP handshake got
-// no answer, or a router's ICMP error (not this host's), through a router (a target on a
+// traceable says whether a failed verdict's path is worth a trace: its probe got no
+// answer, or a router's ICMP error (not this host's), through a router (a target on a
 // connected route has no path to trace).
 func traceable(v *verdict.Verdict, last Result) bool {
-	if v.OK || last.proto != unix.IPPROTO_TCP || !last.Local.IsValid() || !last.sent || v.Route == nil || v.Route.Gateway == "" {
+	if v.OK || last.proto == 0 || !last.sent || v.Route == nil || v.Route.Gateway == "" {
 		return false
 	}
 	if last.Layer != "" && last.Layer != verdict.LayerTransport && last.Layer != verdict.LayerNetwork {
 		return false // the handshake completed: TLS or the application failed
 	}
-	return last.Reason == verdict.Timeout || last.ICMP != nil && !last.ICMP.Local && last.ICMP.From != "" && last.ICMP.From != v.Addr
+	switch last.Reason {
+	case verdict.Timeout, verdict.OpenFiltered:
+		return true
+	case verdict.DNSTimeout: // a silent server, over UDP; over TCP it took the connection
+		return last.proto == unix.IPPROTO_UDP
+	}
+	return last.ICMP != nil && !last.ICMP.Local && last.ICMP.From != "" && last.ICMP.From != v.Addr
 }
 
 // trace traces a failed verdict's flow and says where it was lost, within the rate cap.
@@ -311,13 +317,21 @@ func trace(ctx context.Context, v *verdict.Verdict, out outcome) {
 	if ic := out.last.ICMP; ic != nil {
 		known, _ = netip.ParseAddr(ic.From)
 	}
-	p, err := traceTCP(ctx, out.attempt, out.last.Local, min(out.attempt.Timeout, time.Second), known)
+	hp, err := newHopper(out.attempt, out.last)
+	var p *verdict.Path
+	if err == nil {
+		defer hp.close()
+		p, err = tracePath(ctx, hp, min(out.attempt.Timeout, time.Second), known)
+	}
 	if err != nil {
 		v.Detail += "; path not traced: " + err.Error()
 		return
 	}
 	v.Path = p
 	v.Detail += "; " + pathDetail(p)
+	if out.last.Reason == verdict.OpenFiltered && p.FirstSilent > 0 {
+		v.Detail += ", or it reached a target silent to this payload" // UDP cannot tell
+	}
 }
 
 // describe writes the final attempt's result into v.

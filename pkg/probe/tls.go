@@ -18,10 +18,9 @@ import (
 // server showed: its chain (trusted, in date, for the name), its stapled OCSP response and
 // how soon it expires. No request is sent.
 var tlsKind = register(&Kind{
-	Name:      "tls",
-	Order:     6,
-	Traceable: true,
-	Summary:   "TLS handshake: chain, name, expiry and OCSP staple checked (no HTTP)",
+	Name:    "tls",
+	Order:   6,
+	Summary: "TLS handshake: chain, name, expiry and OCSP staple checked (no HTTP)",
 	Example: "  reachd probe tls example.net:443\n" +
 		"  reachd probe tls --server-name www.example.net --warn-days 21 203.0.113.10:443\n" +
 		"  reachd probe tls --ca /etc/ssl/private-ca.pem --require-staple '[2001:db8::10]:8443'",

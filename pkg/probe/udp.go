@@ -179,6 +179,9 @@ func udpExchange(ctx context.Context, a Attempt, o *UDPOptions) (Result, *udpCon
 	if sn, err := unix.Getsockname(fd); err == nil {
 		res.Local, res.proto = addrPortOf(sn), unix.IPPROTO_UDP
 	}
+	if len(u.dgrams) > 0 {
+		res.payload = append([]byte{}, u.dgrams[0].req.data...)
+	}
 	if sendErr != nil {
 		res.Detail += fmt.Sprintf("; sending stopped after %d of %d datagrams: %v", sent, o.Count, sendErr)
 	}

@@ -14,6 +14,11 @@ type Path struct {
 	// was cut short (its time budget, reachd stopping) before its end.
 	Loop       bool `json:"loop,omitempty"`
 	Incomplete bool `json:"incomplete,omitempty"`
+	// TimingSource says how the hops' round trips were timed: wire when TC saw every
+	// answered hop's probe leave and its answer arrive, else userspace (sent as the
+	// socket was handed the probe, answered as the kernel received the answer). Absent
+	// when no hop answered.
+	TimingSource string `json:"timing_source,omitempty"`
 }
 
 // Hop is one TTL's probe and its answer.

@@ -10,10 +10,11 @@ import (
 	"reachd/pkg/verdict"
 )
 
-// TestPathTrace: with --trace, a TCP probe that fails on a chain of four routers traces
-// its own flow hop by hop, over IPv4 and IPv6: a drop at hop 3 ends the path at hop 2; a
-// router that sends no time exceeded (hop 2: rate limited or filtered) is passed over,
-// not taken for the break; a router's reject ends the path at that router.
+// TestPathTrace: with --trace, a tcp, udp or icmp probe that fails on a chain of four
+// routers traces its own flow hop by hop, over IPv4 and IPv6, each hop timed at the wire:
+// a drop at hop 3 ends the path at hop 2; a router that sends no time exceeded (hop 2:
+// rate limited or filtered) is passed over, not taken for the break; a router's reject
+// ends the path at that router.
 func TestPathTrace(t *testing.T) {
 	l := requireLab(t)
 	c, err := l.Chain(4)
@@ -32,13 +33,15 @@ func TestPathTrace(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	drop(c.Routers[2], fmt.Sprintf("tcp dport %d drop", dropAt3))
-	drop(c.Routers[3], fmt.Sprintf("tcp dport %d drop", dropAt4))
-	if err := c.Routers[3].Nft(fmt.Sprintf("table inet rej {\n chain forw { type filter hook forward priority 0; tcp dport %d reject with icmpx admin-prohibited; }\n}\n", rejectAt4)); err != nil {
+	// th: the TCP or UDP header alike. The echo requests of the icmp cases are dropped
+	// at hop 3 (the chain's other probes are TCP and UDP).
+	drop(c.Routers[2], fmt.Sprintf("th dport %d drop; icmp type echo-request drop; icmpv6 type echo-request drop", dropAt3))
+	drop(c.Routers[3], fmt.Sprintf("th dport %d drop", dropAt4))
+	if err := c.Routers[3].Nft(fmt.Sprintf("table inet rej {\n chain forw { type filter hook forward priority 0; th dport %d reject with icmpx admin-prohibited; }\n}\n", rejectAt4)); err != nil {
 		t.Fatal(err)
 	}
 	// Hop 2 sends no time exceeded for the second trace's flow (as a rate-limited router):
-	// the quoted TCP header's destination port follows the ICMP header (8 bytes) and the
+	// the quoted TCP or UDP header's destination port follows the ICMP header (8 bytes) and the
 	// quoted IP header (20 bytes, or IPv6's 40).
 	if err := c.Routers[1].Nft(fmt.Sprintf("table inet quiet {\n chain out { type filter hook output priority 0; icmp type time-exceeded @th,240,16 %d drop; icmpv6 type time-exceeded @th,400,16 %d drop; }\n}\n", dropAt4, dropAt4)); err != nil {
 		t.Fatal(err)
@@ -46,6 +49,7 @@ func TestPathTrace(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		fam := map[bool]string{false: "ipv4", true: "ipv6"}[v6]
 		for _, tc := range []struct {
+			kind         string
 			name         string
 			port         int
 			reason       verdict.Reason
@@ -53,14 +57,21 @@ func TestPathTrace(t *testing.T) {
 			quiet        int // a hop passed over as rate limited
 			detail       string
 		}{
-			{"drop at hop 3", dropAt3, verdict.Timeout, 2, 3, 0, "lost after hop 2"},
-			{"hop 2 quiet, drop at hop 4", dropAt4, verdict.Timeout, 3, 4, 2, "lost after hop 3"},
-			{"reject at hop 4", rejectAt4, verdict.AdminProhibited, 4, 0, 0, "path: hop 4 (" + c.Hop(4, v6).String() + ") answered communication administratively prohibited"},
+			{"tcp", "drop at hop 3", dropAt3, verdict.Timeout, 2, 3, 0, "lost after hop 2"},
+			{"tcp", "hop 2 quiet, drop at hop 4", dropAt4, verdict.Timeout, 3, 4, 2, "lost after hop 3"},
+			{"tcp", "reject at hop 4", rejectAt4, verdict.AdminProhibited, 4, 0, 0, "path: hop 4 (" + c.Hop(4, v6).String() + ") answered communication administratively prohibited"},
+			{"udp", "drop at hop 3", dropAt3, verdict.OpenFiltered, 2, 3, 0, "lost after hop 2"},
+			{"udp", "hop 2 quiet, drop at hop 4", dropAt4, verdict.OpenFiltered, 3, 4, 2, "lost after hop 3"},
+			{"udp", "reject at hop 4", rejectAt4, verdict.AdminProhibited, 4, 0, 0, "path: hop 4 (" + c.Hop(4, v6).String() + ") answered communication administratively prohibited"},
+			{"icmp", "drop at hop 3", 0, verdict.Timeout, 2, 3, 0, "lost after hop 2"},
 		} {
-			t.Run(fam+"/"+tc.name, func(t *testing.T) {
+			t.Run(fam+"/"+tc.kind+"/"+tc.name, func(t *testing.T) {
 				t.Parallel()
 				target := netip.AddrPortFrom(c.ServerAddr(v6), uint16(tc.port)).String()
-				cmd := c.Client.Command(reachdBin, "probe", "tcp", "--json", "--retries", "0", "--timeout", "1s", "--trace", target)
+				if tc.kind == "icmp" {
+					target = c.ServerAddr(v6).String()
+				}
+				cmd := c.Client.Command(reachdBin, "probe", tc.kind, "--json", "--retries", "0", "--timeout", "1s", "--trace", target)
 				vs, code := runVerdicts(t, cmd)
 				if len(vs) != 1 {
 					t.Fatalf("want 1 verdict, got %d (exit %d)", len(vs), code)
@@ -74,6 +85,9 @@ func TestPathTrace(t *testing.T) {
 				if p["last_answered"] != float64(tc.last) || numOr0(p, "first_silent") != float64(tc.silent) {
 					t.Errorf("last answered %v, first silent %v; want %d, %d", p["last_answered"], p["first_silent"], tc.last, tc.silent)
 				}
+				if p["timing_source"] != verdict.SourceWire {
+					t.Errorf("hops timed by %v, want wire", p["timing_source"])
+				}
 				hops, _ := p["hops"].([]any)
 				for i := 1; i <= tc.last && i <= len(hops); i++ {
 					h := hops[i-1].(map[string]any)
@@ -83,6 +97,8 @@ func TestPathTrace(t *testing.T) {
 						t.Errorf("hop %d: %v, want silent and rate limited", i, h)
 					case i != tc.quiet && h["addr"] != want:
 						t.Errorf("hop %d answered from %v, want %s", i, h["addr"], want)
+					case i != tc.quiet && (numOr0(h, "rtt_ms") <= 0 || numOr0(h, "rtt_ms") > 500):
+						t.Errorf("hop %d: round trip %v ms", i, h["rtt_ms"])
 					}
 				}
 			})

@@ -1,0 +1,120 @@
+package probe
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"reachd/pkg/verdict"
+	"reachd/pkg/wire"
+)
+
+// echoHopper sends a failed echo attempt's request again, hop by hop, from a raw socket
+// of its own (the shared pinger's identifier is in use), keeping the attempt's checksum.
+type echoHopper struct {
+	a     Attempt
+	e     *rawEcho
+	probe []byte // the attempt's first echo request, as sent
+	wf    *wire.Flow
+}
+
+func newEchoHopper(a Attempt, probe []byte) (hopper, error) {
+	e, err := openRawEcho(a, "an icmp path trace")
+	if err != nil {
+		return nil, err
+	}
+	h := &echoHopper{a: a, e: e, probe: probe}
+	if a.Wire != nil && a.Wire.HasTC() {
+		h.wf, _, _ = registerEcho(a, e.id, e.v6, nil)
+	}
+	return h, nil
+}
+
+func (h *echoHopper) close() {
+	if h.wf != nil {
+		h.wf.Close()
+	}
+	h.e.close()
+}
+
+// traceEcho is the echo request of hop seq: the probe's data with its first word changed
+// so that the one's complement sum, and so the checksum, is the probe's whatever the
+// identifier and sequence (RFC 1071: the sum of 16-bit words, end-around carry). A probe
+// with less than a word of data keeps its data; its checksum then differs.
+func traceEcho(v6 bool, probe []byte, id, seq uint16) []byte {
+	data := append([]byte(nil), probe[echoHeaderLen:]...)
+	if len(data) >= 2 {
+		w := onesAdd(binary.BigEndian.Uint16(data), binary.BigEndian.Uint16(probe[4:6]))
+		w = onesAdd(w, binary.BigEndian.Uint16(probe[6:8]))
+		w = onesAdd(w, ^id)
+		w = onesAdd(w, ^seq)
+		binary.BigEndian.PutUint16(data, w)
+	}
+	return buildEcho(v6, id, seq, data)
+}
+
+// onesAdd is one's complement addition of 16-bit words.
+func onesAdd(a, b uint16) uint16 {
+	s := uint32(a) + uint32(b)
+	return uint16(s&0xffff + s>>16)
+}
+
+func (h *echoHopper) hop(ctx context.Context, ttl int, wait time.Duration) (hopAnswer, error) {
+	ans := hopAnswer{Hop: verdict.Hop{N: ttl}}
+	level, opt := unix.SOL_IP, unix.IP_TTL
+	if h.e.v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_UNICAST_HOPS
+	}
+	if err := unix.SetsockoptInt(h.e.fd, level, opt, ttl); err != nil {
+		return ans, fmt.Errorf("set the hop limit: %w", err)
+	}
+	// The sequence says which hop an answer is for: a late answer to an earlier hop is not
+	// this hop's.
+	seq := binary.BigEndian.Uint16(h.probe[6:8]) + uint16(ttl)
+	if h.wf != nil {
+		h.wf.Discard() // the earlier hops' events: this hop's are timed alone
+	}
+	sent := time.Now()
+	if _, err := unix.Write(h.e.fd, traceEcho(h.e.v6, h.probe, h.e.id, seq)); err != nil {
+		return ans, fmt.Errorf("send the echo request: %w", err)
+	}
+	reply := icmp4EchoReply
+	if h.e.v6 {
+		reply = icmp6EchoReply
+	}
+	target := h.a.Addr.Addr().WithZone("")
+	buf := make([]byte, 1500)
+	until := sent.Add(wait)
+	for ctx.Err() == nil && time.Now().Before(until) && ans.Addr == "" {
+		pfd := []unix.PollFd{{Fd: int32(h.e.fd), Events: unix.POLLIN | unix.POLLERR}}
+		if n, _ := unix.Poll(pfd, int(min(max(time.Until(until).Milliseconds(), 1), 100))); n == 0 {
+			continue
+		}
+		// A connected raw socket is handed the target's packets; routers' errors reach
+		// it through the error queue, with the echo they quote.
+		for _, q := range drainErrQueue(h.e.fd) {
+			if q.IsICMP() && len(q.Quote) >= echoHeaderLen && binary.BigEndian.Uint16(q.Quote[4:6]) == h.e.id && binary.BigEndian.Uint16(q.Quote[6:8]) == seq {
+				reason, name := ClassifyICMP(h.e.v6, q.Type, q.Code)
+				ans.Addr, ans.ICMP, ans.RTTMs = q.Offender.WithZone("").String(), name, verdict.MsPtr(time.Since(sent))
+				ans.reached = q.Offender.WithZone("") == target
+				ans.final = reason != verdict.TTLExceeded
+			}
+		}
+		for p, _, ok := h.e.read(buf); ok && ans.Addr == ""; p, _, ok = h.e.read(buf) {
+			if p.Type == reply && p.ID == h.e.id && p.Seq == seq {
+				ans.Addr, ans.RTTMs = target.String(), verdict.MsPtr(time.Since(sent))
+				ans.reached, ans.final = true, true
+			}
+		}
+	}
+	if ans.Addr != "" && h.wf != nil {
+		ans.wire = wireHopTime(h.wf, &ans.Hop, wire.EvEchoRequest, func(e wire.Event) bool {
+			k := wire.EventKind(e.Kind)
+			return e.Egress == 0 && e.Seq == uint32(seq) && (k == wire.EvEchoReply || k == wire.EvICMPError)
+		})
+	}
+	return ans, nil
+}
