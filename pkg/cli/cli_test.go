@@ -83,6 +83,7 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"probe", "tcp", "--resolver", "resolver.example.net", "example.net:80"},
 		{"probe", "tcp", "--resolver", "fe80::53", "example.net:80"},
 		{"probe", "tcp", "--trace=always", "127.0.0.1:1"},
+		{"probe", "tcp", "--pmtu=sometimes", "127.0.0.1:1"},
 		{"probe", "dns", "--server", "127.0.0.1", "--server", "127.0.0.1:53", "example.net"},
 		{"probe", "dns", "-4", "--server", "::1", "example.net"},
 		{"probe", "dns", "--server", "fe80::53", "example.net"},

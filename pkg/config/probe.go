@@ -23,7 +23,7 @@ var ownKeys = []string{"name", "kind", "targets", "interval", "labels"}
 
 // sharedKeys are the keys of probe.Flags, and count (a kind option the contract lets a
 // probe set at its top level, beside interval).
-var sharedKeys = []string{"timeout", "retries", "family", "interface", "source", "mark", "resolver", "trace", "count"}
+var sharedKeys = []string{"timeout", "retries", "family", "interface", "source", "mark", "resolver", "trace", "pmtu", "count"}
 
 func probeKeys() []string {
 	keys := slices.Concat(ownKeys, sharedKeys)

@@ -23,12 +23,20 @@ type Flags struct {
 	Mark       uint32
 	Resolver   string
 	Trace      string
+	PMTU       string
 }
 
 // Values of --trace.
 const (
 	TraceOnFailure = "on-failure"
 	TraceNever     = "never"
+)
+
+// Values of --pmtu.
+const (
+	PMTUAlways    = "always"
+	PMTUOnFailure = "on-failure"
+	PMTUNever     = "never"
 )
 
 // Defaults of the shared flags (seed 2.1: 3 s per attempt, 3 retries).
@@ -47,6 +55,8 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.Uint32Var(&f.Mark, "mark", 0, "SO_MARK of the probe's sockets, for policy routing (needs CAP_NET_ADMIN)")
 	fs.StringVar(&f.Trace, "trace", TraceNever, "on a timeout or a router's ICMP error, trace the probe's own flow hop by hop: on-failure or never (--trace alone: on-failure; tcp)")
 	fs.Lookup("trace").NoOptDefVal = TraceOnFailure
+	fs.StringVar(&f.PMTU, "pmtu", PMTUNever, "search the path MTU with DF packets of falling sizes (TCP segments to a TCP probe's port, else echo requests): mtu_blackhole when full-size ones are lost and no router says why; always (after an answer or silence), on-failure (after silence) or never (--pmtu alone: always)")
+	fs.Lookup("pmtu").NoOptDefVal = PMTUAlways
 	fs.StringVar(&f.Resolver, "resolver", "system", "who resolves target names: system (/etc/hosts, then each nameserver of /etc/resolv.conf) or a resolver's ADDR[:PORT]")
 }
 
@@ -80,6 +90,15 @@ func (f *Flags) Options(probeName string) (*Options, error) {
 		o.Trace = true
 	default:
 		return nil, fmt.Errorf("--trace %q: want on-failure or never", f.Trace)
+	}
+	switch f.PMTU {
+	case PMTUNever, "", "false":
+	case PMTUAlways, "true":
+		o.PMTU = PMTUAlways
+	case PMTUOnFailure:
+		o.PMTU = PMTUOnFailure
+	default:
+		return nil, fmt.Errorf("--pmtu %q: want always, on-failure or never", f.PMTU)
 	}
 	if f.Resolver != "" && f.Resolver != "system" {
 		ap, err := parseServer(f.Resolver, 53)

@@ -36,7 +36,6 @@ var icmpKind = register(&Kind{
 // ICMPOptions are the icmp kind's options.
 type ICMPOptions struct {
 	Packets
-	PMTU bool // --pmtu: search the path MTU when echoes are answered
 }
 
 func newICMPOptions() *ICMPOptions {
@@ -45,7 +44,6 @@ func newICMPOptions() *ICMPOptions {
 
 func (o *ICMPOptions) AddFlags(fs *pflag.FlagSet) {
 	o.Packets.AddFlags(fs)
-	fs.BoolVar(&o.PMTU, "pmtu", false, "when echoes are answered, search the path MTU with DF echoes: mtu_blackhole when full-size ones are lost and no router says why")
 }
 
 func (o *ICMPOptions) Check(func(string) bool) error { return o.Packets.Check() }
@@ -126,14 +124,6 @@ func runICMP(ctx context.Context, a Attempt) Result {
 	}
 	if w.note != "" {
 		res.Detail += "; " + w.note
-	}
-	if o.PMTU && res.Reason == verdict.OK {
-		r, err := pmtuSearch(ctx, a, min(timeout, time.Second))
-		if err != nil {
-			res.Detail += "; path MTU not searched: " + err.Error()
-			return res
-		}
-		res = pmtuVerdict(res, r)
 	}
 	return res
 }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"reachd/pkg/netctx"
+	"reachd/pkg/schedule"
 	"reachd/pkg/verdict"
 )
 
@@ -20,36 +22,62 @@ import (
 // tunnel without working PMTUD, or those ICMP errors filtered, which every peer of the
 // path sees as a timeout.
 
-// pmtuVerdict turns a search into the attempt's result, whose small echoes were answered:
-// a router's fragmentation needed is frag_needed with the MTU it gave; full-size echoes
-// lost without one, while smaller ones pass, are mtu_blackhole; else the path passes the
-// link's MTU.
+// pmtuVerdict turns a search into the attempt's result: a router's fragmentation needed
+// is frag_needed with the MTU it gave; full-size packets lost without one, while smaller
+// ones pass, are mtu_blackhole; else the attempt's own reason stands, and the detail says
+// what the path passes.
 func pmtuVerdict(res Result, r pmtuResult) Result {
-	what := fmt.Sprintf("%d DF echo request(s) in %s", r.probes, r.took.Round(time.Millisecond))
+	what := fmt.Sprintf("%d %s in %s", r.probes, r.unit, r.took.Round(100*time.Microsecond))
 	switch {
 	case r.ptb != nil:
+		at := "a router (not seen at TC)"
+		if r.ptb.Offender.IsValid() {
+			at = r.ptb.Offender.String()
+		}
 		res.Reason, res.Layer = verdict.FragNeeded, verdict.LayerNetwork
-		res.Detail = fmt.Sprintf("%s: %d-byte packets need fragmenting at %s, which gives a path MTU of %d (%s)",
-			res.Detail, r.high, r.ptb.Offender, r.ptb.Info, what)
+		res.Detail = fmt.Sprintf("%s; path MTU: %d-byte packets need fragmenting at %s, which gives a path MTU of %d (%s)",
+			res.Detail, r.tried, at, r.ptb.Info, what)
 	case r.largest > 0 && r.largest < r.high:
 		res.Reason, res.Layer = verdict.MTUBlackhole, verdict.LayerNetwork
-		res.Detail = fmt.Sprintf("%s, but %d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\": an MTU black hole; the largest that passes is %d bytes (%s)",
+		res.Detail = fmt.Sprintf("%s; path MTU: %d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole; the largest that passes is %d bytes (%s)",
 			res.Detail, r.high, r.largest, what)
 	case r.largest == r.high:
-		res.Detail += fmt.Sprintf("; the path passes %d-byte packets, the link's MTU", r.high)
+		res.Detail += fmt.Sprintf("; path MTU: the path passes %d-byte packets, %s", r.high, r.highIs)
 	default:
-		res.Detail += "; the path MTU search got no answer at any size"
+		res.Detail += fmt.Sprintf("; path MTU: no answer at any size (%s)", what)
 	}
 	return res
 }
 
 // pmtuResult is what a search found.
 type pmtuResult struct {
-	high    int           // the size tried first: the egress link's MTU
+	high    int           // the size tried first
+	highIs  string        // what high is: the egress link's MTU, or the peer's MSS
+	unit    string        // what was sent: DF echo requests, DF TCP segments
 	largest int           // the largest size answered (0: none)
 	ptb     *QueuedError  // a router's fragmentation needed / packet too big, if one came
-	probes  int           // echo requests sent
+	tried   int           // the size the router said needs fragmenting
+	probes  int           // packets sent
 	took    time.Duration // the search's time
+}
+
+// The search rate cap, process-wide, as the trace's: a daemon with many targets failing
+// at once searches a few paths, not all (a search sends a dozen packets or connections).
+const (
+	PMTURate  = 2
+	PMTUBurst = 5
+)
+
+var pmtuTokens = struct {
+	sync.Mutex
+	schedule.Bucket
+}{Bucket: schedule.NewBucket(PMTURate, PMTUBurst)}
+
+// pmtuAllowed takes a token of the search rate cap, if one is left.
+func pmtuAllowed(now time.Time) bool {
+	pmtuTokens.Lock()
+	defer pmtuTokens.Unlock()
+	return pmtuTokens.Take(now)
 }
 
 // PMTUBudget is what a path MTU search may add to an attempt.
@@ -63,34 +91,58 @@ func pmtuMin(v6 bool) int {
 	return 576
 }
 
-// pmtuSearch searches the path MTU toward a.Addr, each probe waiting at most wait.
-func pmtuSearch(ctx context.Context, a Attempt, wait time.Duration) (pmtuResult, error) {
+// pmtuProber sends one probe of a size (IP header included) with DF and says whether it
+// passed, or a router said it needs fragmenting.
+type pmtuProber interface {
+	try(ctx context.Context, size int, seq uint16, wait time.Duration) (ok bool, ptb *QueuedError, err error)
+	close()
+}
+
+// searchPMTU searches the path MTU toward a failed or answered attempt's target: a TCP
+// flow's with TCP segments to its port (an echo may be filtered where the port is open),
+// others' with echo requests to its address. Each probe waits at most wait.
+func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration) (pmtuResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, PMTUBudget)
+	defer cancel()
+	var pr pmtuProber
+	r := pmtuResult{unit: "DF echo request(s)", highIs: "the link's MTU"}
+	if last.proto == unix.IPPROTO_TCP {
+		tp, high, err := newTCPPMTU(ctx, a, wait)
+		if err != nil {
+			return r, err
+		}
+		pr, r.high, r.unit, r.highIs = tp, high, "DF TCP segment(s)", tp.highIs
+	} else {
+		rt, err := netctx.RouteTo(routeQuery(a))
+		if err != nil {
+			return r, fmt.Errorf("route: %w", err)
+		}
+		ifc, err := net.InterfaceByIndex(rt.LinkIndex)
+		if err != nil {
+			return r, fmt.Errorf("egress link: %w", err)
+		}
+		ps, err := newPMTUSocket(a)
+		if err != nil {
+			return r, err
+		}
+		pr, r.high = ps, ifc.MTU
+	}
+	defer pr.close()
+	return bisectPMTU(ctx, pr, r, pmtuMin(a.Addr.Addr().Is6()), wait)
+}
+
+// bisectPMTU tries r.high, then low, then halves between them down to the byte.
+func bisectPMTU(ctx context.Context, pr pmtuProber, r pmtuResult, low int, wait time.Duration) (pmtuResult, error) {
 	start := time.Now()
-	v6 := a.Addr.Addr().Is6()
-	var r pmtuResult
-	rt, err := netctx.RouteTo(routeQuery(a))
-	if err != nil {
-		return r, fmt.Errorf("route: %w", err)
-	}
-	ifc, err := net.InterfaceByIndex(rt.LinkIndex)
-	if err != nil {
-		return r, fmt.Errorf("egress link: %w", err)
-	}
-	ps, err := newPMTUSocket(a)
-	if err != nil {
-		return r, err
-	}
-	defer ps.close()
-	r.high = ifc.MTU
-	low, high := pmtuMin(v6), ifc.MTU
 	try := func(size int) (bool, error) {
 		r.probes++
-		ok, ptb, err := ps.echo(ctx, size, uint16(r.probes), wait)
+		ok, ptb, err := pr.try(ctx, size, uint16(r.probes), wait)
 		if ptb != nil && r.ptb == nil {
-			r.ptb = ptb
+			r.ptb, r.tried = ptb, size
 		}
 		return ok, err
 	}
+	high := r.high
 	for _, first := range []int{high, low} { // full size, then the minimum
 		ok, err := try(first)
 		if err != nil || r.ptb != nil {
@@ -144,9 +196,9 @@ func newPMTUSocket(a Attempt) (*pmtuSocket, error) {
 	return &pmtuSocket{e}, nil
 }
 
-// echo sends an echo request of size bytes (IP header included) and waits for its reply,
+// try sends an echo request of size bytes (IP header included) and waits for its reply,
 // or a router's fragmentation needed / packet too big.
-func (ps *pmtuSocket) echo(ctx context.Context, size int, seq uint16, wait time.Duration) (bool, *QueuedError, error) {
+func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.Duration) (bool, *QueuedError, error) {
 	hdr, reply := 20, icmp4EchoReply
 	if ps.v6 {
 		hdr, reply = 40, icmp6EchoReply

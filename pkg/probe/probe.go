@@ -62,6 +62,7 @@ type Options struct {
 	Wire       *wire.Observer   // nil: no eBPF; timings from the kernel or userspace
 	Kind       KindOptions      // the kind's own options; nil: its defaults
 	Trace      bool             // trace the flow's path when it fails (--trace)
+	PMTU       string           // search the path MTU after the attempts: PMTUAlways, PMTUOnFailure; "": never
 	Log        *slog.Logger     // debug lines; nil: none
 }
 

@@ -204,6 +204,9 @@ func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *v
 		v.Server = l.server.String()
 	}
 	out := attempts(ctx, k, t, l, o, v)
+	if o.PMTU != "" && pmtuWanted(o.PMTU, out) {
+		out.last = pmtu(ctx, out)
+	}
 	describe(v, out)
 	if o.Trace && traceable(v, out.last) {
 		trace(ctx, v, out)
@@ -298,13 +301,46 @@ func traceable(v *verdict.Verdict, last Result) bool {
 	if last.Layer != "" && last.Layer != verdict.LayerTransport && last.Layer != verdict.LayerNetwork {
 		return false // the handshake completed: TLS or the application failed
 	}
+	if silent(last) {
+		return true
+	}
+	return last.ICMP != nil && !last.ICMP.Local && last.ICMP.From != "" && last.ICMP.From != v.Addr
+}
+
+// silent says whether an attempt got no answer at all: what a path MTU black hole looks like.
+func silent(last Result) bool {
 	switch last.Reason {
 	case verdict.Timeout, verdict.OpenFiltered:
 		return true
 	case verdict.DNSTimeout: // a silent server, over UDP; over TCP it took the connection
 		return last.proto == unix.IPPROTO_UDP
 	}
-	return last.ICMP != nil && !last.ICMP.Local && last.ICMP.From != "" && last.ICMP.From != v.Addr
+	return false
+}
+
+// pmtuWanted says whether a chain's path MTU is searched: after an answer (mode always)
+// or silence; not after an error that already says what went wrong.
+func pmtuWanted(mode string, out outcome) bool {
+	last := out.last
+	if !out.addr.IsValid() || !last.sent || last.proto == 0 {
+		return false
+	}
+	return silent(last) || mode == PMTUAlways && last.Reason == verdict.OK
+}
+
+// pmtu searches the path MTU after a chain's last attempt and says what it found in the
+// result.
+func pmtu(ctx context.Context, out outcome) Result {
+	if !pmtuAllowed(time.Now()) {
+		out.last.Detail += fmt.Sprintf("; path MTU not searched: over %d searches a second", PMTURate)
+		return out.last
+	}
+	r, err := searchPMTU(ctx, out.attempt, out.last, min(out.attempt.Timeout, time.Second))
+	if err != nil {
+		out.last.Detail += "; path MTU not searched: " + err.Error()
+		return out.last
+	}
+	return pmtuVerdict(out.last, r)
 }
 
 // trace traces a failed verdict's flow and says where it was lost, within the rate cap.
@@ -386,21 +422,22 @@ func AttemptBudget(k *Kind, o *Options) time.Duration {
 	return attemptBudget(o.Timeout, k.options(o.Kind))
 }
 
-// AfterBudget is how long a failed chain of o may take after its last attempt: its path
-// trace, when o asks for one.
+// AfterBudget is how long a chain of o may take after its last attempt: its path MTU
+// search and its path trace, when o asks for them.
 func AfterBudget(o *Options) time.Duration {
-	if o.Trace {
-		return TraceBudget
+	var d time.Duration
+	if o.PMTU != "" {
+		d += PMTUBudget
 	}
-	return 0
+	if o.Trace {
+		d += TraceBudget
+	}
+	return d
 }
 
 // attemptBudget is how long one attempt may take: the timeout, and for several packets
 // the intervals between them too.
 func attemptBudget(timeout time.Duration, o KindOptions) time.Duration {
-	if io, ok := o.(*ICMPOptions); ok && io.PMTU {
-		timeout += PMTUBudget
-	}
 	if po, ok := o.(packetOptions); ok {
 		if p := po.packets(); p.Count > 1 {
 			return timeout + time.Duration(p.Count-1)*p.Interval

@@ -1,0 +1,175 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"reachd/pkg/wire"
+)
+
+// A TCP flow's path MTU is searched with its own kind of packet, to its own port: a
+// connection per size, its MSS clamped (TCP_MAXSEG, also what the SYN advertises) so that
+// one full segment of zeros is an IP packet of that size, with DF (Linux sets it on TCP).
+// The size passes when the target acknowledges the segment. A router's fragmentation
+// needed makes the kernel lower the socket's path MTU (TCP_INFO's pmtu; TC names the
+// router). This tests the way to the target: a black hole on the way back shows in an
+// icmp --pmtu (an echo reply is as large as its request).
+
+// tcpPMTU sends the segments of a search.
+type tcpPMTU struct {
+	a      Attempt
+	highIs string
+}
+
+func (t *tcpPMTU) close() {}
+
+// tcpiOptTimestamps is TCPI_OPT_TIMESTAMPS (linux/tcp.h): the connection carries the
+// timestamps option, 12 bytes of every segment's header.
+const tcpiOptTimestamps = 1
+
+// tcpHeaders are the IP and TCP headers of a segment of a connection, options included.
+func tcpHeaders(v6 bool, info *unix.TCPInfo) int {
+	n := 20 + 20
+	if v6 {
+		n = 40 + 20
+	}
+	if info.Options&tcpiOptTimestamps != 0 {
+		n += 12
+	}
+	return n
+}
+
+// newTCPPMTU connects once unclamped: the largest packet a full segment makes (the link's
+// MTU, or less when the target's MSS or a path MTU the route already knows is less) is the
+// size the search starts from.
+func newTCPPMTU(ctx context.Context, a Attempt, wait time.Duration) (*tcpPMTU, int, error) {
+	t := &tcpPMTU{a: a}
+	c, err := t.connect(ctx, 0, wait)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer c.close()
+	high := int(c.info.Snd_mss) + tcpHeaders(a.Addr.Addr().Is6(), c.info)
+	t.highIs = "the largest a full segment makes"
+	if int(c.info.Pmtu) == high || int(c.info.Pmtu) == 0 {
+		t.highIs = "the path MTU of the route"
+	} else if int(c.info.Pmtu) > high {
+		t.highIs = fmt.Sprintf("what the target's MSS allows (the route's MTU is %d)", c.info.Pmtu)
+	}
+	return t, high, nil
+}
+
+// tcpSeg is one connection of a search.
+type tcpSeg struct {
+	f    *wire.Flow
+	fd   int
+	info *unix.TCPInfo
+	done func()
+}
+
+func (c *tcpSeg) close() { c.done() }
+
+// connect opens a connection whose MSS is clamped to mss (0: not clamped), watched at TC
+// when TC is in use.
+func (t *tcpPMTU) connect(ctx context.Context, mss int, wait time.Duration) (*tcpSeg, error) {
+	f, fd, sa, res, ok := probeSocket(t.a, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	if !ok {
+		return nil, errors.New(res.Detail)
+	}
+	c := &tcpSeg{fd: fd, done: func() { f.Close() }}
+	fail := func(err error) (*tcpSeg, error) { c.close(); return nil, err }
+	if res, ok := setupSocket(fd, t.a, 0); !ok {
+		return fail(errors.New(res.Detail))
+	}
+	// Closed with a reset: the target is left no half-closed connection to wait out.
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
+		return fail(err)
+	}
+	if mss > 0 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss); err != nil {
+			return fail(fmt.Errorf("TCP_MAXSEG %d: %w", mss, err))
+		}
+	}
+	if t.a.Wire != nil && t.a.Wire.HasTC() {
+		if c.f, _ = registerFlow(fd, t.a, wire.ProtoTCP); c.f != nil {
+			c.done = func() { c.f.Close(); f.Close() }
+		}
+	}
+	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		return fail(fmt.Errorf("connect: %w", err))
+	}
+	soErr, err := waitConnect(ctx, f, time.Now().Add(wait))
+	if err == nil && soErr != 0 {
+		err = unix.Errno(soErr)
+	}
+	if err != nil {
+		return fail(fmt.Errorf("the handshake failed: %w", err))
+	}
+	if c.info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO); err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// try sends one full segment on a connection clamped to make packets of size bytes, and
+// waits for the target's acknowledgement, or a router's fragmentation needed.
+func (t *tcpPMTU) try(ctx context.Context, size int, _ uint16, wait time.Duration) (bool, *QueuedError, error) {
+	v6 := t.a.Addr.Addr().Is6()
+	hdr := 40
+	if v6 {
+		hdr = 60
+	}
+	c, err := t.connect(ctx, size-hdr, wait)
+	if err != nil {
+		return false, nil, err
+	}
+	defer c.close()
+	seg := size - tcpHeaders(v6, c.info)
+	if int(c.info.Snd_mss) < seg {
+		return false, nil, fmt.Errorf("segments of %d bytes: the connection's MSS is %d", seg, c.info.Snd_mss)
+	}
+	if _, err := unix.Write(c.fd, make([]byte, seg)); err != nil {
+		return false, nil, fmt.Errorf("send %d bytes: %w", seg, err)
+	}
+	until := time.Now().Add(wait)
+	for ctx.Err() == nil && time.Now().Before(until) {
+		info, err := unix.GetsockoptTCPInfo(c.fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return false, nil, err
+		}
+		if int(info.Pmtu) < size { // the kernel heard a router's fragmentation needed
+			return false, t.router(c, info.Pmtu), nil
+		}
+		if info.Unacked == 0 {
+			return true, nil, nil
+		}
+		if info.State != unix.BPF_TCP_ESTABLISHED && info.State != unix.BPF_TCP_CLOSE_WAIT {
+			return false, nil, fmt.Errorf("the target ended the connection before acknowledging a segment")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false, nil, nil
+}
+
+// router is the fragmentation needed / packet too big that lowered c's path MTU to mtu,
+// with its sender when TC saw it.
+func (t *tcpPMTU) router(c *tcpSeg, mtu uint32) *QueuedError {
+	q := &QueuedError{Info: mtu}
+	if c.f == nil {
+		return q
+	}
+	for _, e := range c.f.Sync() {
+		if wire.EventKind(e.Kind) != wire.EvICMPError {
+			continue
+		}
+		v6 := t.a.Addr.Addr().Is6()
+		if !v6 && e.IcmpType == icmp4DestUnreach && e.IcmpCode == 4 || v6 && e.IcmpType == icmp6PacketTooBig {
+			q.Offender = e.FromAddr()
+		}
+	}
+	return q
+}
