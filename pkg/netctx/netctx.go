@@ -77,14 +77,30 @@ type RouteQuery struct {
 func RouteTo(q RouteQuery) (Route, error) {
 	r, err := RouteLookup(q)
 	if err == nil && r.LinkIndex > 0 {
-		// One link by index, not net.InterfaceByIndex's dump of every interface.
-		withHandle(func(h *netlink.Handle) {
-			if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
-				r.Dev = l.Attrs().Name
-			}
-		})
+		r.Dev = linkName(r.LinkIndex)
 	}
 	return r, err
+}
+
+// linkName is the name of the interface index: one link by index, not
+// net.InterfaceByIndex's dump of every interface, and cached while the route cache is on
+// (every failed verdict names its route's interface: 1,000 targets failing at once must
+// not be 1,000 link requests).
+func linkName(index int) string {
+	if n, ok := cachedName(index); ok {
+		return n
+	}
+	gen := routeCache.gen.Load()
+	var name string
+	withHandle(func(h *netlink.Handle) {
+		if l, err := h.LinkByIndex(index); err == nil {
+			name = l.Attrs().Name
+		}
+	})
+	if name != "" {
+		rememberName(index, name, gen)
+	}
+	return name
 }
 
 // RouteLookup is RouteTo without the interface's name (Dev), which costs a second request:

@@ -1,6 +1,7 @@
 package netctx
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -67,5 +68,32 @@ func TestSnapshotRateCap(t *testing.T) {
 	}
 	if !allow(-8, now) {
 		t.Fatal("another interface shares the bucket")
+	}
+}
+
+// TestLinkNameCache: an interface's name is asked once while the route cache follows the
+// kernel, and asked again after a change (a new generation).
+func TestLinkNameCache(t *testing.T) {
+	stop, err := FollowRoutes()
+	if err != nil {
+		t.Skipf("no route notifications here: %v", err)
+	}
+	defer stop()
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Skip("no loopback interface")
+	}
+	if _, ok := cachedName(lo.Index); ok {
+		t.Fatal("cached before asked")
+	}
+	if n := linkName(lo.Index); n != "lo" {
+		t.Fatalf("linkName = %q", n)
+	}
+	if n, ok := cachedName(lo.Index); !ok || n != "lo" {
+		t.Fatalf("not cached: %q %v", n, ok)
+	}
+	routeCache.gen.Add(1) // what a link, address or route change does
+	if _, ok := cachedName(lo.Index); ok {
+		t.Fatal("still cached after a change")
 	}
 }

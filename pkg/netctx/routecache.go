@@ -117,3 +117,37 @@ func remember(q RouteQuery, r Route, gen uint64) {
 	}
 	routeCache.m[q] = cachedRoute{r: r, gen: gen, at: time.Now()}
 }
+
+// linkNames remembers interface names by index for as long as routeCache's generation
+// stands (a link's rename or removal bumps it).
+var linkNames struct {
+	mu  sync.Mutex
+	gen uint64
+	m   map[int]string
+}
+
+func cachedName(index int) (string, bool) {
+	if !routeCache.on.Load() {
+		return "", false
+	}
+	linkNames.mu.Lock()
+	defer linkNames.mu.Unlock()
+	if linkNames.gen != routeCache.gen.Load() {
+		return "", false
+	}
+	n, ok := linkNames.m[index]
+	return n, ok
+}
+
+// rememberName keeps index's name if it was read in generation gen (no change since).
+func rememberName(index int, name string, gen uint64) {
+	if !routeCache.on.Load() || gen != routeCache.gen.Load() {
+		return
+	}
+	linkNames.mu.Lock()
+	defer linkNames.mu.Unlock()
+	if linkNames.gen != gen || linkNames.m == nil || len(linkNames.m) >= maxCachedRoutes {
+		linkNames.gen, linkNames.m = gen, map[int]string{}
+	}
+	linkNames.m[index] = name
+}

@@ -3,6 +3,10 @@ package lab
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -134,5 +138,86 @@ func TestBenchTrace(t *testing.T) {
 		slices.Sort(walls)
 		fmt.Printf("BENCH trace, a flow dropped at hop 3, %-13s: wall p50 %6.0f ms, %.1f packets a probe\n",
 			side.name, float64(walls[n/2])/float64(time.Millisecond), float64(sentCount(t, c.Client)-before)/n)
+	}
+}
+
+// TestBenchSnapshotNetlink is `make bench`: the daemon's netlink load with 1,000 targets
+// failing at once (refused, as TestSnapshotRateCap). strace, attached to every thread of
+// the daemon for one whole round of the targets, counts the netlink requests it sends by
+// message type: the snapshot's (link, addresses, neighbor, conntrack) must stay within what
+// the cap allows (a burst of 20 snapshots, then 10 a second, on the one interface), beside
+// the route lookup every attempt makes whatever its outcome.
+func TestBenchSnapshotNetlink(t *testing.T) {
+	l := benchOnly(t)
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Fatal("this benchmark counts netlink requests with strace: apt-get install strace")
+	}
+	var targets []string
+	for i := range 1000 {
+		targets = append(targets, ap(netip.MustParseAddr(fmt.Sprintf("2001:db8:a::9:%x", i+1)), PortClosed))
+	}
+	const interval = 10 * time.Second
+	cfg := fmt.Sprintf("defaults: {interval: %s, timeout: 500ms, retries: 0}\nmetrics: {listen: \"\"}\nlog: {verdicts: all, journald: off, max_rate: 0}\nprobes:\n  - {name: closed, kind: tcp, targets: %s}\n",
+		interval, yamlList(targets))
+	d := startReady(t, l, cfg, DaemonOptions{})
+	trace := filepath.Join(t.TempDir(), "strace")
+	st := exec.Command("strace", "-f", "-qq", "-yy", "-e", "trace=sendto,sendmsg", "-o", trace, "-p", strconv.Itoa(d.cmd.Process.Pid))
+	from := time.Now()
+	if err := st.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(interval + time.Second)  // a whole round: every target fails once
+	_ = st.Process.Signal(os.Interrupt) // detaches
+	_ = st.Wait()
+	span := time.Since(from).Seconds()
+	whole, limited := 0, 0
+	for _, ln := range d.Lines() {
+		if cx, _ := ln.V["context"].(map[string]any); cx != nil && ln.At.After(from) {
+			if cx["limited"] != nil {
+				limited++
+			} else {
+				whole++
+			}
+		}
+	}
+	d.Kill()
+	b, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byType := map[string]int{}
+	for _, m := range regexp.MustCompile(`nlmsg_type=([A-Za-z0-9_|<x]+)`).FindAllStringSubmatch(string(b), -1) {
+		byType[m[1]]++
+	}
+	// RTM_GETLINK, RTM_GETADDR, RTM_GETNEIGH; ctnetlink's IPCTNL_MSG_CT_GET, _GET_STATS_CPU,
+	// _GET_STATS (strace names the first three, numbers the rest in a namespace).
+	snapTypes := []string{"RTM_GETLINK", "0x12", "RTM_GETADDR", "0x16", "RTM_GETNEIGH", "0x1e", "0x101", "0x104", "0x105",
+		"NFNL_SUBSYS_CTNETLINK<<8|IPCTNL_MSG_CT_GET", "NFNL_SUBSYS_CTNETLINK<<8|IPCTNL_MSG_CT_GET_STATS_CPU", "NFNL_SUBSYS_CTNETLINK<<8|IPCTNL_MSG_CT_GET_STATS"}
+	snap, route, other := 0, byType["RTM_GETROUTE"]+byType["0x1a"], 0
+	for k, n := range byType {
+		switch {
+		case slices.Contains(snapTypes, k):
+			snap += n
+		case k != "RTM_GETROUTE" && k != "0x1a":
+			other += n
+		}
+	}
+	perSnap := 0.0
+	if whole > 0 {
+		perSnap = float64(snap) / float64(whole)
+	}
+	capped := float64(netctx.SnapshotBurst) + span*netctx.SnapshotRate
+	fmt.Printf("BENCH daemon netlink, 1000 targets refused at once, %.1f s (a whole round, under strace): %d verdicts with a whole snapshot, %d left out\n", span, whole, limited)
+	fmt.Printf("BENCH daemon netlink   snapshot requests (link, addresses, neighbor, conntrack): %d = %.1f/s, %.1f per snapshot; cap %.0f snapshots in the window = %.0f requests\n",
+		snap, float64(snap)/span, perSnap, capped, capped*perSnap)
+	fmt.Printf("BENCH daemon netlink   route lookups (an attempt's, not capped; cached while no route, address or link changes): %d = %.1f/s; other requests: %d; by type: %v\n", route, float64(route)/span, other, byType)
+	if whole == 0 || limited == 0 {
+		t.Fatalf("%d whole snapshots, %d left out: the targets did not fail at once", whole, limited)
+	}
+	if float64(whole) > capped {
+		t.Errorf("%d whole snapshots in %.1f s: over the cap (%.0f)", whole, span, capped)
+	}
+	if float64(snap) > capped*perSnap+1 || perSnap > 8 {
+		t.Errorf("%d snapshot requests (%.1f per snapshot): over what the cap allows", snap, perSnap)
 	}
 }
