@@ -1,8 +1,9 @@
 // Command demo builds a throwaway namespace lab, shows reachd's verdicts against its
 // fixtures (an open port, a closed one, a silent drop, an admin-prohibited reject, a host
 // that never answers ARP, a missing route; echoes with loss and odd replies; UDP replies,
-// closed and silent ports, DNS; HTTP and HTTPS with their phases, TLS certificates checked),
-// then the daemon following a fault as it comes and goes,
+// closed and silent ports, DNS; HTTP and HTTPS with their phases, TLS certificates checked;
+// where a flow is lost on a chain of routers, and an MTU black hole), then the daemon
+// following a fault as it comes and goes,
 // and tears the lab down.
 package main
 
@@ -102,6 +103,10 @@ func run() int {
 		return 1
 	}
 	dnsDemo(show)
+	if err := whereDemo(l, *bin); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return 1
+	}
 	daemonDemo(l, *bin)
 	if *hold > 0 {
 		fmt.Printf("\nlab held for %s (Ctrl-C ends it): nsenter --net=%s %s probe ...\n", *hold, l.Client.Path(), *bin)
