@@ -40,20 +40,18 @@ func TestConntrackCause(t *testing.T) {
 
 // TestTraceRateCap: a burst of traces passes, then TraceRate a second.
 func TestTraceRateCap(t *testing.T) {
-	traceTokens.Lock()
-	traceTokens.Bucket = schedule.NewBucket(TraceRate, TraceBurst)
-	traceTokens.Unlock()
+	traceTokens = schedule.NewSharedBucket(TraceRate, TraceBurst)
 	now := time.Unix(2000, 0)
 	n := 0
 	for range 50 {
-		if traceAllowed(now) {
+		if traceTokens.Take(now) {
 			n++
 		}
 	}
 	if n != TraceBurst {
 		t.Fatalf("%d of 50 at once, want the burst %d", n, TraceBurst)
 	}
-	if !traceAllowed(now.Add(time.Second / TraceRate)) {
+	if !traceTokens.Take(now.Add(time.Second / TraceRate)) {
 		t.Fatal("the cap does not refill at its rate")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -68,17 +67,7 @@ const (
 	PMTUBurst = 5
 )
 
-var pmtuTokens = struct {
-	sync.Mutex
-	schedule.Bucket
-}{Bucket: schedule.NewBucket(PMTURate, PMTUBurst)}
-
-// pmtuAllowed takes a token of the search rate cap, if one is left.
-func pmtuAllowed(now time.Time) bool {
-	pmtuTokens.Lock()
-	defer pmtuTokens.Unlock()
-	return pmtuTokens.Take(now)
-}
+var pmtuTokens = schedule.NewSharedBucket(PMTURate, PMTUBurst)
 
 // PMTUBudget is what a path MTU search may add to an attempt.
 const PMTUBudget = 12 * time.Second

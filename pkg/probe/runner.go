@@ -331,7 +331,7 @@ func pmtuWanted(mode string, out outcome) bool {
 // pmtu searches the path MTU after a chain's last attempt and says what it found in the
 // result.
 func pmtu(ctx context.Context, out outcome) Result {
-	if !pmtuAllowed(time.Now()) {
+	if !pmtuTokens.Take(time.Now()) {
 		out.last.Detail += fmt.Sprintf("; path MTU not searched: over %d searches a second", PMTURate)
 		return out.last
 	}
@@ -345,7 +345,7 @@ func pmtu(ctx context.Context, out outcome) Result {
 
 // trace traces a failed verdict's flow and says where it was lost, within the rate cap.
 func trace(ctx context.Context, v *verdict.Verdict, out outcome) {
-	if !traceAllowed(time.Now()) {
+	if !traceTokens.Take(time.Now()) {
 		v.Detail += fmt.Sprintf("; path not traced: over %d traces a second", TraceRate)
 		return
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"sync"
 	"time"
 
 	"reachd/pkg/schedule"
@@ -30,17 +29,7 @@ const (
 	TraceBurst = 5
 )
 
-var traceTokens = struct {
-	sync.Mutex
-	schedule.Bucket
-}{Bucket: schedule.NewBucket(TraceRate, TraceBurst)}
-
-// traceAllowed takes a token of the trace rate cap, if one is left.
-func traceAllowed(now time.Time) bool {
-	traceTokens.Lock()
-	defer traceTokens.Unlock()
-	return traceTokens.Take(now)
-}
+var traceTokens = schedule.NewSharedBucket(TraceRate, TraceBurst)
 
 // TraceBudget bounds a trace's time, whatever its hops: a daemon's chain of attempts
 // waits for it.

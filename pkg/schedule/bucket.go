@@ -1,6 +1,9 @@
 package schedule
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Bucket is a token bucket: rate tokens a second, at most burst of them, full at first.
 // It is not safe for concurrent use: its callers hold their own lock.
@@ -28,4 +31,22 @@ func (b *Bucket) Take(now time.Time) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// SharedBucket is a Bucket behind its own lock, for a process-wide cap.
+type SharedBucket struct {
+	mu sync.Mutex
+	b  Bucket
+}
+
+// NewSharedBucket returns a full shared bucket.
+func NewSharedBucket(rate, burst float64) *SharedBucket {
+	return &SharedBucket{b: NewBucket(rate, burst)}
+}
+
+// Take takes a token at now if one is left.
+func (s *SharedBucket) Take(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Take(now)
 }
