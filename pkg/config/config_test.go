@@ -276,3 +276,24 @@ func TestTraceConfig(t *testing.T) {
 		t.Fatalf("a bad trace value: %v", err)
 	}
 }
+
+// TestPMTUConfig: pmtu takes always, on-failure or never; always searches after every
+// answer, so the interval must leave room for the search too.
+func TestPMTUConfig(t *testing.T) {
+	good := "defaults: {pmtu: on-failure}\nprobes:\n  - {name: w, kind: http, targets: [\"http://198.51.100.1/\"]}\n  - {name: p, kind: icmp, pmtu: always, interval: 30s, targets: [198.51.100.1]}\n"
+	c, err := Parse("good.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Probes[0].Options.PMTU != "on-failure" || c.Probes[1].Options.PMTU != "always" {
+		t.Fatalf("pmtu: %q %q", c.Probes[0].Options.PMTU, c.Probes[1].Options.PMTU)
+	}
+	for _, bad := range []string{
+		"probes:\n  - {name: p, kind: icmp, pmtu: sometimes, targets: [198.51.100.1]}\n",
+		"probes:\n  - {name: p, kind: icmp, pmtu: always, interval: 5s, targets: [198.51.100.1]}\n",
+	} {
+		if _, err := Parse("bad.yaml", []byte(bad)); err == nil || !strings.Contains(err.Error(), "bad.yaml:2:") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}

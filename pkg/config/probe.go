@@ -410,6 +410,10 @@ func (d *doc) interval(p *Probe, s, own settings, at ast.Node) {
 		p.Interval = dur
 	}
 	budget := probe.AttemptBudget(p.Kind, p.Options)
+	searched := p.Options.PMTU == probe.PMTUAlways // after every answer: part of each tick
+	if searched {
+		budget += probe.PMTUBudget
+	}
 	if budget <= p.Interval {
 		return
 	}
@@ -425,6 +429,10 @@ func (d *doc) interval(p *Probe, s, own settings, at ast.Node) {
 			continue
 		}
 		break
+	}
+	if searched {
+		d.errorf(pos, "an attempt and its path MTU search (pmtu: always) take up to %s, longer than the interval %s", budget, p.Interval)
+		return
 	}
 	if budget == p.Options.Timeout {
 		d.errorf(pos, "timeout %s is longer than the interval %s: an attempt must end before the next is due", budget, p.Interval)

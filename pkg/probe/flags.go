@@ -53,7 +53,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.Interfaces, "interface", nil, "send through this interface (SO_BINDTODEVICE); repeat it for one verdict per interface")
 	fs.StringVar(&f.Source, "source", "", "source address to bind")
 	fs.Uint32Var(&f.Mark, "mark", 0, "SO_MARK of the probe's sockets, for policy routing (needs CAP_NET_ADMIN)")
-	fs.StringVar(&f.Trace, "trace", TraceNever, "on a timeout or a router's ICMP error, trace the probe's own flow hop by hop: on-failure or never (--trace alone: on-failure; tcp)")
+	fs.StringVar(&f.Trace, "trace", TraceNever, "on silence or a router's ICMP error, trace the probe's own flow hop by hop: on-failure or never (--trace alone: on-failure)")
 	fs.Lookup("trace").NoOptDefVal = TraceOnFailure
 	fs.StringVar(&f.PMTU, "pmtu", PMTUNever, "search the path MTU with DF packets of falling sizes (TCP segments to a TCP probe's port, else echo requests): mtu_blackhole when full-size ones are lost and no router says why; always (after an answer or silence), on-failure (after silence) or never (--pmtu alone: always)")
 	fs.Lookup("pmtu").NoOptDefVal = PMTUAlways

@@ -14,39 +14,11 @@ import (
 	"reachd/pkg/verdict"
 )
 
-// A path MTU search sends echo requests with DF set (IP_PMTUDISC_PROBE: neither
-// fragmented here nor held back by a cached path MTU) at the egress link's MTU, then
-// smaller, and finds the largest that is answered. A path that loses full-size packets
-// while no router says "fragmentation needed" / "packet too big" is an MTU black hole: a
-// tunnel without working PMTUD, or those ICMP errors filtered, which every peer of the
-// path sees as a timeout.
-
-// pmtuVerdict turns a search into the attempt's result: a router's fragmentation needed
-// is frag_needed with the MTU it gave; full-size packets lost without one, while smaller
-// ones pass, are mtu_blackhole; else the attempt's own reason stands, and the detail says
-// what the path passes.
-func pmtuVerdict(res Result, r pmtuResult) Result {
-	what := fmt.Sprintf("%d %s in %s", r.probes, r.unit, r.took.Round(100*time.Microsecond))
-	switch {
-	case r.ptb != nil:
-		at := "a router (not seen at TC)"
-		if r.ptb.Offender.IsValid() {
-			at = r.ptb.Offender.String()
-		}
-		res.Reason, res.Layer = verdict.FragNeeded, verdict.LayerNetwork
-		res.Detail = fmt.Sprintf("%s; path MTU: %d-byte packets need fragmenting at %s, which gives a path MTU of %d (%s)",
-			res.Detail, r.tried, at, r.ptb.Info, what)
-	case r.largest > 0 && r.largest < r.high:
-		res.Reason, res.Layer = verdict.MTUBlackhole, verdict.LayerNetwork
-		res.Detail = fmt.Sprintf("%s; path MTU: %d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole; the largest that passes is %d bytes (%s)",
-			res.Detail, r.high, r.largest, what)
-	case r.largest == r.high:
-		res.Detail += fmt.Sprintf("; path MTU: the path passes %d-byte packets, %s", r.high, r.highIs)
-	default:
-		res.Detail += fmt.Sprintf("; path MTU: no answer at any size (%s)", what)
-	}
-	return res
-}
+// A path MTU search sends packets with DF set at falling sizes and finds the largest that
+// is answered. A path that loses full-size packets while no router says "fragmentation
+// needed" / "packet too big" is an MTU black hole: a tunnel without working PMTUD, or those
+// ICMP errors filtered, which every peer of the path sees as a timeout. A TCP flow's path
+// is searched with TCP segments to its port (pmtu_tcp.go), others' with echo requests.
 
 // pmtuResult is what a search found.
 type pmtuResult struct {
@@ -54,11 +26,53 @@ type pmtuResult struct {
 	highIs  string        // what high is: the egress link's MTU, or the peer's MSS
 	unit    string        // what was sent: DF echo requests, DF TCP segments
 	largest int           // the largest size answered (0: none)
+	below   int           // with cut: the smallest size known lost (the MTU is under it)
 	ptb     *QueuedError  // a router's fragmentation needed / packet too big, if one came
 	tried   int           // the size the router said needs fragmenting
 	probes  int           // packets sent
 	took    time.Duration // the search's time
+	cut     string        // why the search stopped before its end ("": it did not)
+	back    string        // TCP: what the echo search said of the way back
+	at      time.Time     // when it was made (kept for the rate cap: see pmtuRecent)
 }
+
+// finding words a search's outcome and names its reason: frag_needed, mtu_blackhole, or
+// "" when the path passes its largest size (or nothing passed).
+func (r pmtuResult) finding() (string, verdict.Reason) {
+	what := fmt.Sprintf("%d %s in %s", r.probes, r.unit, r.took.Round(100*time.Microsecond))
+	switch {
+	case r.ptb != nil:
+		at := "a router (not seen at TC)"
+		if r.ptb.Offender.IsValid() {
+			at = r.ptb.Offender.String()
+		}
+		return fmt.Sprintf("%d-byte packets need fragmenting at %s, which gives a path MTU of %d (%s)%s", r.tried, at, r.ptb.Info, what, r.back), verdict.FragNeeded
+	case r.largest > 0 && r.largest < r.high && r.cut != "":
+		return fmt.Sprintf("%d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole; %d bytes pass, %d do not (the search was cut short: %s; %s)%s",
+			r.high, r.largest, r.below, r.cut, what, r.back), verdict.MTUBlackhole
+	case r.largest > 0 && r.largest < r.high:
+		return fmt.Sprintf("%d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole; the largest that passes is %d bytes (%s)%s",
+			r.high, r.largest, what, r.back), verdict.MTUBlackhole
+	case r.largest == r.high:
+		return fmt.Sprintf("the path passes %d-byte packets, %s (%s)%s", r.high, r.highIs, what, r.back), ""
+	}
+	return fmt.Sprintf("no answer at any size (%s)", what), ""
+}
+
+// limit is the size above which a search says packets are lost: the MTU a router gave, or
+// the largest that passes a black hole (0: none).
+func (r pmtuResult) limit() int {
+	if r.ptb != nil {
+		return int(r.ptb.Info)
+	}
+	if r.largest > 0 && r.largest < r.high {
+		return r.largest
+	}
+	return 0
+}
+
+// PMTUBudget is what a path MTU search may add to a chain.
+const PMTUBudget = 12 * time.Second
 
 // The search rate cap, process-wide, as the trace's: a daemon with many targets failing
 // at once searches a few paths, not all (a search sends a dozen packets or connections).
@@ -68,9 +82,6 @@ const (
 )
 
 var pmtuTokens = schedule.NewSharedBucket(PMTURate, PMTUBurst)
-
-// PMTUBudget is what a path MTU search may add to an attempt.
-const PMTUBudget = 12 * time.Second
 
 // pmtuMin is the smallest size searched: IPv4's minimum reassembly size, IPv6's minimum MTU.
 func pmtuMin(v6 bool) int {
@@ -84,76 +95,142 @@ func pmtuMin(v6 bool) int {
 // passed, or a router said it needs fragmenting.
 type pmtuProber interface {
 	try(ctx context.Context, size int, seq uint16, wait time.Duration) (ok bool, ptb *QueuedError, err error)
+	// retries is how many times a lost size is sent again before it counts as lost (TCP
+	// retransmits by itself within the wait).
+	retries() int
 	close()
 }
 
-// searchPMTU searches the path MTU toward a failed or answered attempt's target: a TCP
-// flow's with TCP segments to its port (an echo may be filtered where the port is open),
-// others' with echo requests to its address. Each probe waits at most wait.
-func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration) (pmtuResult, error) {
+// errNotSearched is a search this host could not make (no socket, no handshake): it
+// costs no token of the rate cap.
+var errNotSearched = errors.New("not searched")
+
+// searchPMTU searches the path MTU toward a chain's target: a TCP flow's with TCP segments
+// to its port (an echo may be filtered where the port is open), then, when they pass, with
+// echo requests, which test the way back too; others' with echo requests. Each probe
+// waits at most wait. allowed takes a token of the rate cap once the search can be made.
+func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration, allowed func() bool) (pmtuResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, PMTUBudget)
 	defer cancel()
-	var pr pmtuProber
-	r := pmtuResult{unit: "DF echo request(s)", highIs: "the link's MTU"}
-	if last.proto == unix.IPPROTO_TCP {
-		tp, high, err := newTCPPMTU(ctx, a, wait)
-		if err != nil {
-			return r, err
-		}
-		pr, r.high, r.unit, r.highIs = tp, high, "DF TCP segment(s)", tp.highIs
-	} else {
-		rt, err := netctx.RouteTo(routeQuery(a))
-		if err != nil {
-			return r, fmt.Errorf("route: %w", err)
-		}
-		ifc, err := net.InterfaceByIndex(rt.LinkIndex)
-		if err != nil {
-			return r, fmt.Errorf("egress link: %w", err)
-		}
-		ps, err := newPMTUSocket(a)
-		if err != nil {
-			return r, err
-		}
-		pr, r.high = ps, ifc.MTU
+	if last.proto != unix.IPPROTO_TCP {
+		return echoPMTU(ctx, a, wait, allowed)
 	}
-	defer pr.close()
-	return bisectPMTU(ctx, pr, r, pmtuMin(a.Addr.Addr().Is6()), wait)
+	tp, high, err := newTCPPMTU(ctx, a, wait)
+	if err != nil {
+		return pmtuResult{}, fmt.Errorf("%w: %w", errNotSearched, err)
+	}
+	if !allowed() {
+		return pmtuResult{}, errPMTUCapped
+	}
+	r := pmtuResult{high: high, unit: "DF TCP segment(s)", highIs: tp.highIs}
+	r, err = bisectPMTU(ctx, tp, r, pmtuMin(a.Addr.Addr().Is6()), wait)
+	if err != nil || r.largest != r.high || r.ptb != nil {
+		return r, err
+	}
+	// TCP segments pass the way there; an echo reply is as large as its request.
+	e, err := echoPMTU(ctx, a, wait, func() bool { return true })
+	switch {
+	case err != nil:
+		r.back = "; the way back is not tested (" + err.Error() + ")"
+	case e.limit() > 0:
+		e.back = fmt.Sprintf("; TCP segments of %d bytes reach the target: the way back", r.high)
+		return e, nil
+	case e.largest == 0:
+		r.back = "; the way back is not tested (the target answers no echo request)"
+	case a.Addr.Addr().Is6():
+		r.back = fmt.Sprintf("; the way back passes %d-byte echo replies", e.largest)
+	default:
+		// Linux, and routers on the way, may send and fragment an IPv4 echo reply without
+		// DF: it passes where the target's TCP segments, with DF, would not.
+		r.back = fmt.Sprintf("; %d-byte echo replies come back, but over IPv4 maybe in fragments: the way back for TCP segments is not known", e.largest)
+	}
+	return r, nil
 }
 
-// bisectPMTU tries r.high, then low, then halves between them down to the byte.
+// errPMTUCapped is a search the rate cap left out.
+var errPMTUCapped = fmt.Errorf("over %d searches a second", PMTURate)
+
+// echoPMTU searches with echo requests from the egress link's MTU, or the route's when it
+// is less (a locked mtu, or one a router gave earlier).
+func echoPMTU(ctx context.Context, a Attempt, wait time.Duration, allowed func() bool) (pmtuResult, error) {
+	r := pmtuResult{unit: "DF echo request(s)", highIs: "the link's MTU"}
+	rt, err := netctx.RouteTo(routeQuery(a))
+	if err != nil {
+		return r, fmt.Errorf("%w: route: %w", errNotSearched, err)
+	}
+	ifc, err := net.InterfaceByIndex(rt.LinkIndex)
+	if err != nil {
+		return r, fmt.Errorf("%w: egress link: %w", errNotSearched, err)
+	}
+	ps, err := newPMTUSocket(a)
+	if err != nil {
+		return r, fmt.Errorf("%w: %w", errNotSearched, err)
+	}
+	defer ps.close()
+	r.high = ifc.MTU
+	if m := ps.routeMTU(); m > 0 && m < r.high {
+		r.high, r.highIs = m, "the route's MTU (a locked mtu, or one a router gave earlier)"
+	}
+	if !allowed() {
+		return r, errPMTUCapped
+	}
+	return bisectPMTU(ctx, ps, r, pmtuMin(a.Addr.Addr().Is6()), wait)
+}
+
+// bisectPMTU tries the minimum size, then r.high, then halves between them down to the
+// byte. A lost size is sent again (pr.retries), the full size once more than the others,
+// so that one lost packet is not a black hole; once a size has passed, a lost one is
+// waited for four times the slowest answer, at least 100 ms, not the whole wait. A search
+// cut short (its budget, an error) says so, with the sizes it knows.
 func bisectPMTU(ctx context.Context, pr pmtuProber, r pmtuResult, low int, wait time.Duration) (pmtuResult, error) {
 	start := time.Now()
-	try := func(size int) (bool, error) {
-		r.probes++
-		ok, ptb, err := pr.try(ctx, size, uint16(r.probes), wait)
-		if ptb != nil && r.ptb == nil {
-			r.ptb, r.tried = ptb, size
+	low = min(low, r.high)
+	var slowest time.Duration
+	try := func(size, tries int) (bool, error) {
+		w := wait
+		if slowest > 0 {
+			w = min(wait, max(4*slowest, 100*time.Millisecond))
 		}
-		return ok, err
+		for range tries {
+			r.probes++
+			t0 := time.Now()
+			ok, ptb, err := pr.try(ctx, size, uint16(r.probes), w)
+			if ptb != nil && r.ptb == nil {
+				r.ptb, r.tried = ptb, size
+			}
+			if ok {
+				slowest = max(slowest, time.Since(t0))
+			}
+			if ok || ptb != nil || err != nil || ctx.Err() != nil {
+				return ok, err
+			}
+		}
+		return false, nil
 	}
-	high := r.high
-	for _, first := range []int{high, low} { // full size, then the minimum
-		ok, err := try(first)
-		if err != nil || r.ptb != nil {
-			r.took = time.Since(start)
-			return r, err
-		}
+	ok, err := try(low, 1+pr.retries())
+	if err != nil || r.ptb != nil || !ok {
+		r.took = time.Since(start)
+		return r, err // nothing passes: no MTU to find
+	}
+	r.largest = low
+	if ok, err = try(r.high, 2+pr.retries()); err != nil || r.ptb != nil || ok {
 		if ok {
-			r.largest = first
+			r.largest = r.high
+		}
+		r.took = time.Since(start)
+		return r, err
+	}
+	// The minimum passes and full size does not: halve down to the byte.
+	lo, hi := low, r.high
+	for hi-lo > 1 && r.ptb == nil {
+		if ctx.Err() != nil {
+			r.cut = "its time ran out"
 			break
 		}
-	}
-	if r.largest == high || r.largest == 0 { // all pass, or nothing passes: no MTU to find
-		r.took = time.Since(start)
-		return r, nil
-	}
-	// The minimum passes and full size does not: halve down to the byte (about ten
-	// probes, half of them lost and waited for).
-	lo, hi := low, high
-	for hi-lo > 1 && ctx.Err() == nil && r.ptb == nil {
 		mid := (lo + hi) / 2
-		ok, err := try(mid)
+		ok, err := try(mid, 1+pr.retries())
 		if err != nil {
+			r.cut = err.Error()
 			break
 		}
 		if ok {
@@ -162,7 +239,10 @@ func bisectPMTU(ctx context.Context, pr pmtuProber, r pmtuResult, low int, wait 
 			hi = mid
 		}
 	}
-	r.largest, r.took = lo, time.Since(start)
+	r.largest, r.below, r.took = lo, hi, time.Since(start)
+	if hi-lo <= 1 {
+		r.cut = ""
+	}
 	return r, nil
 }
 
@@ -185,6 +265,22 @@ func newPMTUSocket(a Attempt) (*pmtuSocket, error) {
 	return &pmtuSocket{e}, nil
 }
 
+func (ps *pmtuSocket) retries() int { return 1 }
+
+// routeMTU is the MTU of the socket's route (IP_MTU): a locked mtu metric, or a path MTU a
+// router gave earlier; 0 when unknown.
+func (ps *pmtuSocket) routeMTU() int {
+	level, opt := unix.SOL_IP, unix.IP_MTU
+	if ps.v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_MTU
+	}
+	m, err := unix.GetsockoptInt(ps.fd, level, opt)
+	if err != nil {
+		return 0
+	}
+	return m
+}
+
 // try sends an echo request of size bytes (IP header included) and waits for its reply,
 // or a router's fragmentation needed / packet too big.
 func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.Duration) (bool, *QueuedError, error) {
@@ -195,7 +291,7 @@ func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.D
 	msg := buildEcho(ps.v6, ps.id, seq, make([]byte, size-hdr-echoHeaderLen))
 	if _, err := unix.Write(ps.fd, msg); err != nil {
 		if errors.Is(err, unix.EMSGSIZE) { // larger than this host lets out: not the path's
-			return false, nil, nil
+			return false, nil, fmt.Errorf("this host does not send %d-byte packets", size)
 		}
 		return false, nil, fmt.Errorf("send %d bytes: %w", size, err)
 	}

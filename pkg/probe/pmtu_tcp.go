@@ -13,7 +13,7 @@ import (
 
 // A TCP flow's path MTU is searched with its own kind of packet, to its own port: a
 // connection per size, its MSS clamped (TCP_MAXSEG, also what the SYN advertises) so that
-// one full segment of zeros is an IP packet of that size, with DF (Linux sets it on TCP).
+// one full segment of zeros is an IP packet of that size, with DF.
 // The size passes when the target acknowledges the segment. A router's fragmentation
 // needed makes the kernel lower the socket's path MTU (TCP_INFO's pmtu; TC names the
 // router). This tests the way to the target: a black hole on the way back shows in an
@@ -26,6 +26,8 @@ type tcpPMTU struct {
 }
 
 func (t *tcpPMTU) close() {}
+
+func (t *tcpPMTU) retries() int { return 0 } // TCP retransmits a lost segment within the wait
 
 // tcpiOptTimestamps is TCPI_OPT_TIMESTAMPS (linux/tcp.h): the connection carries the
 // timestamps option, 12 bytes of every segment's header.
@@ -89,6 +91,14 @@ func (t *tcpPMTU) connect(ctx context.Context, mss int, wait time.Duration) (*tc
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
 		return fail(err)
 	}
+	// DF whatever net.ipv4.ip_no_pmtu_disc says.
+	level, opt, do := unix.SOL_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO
+	if t.a.Addr.Addr().Is6() {
+		level, opt, do = unix.SOL_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, do); err != nil {
+		return fail(fmt.Errorf("set DF: %w", err))
+	}
 	if mss > 0 {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss); err != nil {
 			return fail(fmt.Errorf("TCP_MAXSEG %d: %w", mss, err))
@@ -145,7 +155,9 @@ func (t *tcpPMTU) try(ctx context.Context, size int, _ uint16, wait time.Duratio
 			return false, t.router(c, info.Pmtu), nil
 		}
 		if info.Unacked == 0 {
-			return true, nil, nil
+			// Acknowledged as sent: not cut into smaller segments on the way (the kernel's
+			// own black hole detection, tcp_mtu_probing, shrinks the MSS).
+			return int(info.Snd_mss) >= seg, nil, nil
 		}
 		if info.State != unix.BPF_TCP_ESTABLISHED && info.State != unix.BPF_TCP_CLOSE_WAIT {
 			return false, nil, fmt.Errorf("the target ended the connection before acknowledging a segment")

@@ -204,10 +204,10 @@ func runLeg(ctx context.Context, k *Kind, t target.Target, l leg, o *Options) *v
 		v.Server = l.server.String()
 	}
 	out := attempts(ctx, k, t, l, o, v)
-	if o.PMTU != "" && pmtuWanted(o.PMTU, out) {
-		out.last = pmtu(ctx, out)
-	}
 	describe(v, out)
+	if o.PMTU != "" && pmtuWanted(ctx, o.PMTU, out) {
+		pmtu(ctx, v, out)
+	}
 	if o.Trace && traceable(v, out.last) {
 		trace(ctx, v, out)
 	}
@@ -318,31 +318,6 @@ func silent(last Result) bool {
 	return false
 }
 
-// pmtuWanted says whether a chain's path MTU is searched: after an answer (mode always)
-// or silence; not after an error that already says what went wrong.
-func pmtuWanted(mode string, out outcome) bool {
-	last := out.last
-	if !out.addr.IsValid() || !last.sent || last.proto == 0 {
-		return false
-	}
-	return silent(last) || mode == PMTUAlways && last.Reason == verdict.OK
-}
-
-// pmtu searches the path MTU after a chain's last attempt and says what it found in the
-// result.
-func pmtu(ctx context.Context, out outcome) Result {
-	if !pmtuTokens.Take(time.Now()) {
-		out.last.Detail += fmt.Sprintf("; path MTU not searched: over %d searches a second", PMTURate)
-		return out.last
-	}
-	r, err := searchPMTU(ctx, out.attempt, out.last, min(out.attempt.Timeout, time.Second))
-	if err != nil {
-		out.last.Detail += "; path MTU not searched: " + err.Error()
-		return out.last
-	}
-	return pmtuVerdict(out.last, r)
-}
-
 // trace traces a failed verdict's flow and says where it was lost, within the rate cap.
 func trace(ctx context.Context, v *verdict.Verdict, out outcome) {
 	if !traceTokens.Take(time.Now()) {
@@ -409,10 +384,16 @@ func describe(v *verdict.Verdict, out outcome) {
 	if last.Local.IsValid() {
 		v.Local = last.Local.String()
 	}
-	if !v.OK && out.addr.IsValid() && last.sent {
+	failureEvidence(v, out)
+}
+
+// failureEvidence adds a failed verdict's route and its host's state (the failure
+// snapshot), once.
+func failureEvidence(v *verdict.Verdict, out outcome) {
+	if !v.OK && out.addr.IsValid() && out.last.sent && v.Context == nil {
 		var rt netctx.Route
 		v.Route, rt = routeEvidence(out.attempt)
-		v.Context = snapshot(v, out.attempt, rt, last)
+		v.Context = snapshot(v, out.attempt, rt, out.last)
 	}
 }
 

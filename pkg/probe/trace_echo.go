@@ -3,7 +3,9 @@ package probe
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,9 +30,40 @@ func newEchoHopper(a Attempt, probe []byte) (hopper, error) {
 	}
 	h := &echoHopper{a: a, e: e, probe: probe}
 	if a.Wire != nil && a.Wire.HasTC() {
-		h.wf, _, _ = registerEcho(a, e.id, e.v6, nil)
+		h.wf = watchTraceEcho(a, e)
 	}
 	return h, nil
+}
+
+// watchTraceEcho registers the trace's echoes with TC under an identifier no other flow
+// from its source to the target holds (a pinger's, another trace's): the socket's, else
+// another one picked at random (the raw socket sends whatever identifier it is given).
+// Nil when TC cannot watch them: the hops are then timed in userspace.
+func watchTraceEcho(a Attempt, e *rawEcho) *wire.Flow {
+	rt, err := attemptRoute(a)
+	if err != nil || rt.LinkIndex == 0 || a.Wire.Attach(rt.LinkIndex) != nil {
+		return nil
+	}
+	src := a.Source
+	if !src.IsValid() {
+		src = rt.Src
+	}
+	proto := uint8(wire.ProtoICMP)
+	if e.v6 {
+		proto = wire.ProtoICMPv6
+	}
+	for range 4 {
+		f, err := a.Wire.RegisterNew(proto, netip.AddrPortFrom(src.WithZone(""), e.id), netip.AddrPortFrom(a.Addr.Addr().WithZone(""), 0))
+		if !errors.Is(err, wire.ErrFlowTaken) {
+			return f
+		}
+		idb, err := random(2)
+		if err != nil {
+			return nil
+		}
+		e.id = binary.BigEndian.Uint16(idb)
+	}
+	return nil
 }
 
 func (h *echoHopper) close() {

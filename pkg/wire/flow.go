@@ -35,6 +35,19 @@ type Flow struct {
 // Without a valid local address the flow is registered for the tracepoints only (see
 // AddSocket): the TC programs are not in use for it.
 func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, error) {
+	return o.register(proto, local, remote, ebpf.UpdateAny)
+}
+
+// ErrFlowTaken is RegisterNew's error when another flow has the key.
+var ErrFlowTaken = errors.New("the flow is registered already")
+
+// RegisterNew is Register for a flow whose key another user may hold (an echo identifier
+// picked at random): it fails with ErrFlowTaken rather than take the key over.
+func (o *Observer) RegisterNew(proto uint8, local, remote netip.AddrPort) (*Flow, error) {
+	return o.register(proto, local, remote, ebpf.UpdateNoExist)
+}
+
+func (o *Observer) register(proto uint8, local, remote netip.AddrPort, flags ebpf.MapUpdateFlags) (*Flow, error) {
 	f := &Flow{o: o, token: o.token.Add(1)}
 	if local.IsValid() {
 		k, err := Key(proto, local, remote)
@@ -54,12 +67,15 @@ func (o *Observer) Register(proto uint8, local, remote netip.AddrPort) (*Flow, e
 		return f, nil
 	}
 	o.keyMu.Lock()
-	err := o.maps.Flows.Put(&f.key, &f.token)
+	err := o.maps.Flows.Update(&f.key, &f.token, flags)
 	o.keyMu.Unlock()
 	if err != nil {
 		o.mu.Lock()
 		delete(o.flows, f.token)
 		o.mu.Unlock()
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return nil, ErrFlowTaken
+		}
 		return nil, fmt.Errorf("register flow %s → %s: %w", local, remote, o.tableErr(o.maps.Flows, err))
 	}
 	return f, nil

@@ -66,6 +66,33 @@ func TestFlowTableFullFailsVisibly(t *testing.T) {
 	}
 }
 
+// TestRegisterNew: a key another flow holds is not taken over (Register would: the other
+// flow would stop being watched), and is free again once that flow closes.
+func TestRegisterNew(t *testing.T) {
+	o := openObserver(t)
+	local, remote := ap(netip.MustParseAddr("198.51.100.2"), 4242), ap(netip.MustParseAddr("203.0.113.2"), 0)
+	a, err := o.Register(ProtoICMP, local, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, err := o.RegisterNew(ProtoICMP, local, remote); !errors.Is(err, ErrFlowTaken) {
+		if f != nil {
+			f.Close()
+		}
+		t.Fatalf("RegisterNew on a held key: %v", err)
+	}
+	var tok uint64
+	if err := o.maps.Flows.Lookup(a.key, &tok); err != nil || tok != a.token {
+		t.Fatalf("the holder lost its key: %v", err)
+	}
+	a.Close()
+	b, err := o.RegisterNew(ProtoICMP, local, remote)
+	if err != nil {
+		t.Fatalf("RegisterNew on a free key: %v", err)
+	}
+	b.Close()
+}
+
 // TestPayloadGateCounts: flows whose ports share a gate slot keep it open until the last of
 // them closes, and a closed flow's watch is gone.
 func TestPayloadGateCounts(t *testing.T) {

@@ -217,7 +217,9 @@ func TestBenchSnapshotNetlink(t *testing.T) {
 	if float64(whole) > capped {
 		t.Errorf("%d whole snapshots in %.1f s: over the cap (%.0f)", whole, span, capped)
 	}
-	if float64(snap) > capped*perSnap+1 || perSnap > 8 {
-		t.Errorf("%d snapshot requests (%.1f per snapshot): over what the cap allows", snap, perSnap)
+	// A snapshot asks 6 things: the link, its addresses, the neighbor, the flow's conntrack
+	// entry, the table's counters and their per-CPU statistics.
+	if float64(snap) > capped*6 {
+		t.Errorf("%d snapshot requests: over what the cap allows (%.0f snapshots of 6)", snap, capped)
 	}
 }

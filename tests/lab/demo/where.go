@@ -64,7 +64,7 @@ func whereDemo(l *lab.Lab, bin string) error {
 	show("probe", "tcp", "--trace", "--retries", "0", "--timeout", "1s",
 		netip.AddrPortFrom(v4, dropPort).String(), netip.AddrPortFrom(v6, dropPort).String())
 	show("probe", "udp", "--trace", "--json", "--retries", "0", "--timeout", "1s", netip.AddrPortFrom(v6, dropPort).String())
-	fmt.Println("\nAn HTTP page larger than 1400 bytes is lost on the way back: a timeout, which --pmtu names.")
+	fmt.Println("\nAn HTTP page larger than 1400 bytes is lost: a timeout, which --pmtu=on-failure names; icmp --pmtu finds the same.")
 	show("probe", "http", "--pmtu=on-failure", "--retries", "0", "--timeout", "1s",
 		"http://"+netip.AddrPortFrom(v4, webPort).String()+"/")
 	show("probe", "icmp", "--pmtu", "--retries", "0", "--timeout", "1s", v6.String())

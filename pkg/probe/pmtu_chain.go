@@ -1,0 +1,133 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"reachd/pkg/verdict"
+)
+
+// pmtuWanted says whether a chain's path MTU is searched: after an answer (mode always),
+// or after silence that full-size packets lost could explain. Not after an error that says
+// what went wrong, a lost SYN (small, whatever the MTU), or a chain cut short.
+func pmtuWanted(ctx context.Context, mode string, out outcome) bool {
+	last := out.last
+	if ctx.Err() != nil || out.stopped || !out.addr.IsValid() || !last.sent || last.proto == 0 {
+		return false
+	}
+	if last.Reason == verdict.OK {
+		return mode == PMTUAlways
+	}
+	if !silent(last) && last.Reason != verdict.DNSTimeout {
+		return false
+	}
+	if last.proto == unix.IPPROTO_TCP { // the handshake completed: its data may be full-size
+		return last.Layer != "" && last.Layer != verdict.LayerTransport && last.Layer != verdict.LayerNetwork
+	}
+	return true
+}
+
+// pmtuExplains says whether a search's finding is the verdict's reason: the probe was
+// answered (the verdict is then about the path), or its own packets were larger than the
+// path passes, or it was a TCP exchange past its handshake (the peer's packets may be
+// full-size).
+func pmtuExplains(last Result, r pmtuResult) bool {
+	switch {
+	case last.Reason == verdict.OK, last.proto == unix.IPPROTO_TCP:
+		return true
+	}
+	return probeSize(last) > r.limit()
+}
+
+// probeSize is the size of an attempt's datagram or echo request, IP header included.
+func probeSize(last Result) int {
+	hdr := 20
+	if last.proto == unix.IPPROTO_ICMPV6 || last.Local.Addr().Is6() && !last.Local.Addr().Is4In6() {
+		hdr = 40
+	}
+	switch last.proto {
+	case unix.IPPROTO_UDP:
+		return hdr + 8 + len(last.payload)
+	case unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6:
+		return hdr + len(last.payload)
+	}
+	return 0
+}
+
+// pmtu searches the path MTU after a chain's last attempt and writes what it found into
+// v: its reason when the finding explains the verdict, else a note in the detail. Past the
+// rate cap, a recent search of the same path stands in, so that a daemon's verdicts do
+// not flip with the cap.
+func pmtu(ctx context.Context, v *verdict.Verdict, out outcome) {
+	key := pmtuKey{addr: out.addr.WithZone(""), port: out.attempt.Addr.Port(), proto: out.last.proto, iface: out.attempt.Interface}
+	r, err := searchPMTU(ctx, out.attempt, out.last, min(out.attempt.Timeout, time.Second), func() bool { return pmtuTokens.Take(time.Now()) })
+	note := ""
+	switch {
+	case errors.Is(err, errPMTUCapped):
+		var ok bool
+		if r, ok = pmtuRecent.get(key, time.Now()); !ok {
+			v.Detail += "; path MTU not searched: " + err.Error()
+			return
+		}
+		note = fmt.Sprintf(" [searched %s ago; %s now]", time.Since(r.at).Round(time.Second), err)
+	case err != nil:
+		v.Detail += "; path MTU not searched: " + err.Error()
+		return
+	default:
+		pmtuRecent.put(key, r, time.Now())
+	}
+	text, reason := r.finding()
+	v.Detail += "; path MTU: " + text + note
+	switch {
+	case reason == "":
+	case pmtuExplains(out.last, r):
+		v.Reason, v.Layer, v.OK = reason, verdict.LayerNetwork, false
+		failureEvidence(v, out)
+	default:
+		v.Detail += fmt.Sprintf(" (not why this probe failed: its %d-byte packets are within it, unless the answer was larger)", probeSize(out.last))
+	}
+}
+
+// pmtuKey is a searched path: where to, by what, and through which interface.
+type pmtuKey struct {
+	addr  netip.Addr
+	port  uint16
+	proto uint8
+	iface string
+}
+
+// pmtuKept is how long a search's result stands in for one the rate cap leaves out.
+const pmtuKept = 10 * time.Minute
+
+// pmtuRecent remembers the searches' results, bounded: past its size it starts over.
+var pmtuRecent = &pmtuCache{m: map[pmtuKey]pmtuResult{}}
+
+type pmtuCache struct {
+	mu sync.Mutex
+	m  map[pmtuKey]pmtuResult
+}
+
+const maxPMTUCache = 4096
+
+func (c *pmtuCache) get(k pmtuKey, now time.Time) (pmtuResult, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.m[k]
+	return r, ok && now.Sub(r.at) < pmtuKept
+}
+
+func (c *pmtuCache) put(k pmtuKey, r pmtuResult, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxPMTUCache {
+		clear(c.m)
+	}
+	r.at = now
+	c.m[k] = r
+}
