@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -37,9 +38,11 @@ type pmtuResult struct {
 }
 
 // finding words a search's outcome and names its reason: frag_needed, mtu_blackhole, or
-// "" when the path passes its largest size (or nothing passed).
+// "" when the path passes its largest size, nothing passed, or the search was cut short
+// before it knew.
 func (r pmtuResult) finding() (string, verdict.Reason) {
 	what := fmt.Sprintf("%d %s in %s", r.probes, r.unit, r.took.Round(100*time.Microsecond))
+	lost := fmt.Sprintf("%d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole", r.high)
 	switch {
 	case r.ptb != nil:
 		at := "a router (not seen at TC)"
@@ -47,12 +50,14 @@ func (r pmtuResult) finding() (string, verdict.Reason) {
 			at = r.ptb.Offender.String()
 		}
 		return fmt.Sprintf("%d-byte packets need fragmenting at %s, which gives a path MTU of %d (%s)%s", r.tried, at, r.ptb.Info, what, r.back), verdict.FragNeeded
-	case r.largest > 0 && r.largest < r.high && r.cut != "":
-		return fmt.Sprintf("%d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole; %d bytes pass, %d do not (the search was cut short: %s; %s)%s",
-			r.high, r.largest, r.below, r.cut, what, r.back), verdict.MTUBlackhole
+	case r.cut != "" && r.below > 0:
+		return fmt.Sprintf("%s; %d bytes pass, %d do not (the search was cut short: %s; %s)%s", lost, r.largest, r.below, r.cut, what, r.back), verdict.MTUBlackhole
+	case r.cut != "" && r.largest > 0:
+		return fmt.Sprintf("%d-byte packets pass; the search was cut short before it knew more (%s; %s)", r.largest, r.cut, what), ""
+	case r.cut != "":
+		return fmt.Sprintf("the search was cut short before any size passed (%s; %s)", r.cut, what), ""
 	case r.largest > 0 && r.largest < r.high:
-		return fmt.Sprintf("%d-byte packets are lost without a \"fragmentation needed\" or \"packet too big\", smaller ones pass: an MTU black hole; the largest that passes is %d bytes (%s)%s",
-			r.high, r.largest, what, r.back), verdict.MTUBlackhole
+		return fmt.Sprintf("%s; the largest that passes is %d bytes (%s)%s", lost, r.largest, what, r.back), verdict.MTUBlackhole
 	case r.largest == r.high:
 		return fmt.Sprintf("the path passes %d-byte packets, %s (%s)%s", r.high, r.highIs, what, r.back), ""
 	}
@@ -60,12 +65,15 @@ func (r pmtuResult) finding() (string, verdict.Reason) {
 }
 
 // limit is the size above which a search says packets are lost: the MTU a router gave, or
-// the largest that passes a black hole (0: none).
+// the largest that passes a black hole (of a search cut short: the smallest known lost,
+// less one); 0: none.
 func (r pmtuResult) limit() int {
-	if r.ptb != nil {
+	switch {
+	case r.ptb != nil:
 		return int(r.ptb.Info)
-	}
-	if r.largest > 0 && r.largest < r.high {
+	case r.cut != "" && r.below > 0:
+		return r.below - 1
+	case r.cut == "" && r.largest > 0 && r.largest < r.high:
 		return r.largest
 	}
 	return 0
@@ -101,40 +109,39 @@ type pmtuProber interface {
 	close()
 }
 
-// errNotSearched is a search this host could not make (no socket, no handshake): it
-// costs no token of the rate cap.
-var errNotSearched = errors.New("not searched")
-
 // searchPMTU searches the path MTU toward a chain's target: a TCP flow's with TCP segments
 // to its port (an echo may be filtered where the port is open), then, when they pass, with
 // echo requests, which test the way back too; others' with echo requests. Each probe
-// waits at most wait. allowed takes a token of the rate cap once the search can be made.
-func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration, allowed func() bool) (pmtuResult, error) {
+// waits at most wait.
+func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration) (pmtuResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, PMTUBudget)
 	defer cancel()
 	if last.proto != unix.IPPROTO_TCP {
-		return echoPMTU(ctx, a, wait, allowed)
+		return echoPMTU(ctx, a, wait)
 	}
 	tp, high, err := newTCPPMTU(ctx, a, wait)
 	if err != nil {
-		return pmtuResult{}, fmt.Errorf("%w: %w", errNotSearched, err)
-	}
-	if !allowed() {
-		return pmtuResult{}, errPMTUCapped
+		return pmtuResult{}, err
 	}
 	r := pmtuResult{high: high, unit: "DF TCP segment(s)", highIs: tp.highIs}
 	r, err = bisectPMTU(ctx, tp, r, pmtuMin(a.Addr.Addr().Is6()), wait)
-	if err != nil || r.largest != r.high || r.ptb != nil {
+	if err != nil || r.largest != r.high || r.ptb != nil || r.cut != "" {
 		return r, err
 	}
 	// TCP segments pass the way there; an echo reply is as large as its request.
-	e, err := echoPMTU(ctx, a, wait, func() bool { return true })
+	e, err := echoPMTU(ctx, a, wait)
+	r.probes, r.took, r.unit = r.probes+e.probes, r.took+e.took, r.unit+" and echo requests"
 	switch {
 	case err != nil:
 		r.back = "; the way back is not tested (" + err.Error() + ")"
-	case e.limit() > 0:
+	case e.ptb != nil: // a router answers the request: the way there, at a size TCP did not use
+		r.back = fmt.Sprintf("; echo requests of %d bytes need fragmenting at %s on the way there", e.tried, e.ptb.Offender)
+	case e.limit() > 0 && e.limit() < r.high:
+		e.probes, e.took, e.unit = r.probes, r.took, r.unit
 		e.back = fmt.Sprintf("; TCP segments of %d bytes reach the target: the way back", r.high)
 		return e, nil
+	case e.limit() > 0:
+		r.back = fmt.Sprintf("; echo requests over %d bytes are lost, larger than the TCP segments", e.limit())
 	case e.largest == 0:
 		r.back = "; the way back is not tested (the target answers no echo request)"
 	case a.Addr.Addr().Is6():
@@ -147,41 +154,37 @@ func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration,
 	return r, nil
 }
 
-// errPMTUCapped is a search the rate cap left out.
-var errPMTUCapped = fmt.Errorf("over %d searches a second", PMTURate)
-
-// echoPMTU searches with echo requests from the egress link's MTU, or the route's when it
-// is less (a locked mtu, or one a router gave earlier).
-func echoPMTU(ctx context.Context, a Attempt, wait time.Duration, allowed func() bool) (pmtuResult, error) {
+// echoPMTU searches with echo requests from the egress link's MTU (IP_PMTUDISC_PROBE: a
+// path MTU the route has learned, or a locked one, does not hold them back).
+func echoPMTU(ctx context.Context, a Attempt, wait time.Duration) (pmtuResult, error) {
 	r := pmtuResult{unit: "DF echo request(s)", highIs: "the link's MTU"}
 	rt, err := netctx.RouteTo(routeQuery(a))
 	if err != nil {
-		return r, fmt.Errorf("%w: route: %w", errNotSearched, err)
+		return r, fmt.Errorf("route: %w", err)
 	}
 	ifc, err := net.InterfaceByIndex(rt.LinkIndex)
 	if err != nil {
-		return r, fmt.Errorf("%w: egress link: %w", errNotSearched, err)
+		return r, fmt.Errorf("egress link: %w", err)
 	}
 	ps, err := newPMTUSocket(a)
 	if err != nil {
-		return r, fmt.Errorf("%w: %w", errNotSearched, err)
+		return r, err
 	}
 	defer ps.close()
 	r.high = ifc.MTU
-	if m := ps.routeMTU(); m > 0 && m < r.high {
-		r.high, r.highIs = m, "the route's MTU (a locked mtu, or one a router gave earlier)"
-	}
-	if !allowed() {
-		return r, errPMTUCapped
-	}
 	return bisectPMTU(ctx, ps, r, pmtuMin(a.Addr.Addr().Is6()), wait)
 }
 
+// errCutShort is a probe whose wait the search's end (its budget, reachd stopping) cut
+// short: not a lost size.
+var errCutShort = errors.New("its time ran out")
+
 // bisectPMTU tries the minimum size, then r.high, then halves between them down to the
 // byte. A lost size is sent again (pr.retries), the full size once more than the others,
-// so that one lost packet is not a black hole; once a size has passed, a lost one is
-// waited for four times the slowest answer, at least 100 ms, not the whole wait. A search
-// cut short (its budget, an error) says so, with the sizes it knows.
+// so that one lost packet is not a black hole; once a size has passed, an echo is waited
+// for four times the slowest answer, at least 100 ms, not the whole wait. A search cut
+// short (its budget, an error) says so, with the sizes it knows; the error of its first
+// probe is the search's.
 func bisectPMTU(ctx context.Context, pr pmtuProber, r pmtuResult, low int, wait time.Duration) (pmtuResult, error) {
 	start := time.Now()
 	low = min(low, r.high)
@@ -201,32 +204,42 @@ func bisectPMTU(ctx context.Context, pr pmtuProber, r pmtuResult, low int, wait 
 			if ok {
 				slowest = max(slowest, time.Since(t0))
 			}
-			if ok || ptb != nil || err != nil || ctx.Err() != nil {
+			if err == nil && !ok && ptb == nil && ctx.Err() != nil {
+				err = errCutShort
+			}
+			if ok || ptb != nil || err != nil {
 				return ok, err
 			}
 		}
 		return false, nil
 	}
 	ok, err := try(low, 1+pr.retries())
-	if err != nil || r.ptb != nil || !ok {
-		r.took = time.Since(start)
-		return r, err // nothing passes: no MTU to find
+	r.took = time.Since(start)
+	switch {
+	case err != nil && r.probes == 1:
+		return r, err // the search could not be made
+	case err != nil:
+		r.cut = err.Error()
+		return r, nil
+	case r.ptb != nil || !ok:
+		return r, nil // nothing passes: no MTU to find
 	}
 	r.largest = low
-	if ok, err = try(r.high, 2+pr.retries()); err != nil || r.ptb != nil || ok {
-		if ok {
-			r.largest = r.high
-		}
-		r.took = time.Since(start)
-		return r, err
+	ok, err = try(r.high, 2+pr.retries())
+	r.took = time.Since(start)
+	switch {
+	case err != nil:
+		r.cut = err.Error() // the full size is not known
+		return r, nil
+	case r.ptb != nil:
+		return r, nil
+	case ok:
+		r.largest = r.high
+		return r, nil
 	}
 	// The minimum passes and full size does not: halve down to the byte.
 	lo, hi := low, r.high
 	for hi-lo > 1 && r.ptb == nil {
-		if ctx.Err() != nil {
-			r.cut = "its time ran out"
-			break
-		}
 		mid := (lo + hi) / 2
 		ok, err := try(mid, 1+pr.retries())
 		if err != nil {
@@ -235,13 +248,13 @@ func bisectPMTU(ctx context.Context, pr pmtuProber, r pmtuResult, low int, wait 
 		}
 		if ok {
 			lo = mid
-		} else {
+		} else if r.ptb == nil {
 			hi = mid
 		}
 	}
-	r.largest, r.below, r.took = lo, hi, time.Since(start)
-	if hi-lo <= 1 {
-		r.cut = ""
+	r.largest, r.took = lo, time.Since(start)
+	if r.cut != "" {
+		r.below = hi
 	}
 	return r, nil
 }
@@ -267,20 +280,6 @@ func newPMTUSocket(a Attempt) (*pmtuSocket, error) {
 
 func (ps *pmtuSocket) retries() int { return 1 }
 
-// routeMTU is the MTU of the socket's route (IP_MTU): a locked mtu metric, or a path MTU a
-// router gave earlier; 0 when unknown.
-func (ps *pmtuSocket) routeMTU() int {
-	level, opt := unix.SOL_IP, unix.IP_MTU
-	if ps.v6 {
-		level, opt = unix.SOL_IPV6, unix.IPV6_MTU
-	}
-	m, err := unix.GetsockoptInt(ps.fd, level, opt)
-	if err != nil {
-		return 0
-	}
-	return m
-}
-
 // try sends an echo request of size bytes (IP header included) and waits for its reply,
 // or a router's fragmentation needed / packet too big.
 func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.Duration) (bool, *QueuedError, error) {
@@ -303,7 +302,9 @@ func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.D
 			continue
 		}
 		for _, q := range drainErrQueue(ps.fd) {
-			if q.IsICMP() && (!ps.v6 && q.Type == icmp4DestUnreach && q.Code == 4 || ps.v6 && q.Type == icmp6PacketTooBig) {
+			// This echo's: not a late one for an earlier size, nor another socket's.
+			mine := len(q.Quote) >= echoHeaderLen && binary.BigEndian.Uint16(q.Quote[4:6]) == ps.id && binary.BigEndian.Uint16(q.Quote[6:8]) == seq
+			if mine && q.IsICMP() && (!ps.v6 && q.Type == icmp4DestUnreach && q.Code == 4 || ps.v6 && q.Type == icmp6PacketTooBig) {
 				return false, &q, nil
 			}
 		}

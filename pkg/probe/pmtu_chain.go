@@ -2,7 +2,6 @@ package probe
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -28,7 +27,7 @@ func pmtuWanted(ctx context.Context, mode string, out outcome) bool {
 		return false
 	}
 	if last.proto == unix.IPPROTO_TCP { // the handshake completed: its data may be full-size
-		return last.Layer != "" && last.Layer != verdict.LayerTransport && last.Layer != verdict.LayerNetwork
+		return last.Reason == verdict.DNSTimeout || last.Layer != "" && last.Layer != verdict.LayerTransport && last.Layer != verdict.LayerNetwork
 	}
 	return true
 }
@@ -65,22 +64,26 @@ func probeSize(last Result) int {
 // rate cap, a recent search of the same path stands in, so that a daemon's verdicts do
 // not flip with the cap.
 func pmtu(ctx context.Context, v *verdict.Verdict, out outcome) {
-	key := pmtuKey{addr: out.addr.WithZone(""), port: out.attempt.Addr.Port(), proto: out.last.proto, iface: out.attempt.Interface}
-	r, err := searchPMTU(ctx, out.attempt, out.last, min(out.attempt.Timeout, time.Second), func() bool { return pmtuTokens.Take(time.Now()) })
+	a := out.attempt
+	key := pmtuKey{addr: out.addr, port: a.Addr.Port(), proto: out.last.proto, iface: a.Interface, mark: a.Mark, source: a.Source}
+	var r pmtuResult
 	note := ""
-	switch {
-	case errors.Is(err, errPMTUCapped):
-		var ok bool
-		if r, ok = pmtuRecent.get(key, time.Now()); !ok {
+	if now := time.Now(); pmtuTokens.Take(now) {
+		var err error
+		if r, err = searchPMTU(ctx, a, out.last, min(a.Timeout, time.Second)); err != nil {
 			v.Detail += "; path MTU not searched: " + err.Error()
 			return
 		}
-		note = fmt.Sprintf(" [searched %s ago; %s now]", time.Since(r.at).Round(time.Second), err)
-	case err != nil:
-		v.Detail += "; path MTU not searched: " + err.Error()
-		return
-	default:
-		pmtuRecent.put(key, r, time.Now())
+		if r.cut == "" {
+			pmtuRecent.put(key, r, now)
+		}
+	} else {
+		var ok bool
+		if r, ok = pmtuRecent.get(key, now); !ok {
+			v.Detail += fmt.Sprintf("; path MTU not searched: over %d searches a second", PMTURate)
+			return
+		}
+		note = fmt.Sprintf(" [searched %s ago; over %d searches a second now]", now.Sub(r.at).Round(time.Second), PMTURate)
 	}
 	text, reason := r.finding()
 	v.Detail += "; path MTU: " + text + note
@@ -96,10 +99,12 @@ func pmtu(ctx context.Context, v *verdict.Verdict, out outcome) {
 
 // pmtuKey is a searched path: where to, by what, and through which interface.
 type pmtuKey struct {
-	addr  netip.Addr
-	port  uint16
-	proto uint8
-	iface string
+	addr   netip.Addr // with its zone
+	port   uint16
+	proto  uint8
+	iface  string
+	mark   uint32
+	source netip.Addr
 }
 
 // pmtuKept is how long a search's result stands in for one the rate cap leaves out.

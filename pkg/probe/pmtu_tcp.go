@@ -23,11 +23,12 @@ import (
 type tcpPMTU struct {
 	a      Attempt
 	highIs string
+	wait   time.Duration // every size's: TCP retransmits a lost segment within it
 }
 
 func (t *tcpPMTU) close() {}
 
-func (t *tcpPMTU) retries() int { return 0 } // TCP retransmits a lost segment within the wait
+func (t *tcpPMTU) retries() int { return 0 } // TCP retransmits a lost segment within t.wait
 
 // tcpiOptTimestamps is TCPI_OPT_TIMESTAMPS (linux/tcp.h): the connection carries the
 // timestamps option, 12 bytes of every segment's header.
@@ -49,7 +50,7 @@ func tcpHeaders(v6 bool, info *unix.TCPInfo) int {
 // MTU, or less when the target's MSS or a path MTU the route already knows is less) is the
 // size the search starts from.
 func newTCPPMTU(ctx context.Context, a Attempt, wait time.Duration) (*tcpPMTU, int, error) {
-	t := &tcpPMTU{a: a}
+	t := &tcpPMTU{a: a, wait: wait}
 	c, err := t.connect(ctx, 0, wait)
 	if err != nil {
 		return nil, 0, err
@@ -127,7 +128,10 @@ func (t *tcpPMTU) connect(ctx context.Context, mss int, wait time.Duration) (*tc
 
 // try sends one full segment on a connection clamped to make packets of size bytes, and
 // waits for the target's acknowledgement, or a router's fragmentation needed.
-func (t *tcpPMTU) try(ctx context.Context, size int, _ uint16, wait time.Duration) (bool, *QueuedError, error) {
+func (t *tcpPMTU) try(ctx context.Context, size int, _ uint16, _ time.Duration) (bool, *QueuedError, error) {
+	// Not the search's shorter wait once a size passed: TCP's first retransmission comes
+	// after 200 ms at the least (TCP_RTO_MIN), and the handshake's after a second.
+	wait := t.wait
 	v6 := t.a.Addr.Addr().Is6()
 	hdr := 40
 	if v6 {

@@ -79,6 +79,48 @@ func check(t *testing.T, r pmtuResult, err error, largest int, reason verdict.Re
 	}
 }
 
+// cancelAt is a path whose search is cancelled while the probe of size cut waits: as a
+// daemon stopping, or the search's budget running out.
+type cancelAt struct {
+	fakePath
+	cut    int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAt) try(ctx context.Context, size int, seq uint16, w time.Duration) (bool, *QueuedError, error) {
+	if size == c.cut {
+		c.cancel()
+		return false, nil, nil // the wait ended by the context: nothing came
+	}
+	return c.fakePath.try(ctx, size, seq, w)
+}
+
+// TestBisectPMTUCancelled: a wait the search's end cuts short is no lost size: cancelled
+// at the full size, the search claims no black hole; halfway, it gives the sizes it knows.
+func TestBisectPMTUCancelled(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		cut    int
+		reason verdict.Reason
+		want   string
+	}{
+		{"at the full size", 1500, "", "576-byte packets pass; the search was cut short"},
+		{"halfway", 1038, verdict.MTUBlackhole, "576 bytes pass, 1500 do not"}, // 1038 was not lost: cut
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &cancelAt{fakePath: fakePath{mtu: 1400}, cut: c.cut, cancel: cancel}
+		if c.cut != 1500 {
+			p.mtu = 1000 // so that 1500 is lost and the halving reaches 1038
+		}
+		r, err := bisectPMTU(ctx, p, pmtuResult{high: 1500, unit: "x"}, 576, time.Millisecond)
+		text, reason := r.finding()
+		t.Logf("%s: %s → %q", c.name, reason, text)
+		if err != nil || reason != c.reason || !strings.Contains(text, c.want) {
+			t.Errorf("%s: %q %q (%v); want %q ~%q", c.name, reason, text, err, c.reason, c.want)
+		}
+	}
+}
+
 // TestPMTUWanted: what is searched, and when a finding is the verdict's reason.
 func TestPMTUWanted(t *testing.T) {
 	a := outcome{addr: netip.MustParseAddr("192.0.2.1")}
@@ -100,7 +142,7 @@ func TestPMTUWanted(t *testing.T) {
 		{"udp silence", res(verdict.OpenFiltered, "", unix.IPPROTO_UDP, 48), PMTUOnFailure, true},
 		{"a lost SYN", res(verdict.Timeout, verdict.LayerTransport, unix.IPPROTO_TCP, 0), PMTUAlways, false},
 		{"http timeout after the handshake", res(verdict.Timeout, verdict.LayerApplication, unix.IPPROTO_TCP, 0), PMTUOnFailure, true},
-		{"dns over TCP, silent server", res(verdict.DNSTimeout, verdict.LayerApplication, unix.IPPROTO_TCP, 0), PMTUOnFailure, true},
+		{"dns over TCP, silent server", res(verdict.DNSTimeout, "", unix.IPPROTO_TCP, 0), PMTUOnFailure, true},
 		{"refused", res(verdict.Refused, "", unix.IPPROTO_TCP, 0), PMTUAlways, false},
 		{"router's error", res(verdict.AdminProhibited, "", unix.IPPROTO_UDP, 48), PMTUAlways, false},
 	} {

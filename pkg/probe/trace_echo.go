@@ -48,6 +48,9 @@ func watchTraceEcho(a Attempt, e *rawEcho) *wire.Flow {
 	if !src.IsValid() {
 		src = rt.Src
 	}
+	if !src.IsValid() {
+		return nil // no key TC could match
+	}
 	proto := uint8(wire.ProtoICMP)
 	if e.v6 {
 		proto = wire.ProtoICMPv6
