@@ -134,6 +134,11 @@ func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration)
 	switch {
 	case err != nil:
 		r.back = "; the way back is not tested (" + err.Error() + ")"
+	case e.ptb != nil && int(e.ptb.Info) <= r.high:
+		// The segments' size is a path MTU the route learned from this router earlier:
+		// the same finding as the search that learned it.
+		e.probes, e.took, e.unit = r.probes, r.took, r.unit
+		return e, nil
 	case e.ptb != nil: // a router answers the request: the way there, at a size TCP did not use
 		r.back = fmt.Sprintf("; echo requests of %d bytes need fragmenting at %s on the way there", e.tried, e.ptb.Offender)
 	case e.limit() > 0 && e.limit() < r.high:

@@ -33,12 +33,17 @@ func pmtuWanted(ctx context.Context, mode string, out outcome) bool {
 }
 
 // pmtuExplains says whether a search's finding is the verdict's reason: the probe was
-// answered (the verdict is then about the path), or its own packets were larger than the
-// path passes, or it was a TCP exchange past its handshake (the peer's packets may be
-// full-size).
+// answered (the verdict is then about the path); or, for silence, a black hole that its
+// own packets were larger than, or that a TCP exchange past its handshake met (the peer's
+// packets may be full-size). A router's "fragmentation needed" does not explain silence:
+// the kernel follows it (and an attempt it answered would have heard it).
 func pmtuExplains(last Result, r pmtuResult) bool {
 	switch {
-	case last.Reason == verdict.OK, last.proto == unix.IPPROTO_TCP:
+	case last.Reason == verdict.OK:
+		return true
+	case r.ptb != nil:
+		return false
+	case last.proto == unix.IPPROTO_TCP:
 		return true
 	}
 	return probeSize(last) > r.limit()

@@ -171,6 +171,20 @@ func TestPMTUWanted(t *testing.T) {
 			t.Errorf("%s: explains %v, want %v", c.name, got, c.explains)
 		}
 	}
+	told := pmtuResult{high: 1500, largest: 576, ptb: &QueuedError{Info: 1400}}
+	for _, c := range []struct {
+		name     string
+		last     Result
+		explains bool
+	}{
+		{"answered", Result{Reason: verdict.OK, proto: unix.IPPROTO_TCP}, true},
+		{"TCP past its handshake", Result{Reason: verdict.Timeout, proto: unix.IPPROTO_TCP}, false},
+		{"a full-size datagram lost", Result{Reason: verdict.OpenFiltered, proto: unix.IPPROTO_UDP, payload: make([]byte, 1472)}, false},
+	} {
+		if got := pmtuExplains(c.last, told); got != c.explains {
+			t.Errorf("%s: explains %v, want %v", c.name, got, c.explains)
+		}
+	}
 }
 
 // TestPMTUCache: a result stands in for pmtuKept, and the cache is bounded.
