@@ -90,7 +90,7 @@ func linkName(index int) string {
 	if n, ok := cachedName(index); ok {
 		return n
 	}
-	gen := routeCache.gen.Load()
+	gen := linkNames.linkGen.Load()
 	var name string
 	withHandle(func(h *netlink.Handle) {
 		if l, err := h.LinkByIndex(index); err == nil {

@@ -74,6 +74,7 @@ func FollowRoutes() (stop func(), err error) {
 				}
 				// ENOBUFS: changes were lost; anything else: stop trusting the cache.
 				routeCache.gen.Add(1)
+				linkNames.linkGen.Add(1)
 				if !errors.Is(err, unix.ENOBUFS) {
 					routeCache.on.Store(false)
 					return
@@ -82,6 +83,12 @@ func FollowRoutes() (stop func(), err error) {
 			}
 			if len(msgs) > 0 {
 				routeCache.gen.Add(1)
+			}
+			for _, m := range msgs {
+				if m.Header.Type == unix.RTM_NEWLINK || m.Header.Type == unix.RTM_DELLINK {
+					linkNames.linkGen.Add(1) // a rename, a new or gone link
+					break
+				}
 			}
 		}
 	}()
@@ -118,12 +125,13 @@ func remember(q RouteQuery, r Route, gen uint64) {
 	routeCache.m[q] = cachedRoute{r: r, gen: gen, at: time.Now()}
 }
 
-// linkNames remembers interface names by index for as long as routeCache's generation
-// stands (a link's rename or removal bumps it).
+// linkNames remembers interface names by index while no link changes (a rename, a link
+// gone): routes and addresses come and go far more often, and leave names alone.
 var linkNames struct {
-	mu  sync.Mutex
-	gen uint64
-	m   map[int]string
+	linkGen atomic.Uint64 // bumped on every link change the kernel reports
+	mu      sync.Mutex
+	gen     uint64
+	m       map[int]string
 }
 
 func cachedName(index int) (string, bool) {
@@ -132,16 +140,16 @@ func cachedName(index int) (string, bool) {
 	}
 	linkNames.mu.Lock()
 	defer linkNames.mu.Unlock()
-	if linkNames.gen != routeCache.gen.Load() {
+	if linkNames.gen != linkNames.linkGen.Load() {
 		return "", false
 	}
 	n, ok := linkNames.m[index]
 	return n, ok
 }
 
-// rememberName keeps index's name if it was read in generation gen (no change since).
+// rememberName keeps index's name if it was read in link generation gen (no change since).
 func rememberName(index int, name string, gen uint64) {
-	if !routeCache.on.Load() || gen != routeCache.gen.Load() {
+	if !routeCache.on.Load() || gen != linkNames.linkGen.Load() {
 		return
 	}
 	linkNames.mu.Lock()
