@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink/nl"
@@ -55,6 +56,7 @@ func FollowRoutes() (stop func(), err error) {
 	routeCache.m = map[RouteQuery]cachedRoute{}
 	routeCache.mu.Unlock()
 	routeCache.gen.Add(1)
+	linkNames.linkGen.Add(1) // names read while nothing listened may have changed since
 	routeCache.on.Store(true)
 	done := make(chan struct{})
 	finished := make(chan struct{})
@@ -84,11 +86,8 @@ func FollowRoutes() (stop func(), err error) {
 			if len(msgs) > 0 {
 				routeCache.gen.Add(1)
 			}
-			for _, m := range msgs {
-				if m.Header.Type == unix.RTM_NEWLINK || m.Header.Type == unix.RTM_DELLINK {
-					linkNames.linkGen.Add(1) // a rename, a new or gone link
-					break
-				}
+			if linkChanged(msgs) {
+				linkNames.linkGen.Add(1)
 			}
 		}
 	}()
@@ -125,10 +124,21 @@ func remember(q RouteQuery, r Route, gen uint64) {
 	routeCache.m[q] = cachedRoute{r: r, gen: gen, at: time.Now()}
 }
 
-// linkNames remembers interface names by index while no link changes (a rename, a link
-// gone): routes and addresses come and go far more often, and leave names alone.
+// linkChanged says whether notifications tell of a link: new, gone, or changed (a rename,
+// but also its state, flags or MTU, which cost a name cache no more than a lookup).
+func linkChanged(msgs []syscall.NetlinkMessage) bool {
+	for _, m := range msgs {
+		if m.Header.Type == unix.RTM_NEWLINK || m.Header.Type == unix.RTM_DELLINK {
+			return true
+		}
+	}
+	return false
+}
+
+// linkNames remembers interface names by index while no link changes: routes and
+// addresses come and go far more often, and leave names alone.
 var linkNames struct {
-	linkGen atomic.Uint64 // bumped on every link change the kernel reports
+	linkGen atomic.Uint64 // bumped on every link notification, and when following starts
 	mu      sync.Mutex
 	gen     uint64
 	m       map[int]string

@@ -130,33 +130,39 @@ func searchPMTU(ctx context.Context, a Attempt, last Result, wait time.Duration)
 	}
 	// TCP segments pass the way there; an echo reply is as large as its request.
 	e, err := echoPMTU(ctx, a, wait)
+	return wayBack(r, e, err, a.Addr.Addr().Is6(), tp.learned), nil
+}
+
+// wayBack reads the echo search e made after the TCP search r passed at its largest size
+// (err: e could not be made). learned: r's largest size is a path MTU the route learned.
+func wayBack(r, e pmtuResult, err error, v6, learned bool) pmtuResult {
 	r.probes, r.took, r.unit = r.probes+e.probes, r.took+e.took, r.unit+" and echo requests"
 	switch {
 	case err != nil:
 		r.back = "; the way back is not tested (" + err.Error() + ")"
-	case e.ptb != nil && int(e.ptb.Info) <= r.high:
-		// The segments' size is a path MTU the route learned from this router earlier:
-		// the same finding as the search that learned it.
+	case e.ptb != nil && learned && int(e.ptb.Info) == r.high && e.tried > r.high:
+		// The segments' size is the path MTU the route learned, and the router says it
+		// again: the same finding as the search that taught the route.
 		e.probes, e.took, e.unit = r.probes, r.took, r.unit
-		return e, nil
+		return e
 	case e.ptb != nil: // a router answers the request: the way there, at a size TCP did not use
 		r.back = fmt.Sprintf("; echo requests of %d bytes need fragmenting at %s on the way there", e.tried, e.ptb.Offender)
 	case e.limit() > 0 && e.limit() < r.high:
 		e.probes, e.took, e.unit = r.probes, r.took, r.unit
 		e.back = fmt.Sprintf("; TCP segments of %d bytes reach the target: the way back", r.high)
-		return e, nil
+		return e
 	case e.limit() > 0:
 		r.back = fmt.Sprintf("; echo requests over %d bytes are lost, larger than the TCP segments", e.limit())
 	case e.largest == 0:
 		r.back = "; the way back is not tested (the target answers no echo request)"
-	case a.Addr.Addr().Is6():
+	case v6:
 		r.back = fmt.Sprintf("; the way back passes %d-byte echo replies", e.largest)
 	default:
 		// Linux, and routers on the way, may send and fragment an IPv4 echo reply without
 		// DF: it passes where the target's TCP segments, with DF, would not.
 		r.back = fmt.Sprintf("; %d-byte echo replies come back, but over IPv4 maybe in fragments: the way back for TCP segments is not known", e.largest)
 	}
-	return r, nil
+	return r
 }
 
 // echoPMTU searches with echo requests from the egress link's MTU (IP_PMTUDISC_PROBE: a

@@ -97,6 +97,8 @@ func pmtu(ctx context.Context, v *verdict.Verdict, out outcome) {
 	case pmtuExplains(out.last, r):
 		v.Reason, v.Layer, v.OK = reason, verdict.LayerNetwork, false
 		failureEvidence(v, out)
+	case r.ptb != nil:
+		v.Detail += " (not why this probe failed: the kernel follows a router's fragmentation needed)"
 	default:
 		v.Detail += fmt.Sprintf(" (not why this probe failed: its %d-byte packets are within it, unless the answer was larger)", probeSize(out.last))
 	}

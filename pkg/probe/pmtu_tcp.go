@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"reachd/pkg/netctx"
 	"reachd/pkg/wire"
 )
 
@@ -21,9 +23,10 @@ import (
 
 // tcpPMTU sends the segments of a search.
 type tcpPMTU struct {
-	a      Attempt
-	highIs string
-	wait   time.Duration // every size's: TCP retransmits a lost segment within it
+	a       Attempt
+	highIs  string
+	learned bool          // the largest size is a path MTU the route learned (or its mtu), below the link's
+	wait    time.Duration // every size's: TCP retransmits a lost segment within it
 }
 
 func (t *tcpPMTU) close() {}
@@ -57,11 +60,23 @@ func newTCPPMTU(ctx context.Context, a Attempt, wait time.Duration) (*tcpPMTU, i
 	}
 	defer c.close()
 	high := int(c.info.Snd_mss) + tcpHeaders(a.Addr.Addr().Is6(), c.info)
-	t.highIs = "the largest a full segment makes"
-	if int(c.info.Pmtu) == high || int(c.info.Pmtu) == 0 {
-		t.highIs = "the path MTU of the route"
-	} else if int(c.info.Pmtu) > high {
-		t.highIs = fmt.Sprintf("what the target's MSS allows (the route's MTU is %d)", c.info.Pmtu)
+	link := 0
+	if rt, err := netctx.RouteTo(routeQuery(a)); err == nil {
+		if ifc, err := net.InterfaceByIndex(rt.LinkIndex); err == nil {
+			link = ifc.MTU
+		}
+	}
+	pmtu := int(c.info.Pmtu)
+	t.learned = pmtu > 0 && pmtu < link && pmtu == high
+	switch {
+	case t.learned:
+		t.highIs = "the path MTU the route has learned (or its mtu)"
+	case pmtu == high || pmtu == 0:
+		t.highIs = "the link's MTU"
+	case pmtu > high:
+		t.highIs = fmt.Sprintf("what the target's MSS allows (the route's MTU is %d)", pmtu)
+	default:
+		t.highIs = "the largest a full segment makes"
 	}
 	return t, high, nil
 }

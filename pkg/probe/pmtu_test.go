@@ -206,3 +206,37 @@ func TestPMTUCache(t *testing.T) {
 		t.Fatalf("%d entries", len(c.m))
 	}
 }
+
+// TestWayBack: what the echo search after a TCP search that passed says. A router's MTU
+// is the finding only where the TCP segments' size is the path MTU the route learned and
+// the router gives it again; a black hole below the segments' size is the way back.
+func TestWayBack(t *testing.T) {
+	tcp := pmtuResult{high: 1400, largest: 1400, unit: "DF TCP segment(s)", highIs: "x"}
+	ptb := func(mtu uint32) *QueuedError { return &QueuedError{Info: mtu} }
+	for _, c := range []struct {
+		name    string
+		e       pmtuResult
+		err     error
+		v6      bool
+		learned bool
+		reason  verdict.Reason
+		want    string
+	}{
+		{"learned, said again", pmtuResult{high: 1500, ptb: ptb(1400), tried: 1500}, nil, true, true, verdict.FragNeeded, "a path MTU of 1400"},
+		{"MSS-clamped, router says the same", pmtuResult{high: 1500, ptb: ptb(1400), tried: 1500}, nil, true, false, "", "need fragmenting at"},
+		{"learned, a smaller MTU: another way", pmtuResult{high: 1500, ptb: ptb(1300), tried: 1500}, nil, true, true, "", "on the way there"},
+		{"learned, MTU 0", pmtuResult{high: 1500, ptb: ptb(0), tried: 1500}, nil, true, true, "", "on the way there"},
+		{"a black hole below the segments", pmtuResult{high: 1500, largest: 1300}, nil, true, false, verdict.MTUBlackhole, "the way back"},
+		{"lost only above the segments", pmtuResult{high: 1500, largest: 1450}, nil, true, false, "", "larger than the TCP segments"},
+		{"no echo answered", pmtuResult{high: 1500}, nil, true, false, "", "the target answers no echo request"},
+		{"IPv6 passes", pmtuResult{high: 1500, largest: 1500}, nil, true, false, "", "the way back passes 1500-byte echo replies"},
+		{"IPv4 passes", pmtuResult{high: 1500, largest: 1500}, nil, false, false, "", "maybe in fragments"},
+		{"no raw socket", pmtuResult{}, errors.New("an icmp search needs a raw socket: CAP_NET_RAW"), true, false, "", "the way back is not tested (an icmp"},
+	} {
+		r := wayBack(tcp, c.e, c.err, c.v6, c.learned)
+		text, reason := r.finding()
+		if reason != c.reason || !strings.Contains(text, c.want) {
+			t.Errorf("%s: %q %q; want %q ~%q", c.name, reason, text, c.reason, c.want)
+		}
+	}
+}
