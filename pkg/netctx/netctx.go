@@ -226,3 +226,15 @@ func StateString(s int) string {
 func Unresolved(state string) bool {
 	return state == "INCOMPLETE" || state == "FAILED"
 }
+
+// LinkMTU is the MTU of the interface index: one link by index, not net.InterfaceByIndex's
+// dump of every interface.
+func LinkMTU(index int) (int, error) {
+	var l netlink.Link
+	var err error
+	withHandle(func(h *netlink.Handle) { l, err = h.LinkByIndex(index) })
+	if err != nil {
+		return 0, fmt.Errorf("link %d: %w", index, err)
+	}
+	return l.Attrs().MTU, nil
+}

@@ -29,7 +29,7 @@ func serveDNS(t *testing.T, network string) netip.AddrPort {
 	for range 20 { // the same port for both
 		var err error
 		if pc, err = net.ListenPacket(network, net.JoinHostPort(host, "0")); err != nil {
-			t.Skipf("no %s loopback: %v", network, err)
+			unavailable(t, network+" loopback", err)
 		}
 		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
 			break

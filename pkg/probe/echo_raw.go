@@ -28,7 +28,7 @@ func openRawEcho(a Attempt, what string) (*rawEcho, error) {
 	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("%s needs a raw socket: CAP_NET_RAW", what)
+			return nil, fmt.Errorf("%s needs a raw socket: CAP_NET_RAW (%s)", what, grantRaw)
 		}
 		return nil, fmt.Errorf("raw socket: %w", err)
 	}
@@ -56,17 +56,37 @@ func openRawEcho(a Attempt, what string) (*rawEcho, error) {
 
 func (e *rawEcho) close() { unix.Close(e.fd) }
 
-// read returns the next ICMP message the socket holds and who sent it (ok false: none
-// now). Raw IPv4 sockets hand over the IP header, which parseICMP skips.
-func (e *rawEcho) read(buf []byte) (p icmpPacket, from netip.Addr, ok bool) {
+// read returns the next ICMP message the socket holds (ok false: none now). Raw IPv4
+// sockets hand over the IP header, which parseICMP skips.
+func (e *rawEcho) read(buf []byte) (p icmpPacket, ok bool) {
 	for {
-		n, sa, err := unix.Recvfrom(e.fd, buf, unix.MSG_DONTWAIT)
+		n, _, err := unix.Recvfrom(e.fd, buf, unix.MSG_DONTWAIT)
 		if err != nil {
-			return p, from, false
+			return p, false
 		}
-		if p, err = parseICMP(buf[:n], e.v6, !e.v6); err != nil {
-			continue
+		if p, err = parseICMP(buf[:n], e.v6, !e.v6); err == nil {
+			return p, true
 		}
-		return p, addrPortOf(sa).Addr().Unmap().WithZone(""), true
 	}
+}
+
+// replied reads what the socket holds and says whether the echo reply to seq was in it.
+func (e *rawEcho) replied(buf []byte, seq uint16) bool {
+	reply := icmp4EchoReply
+	if e.v6 {
+		reply = icmp6EchoReply
+	}
+	for p, ok := e.read(buf); ok; p, ok = e.read(buf) {
+		if p.Type == reply && p.ID == e.id && p.Seq == seq {
+			return true
+		}
+	}
+	return false
+}
+
+// quotes says whether an ICMP error from the error queue is about this socket's echo seq:
+// not a late one for an earlier echo, nor another socket's.
+func (e *rawEcho) quotes(q QueuedError, seq uint16) bool {
+	return q.IsICMP() && len(q.Quote) >= echoHeaderLen &&
+		binary.BigEndian.Uint16(q.Quote[4:6]) == e.id && binary.BigEndian.Uint16(q.Quote[6:8]) == seq
 }

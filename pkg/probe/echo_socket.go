@@ -262,10 +262,13 @@ func icmpSocket(v6 bool) (fd int, raw bool, err error) {
 		fam = "ICMPv6"
 	}
 	return -1, false, errPermission{fmt.Sprintf(
-		"%s echo needs CAP_NET_RAW (raw socket: run as root, `setcap cap_net_raw+ep reachd`, or AmbientCapabilities=CAP_NET_RAW in the unit) "+
+		"%s echo needs CAP_NET_RAW (raw socket: "+grantRaw+") "+
 			"or an ICMP datagram socket, which net.ipv4.ping_group_range (now %s %s) must allow for group %d (e.g. `sysctl -w net.ipv4.ping_group_range=\"0 2147483647\"`); reachd changes neither",
 		fam, lo, hi, os.Getegid())}
 }
+
+// grantRaw says how to give reachd CAP_NET_RAW.
+const grantRaw = "run as root, `setcap cap_net_raw+ep reachd`, or AmbientCapabilities=CAP_NET_RAW in the unit"
 
 func pingGroupRange() (string, string) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ping_group_range")

@@ -16,11 +16,18 @@ import (
 func requireRawICMP(t *testing.T) {
 	t.Helper()
 	if err := CheckICMP(false); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("echo sockets unavailable under CI: %v", err)
-		}
-		t.Skip(err)
+		unavailable(t, "echo sockets", err)
 	}
+}
+
+// unavailable skips a test this machine cannot run, except under CI=true, where a skip
+// would hide that nothing ran.
+func unavailable(t *testing.T, what string, err error) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s unavailable under CI: %v", what, err)
+	}
+	t.Skipf("%s unavailable: %v", what, err)
 }
 
 // Loopback only (the network rule for tests: README). Concurrent attempts share one socket per

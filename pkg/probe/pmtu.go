@@ -2,10 +2,8 @@ package probe
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -169,26 +167,35 @@ func wayBack(r, e pmtuResult, err error, v6, learned bool) pmtuResult {
 // path MTU the route has learned, or a locked one, does not hold them back).
 func echoPMTU(ctx context.Context, a Attempt, wait time.Duration) (pmtuResult, error) {
 	r := pmtuResult{unit: "DF echo request(s)", highIs: "the link's MTU"}
-	rt, err := netctx.RouteTo(routeQuery(a))
+	mtu, err := egressMTU(a)
 	if err != nil {
-		return r, fmt.Errorf("route: %w", err)
-	}
-	ifc, err := net.InterfaceByIndex(rt.LinkIndex)
-	if err != nil {
-		return r, fmt.Errorf("egress link: %w", err)
+		return r, err
 	}
 	ps, err := newPMTUSocket(a)
 	if err != nil {
 		return r, err
 	}
 	defer ps.close()
-	r.high = ifc.MTU
+	r.high = mtu
 	return bisectPMTU(ctx, ps, r, pmtuMin(a.Addr.Addr().Is6()), wait)
 }
 
 // errCutShort is a probe whose wait the search's end (its budget, reachd stopping) cut
 // short: not a lost size.
 var errCutShort = errors.New("its time ran out")
+
+// egressMTU is the MTU of the interface a's packets leave by.
+func egressMTU(a Attempt) (int, error) {
+	rt, err := netctx.RouteLookup(routeQuery(a))
+	if err != nil {
+		return 0, fmt.Errorf("route: %w", err)
+	}
+	mtu, err := netctx.LinkMTU(rt.LinkIndex)
+	if err != nil {
+		return 0, fmt.Errorf("egress link: %w", err)
+	}
+	return mtu, nil
+}
 
 // bisectPMTU tries the minimum size, then r.high, then halves between them down to the
 // byte. A lost size is sent again (pr.retries), the full size once more than the others,
@@ -294,11 +301,7 @@ func (ps *pmtuSocket) retries() int { return 1 }
 // try sends an echo request of size bytes (IP header included) and waits for its reply,
 // or a router's fragmentation needed / packet too big.
 func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.Duration) (bool, *QueuedError, error) {
-	hdr, reply := 20, icmp4EchoReply
-	if ps.v6 {
-		hdr, reply = 40, icmp6EchoReply
-	}
-	msg := buildEcho(ps.v6, ps.id, seq, make([]byte, size-hdr-echoHeaderLen))
+	msg := buildEcho(ps.v6, ps.id, seq, make([]byte, size-ipHeader(ps.v6)-echoHeaderLen))
 	if _, err := unix.Write(ps.fd, msg); err != nil {
 		if errors.Is(err, unix.EMSGSIZE) { // larger than this host lets out: not the path's
 			return false, nil, fmt.Errorf("this host does not send %d-byte packets", size)
@@ -307,22 +310,14 @@ func (ps *pmtuSocket) try(ctx context.Context, size int, seq uint16, wait time.D
 	}
 	until := time.Now().Add(wait)
 	buf := make([]byte, 65536)
-	for ctx.Err() == nil && time.Now().Before(until) {
-		pfd := []unix.PollFd{{Fd: int32(ps.fd), Events: unix.POLLIN | unix.POLLERR}}
-		if n, _ := unix.Poll(pfd, int(min(max(time.Until(until).Milliseconds(), 1), 100))); n == 0 {
-			continue
-		}
+	for _, ok := pollReady(ctx, ps.fd, unix.POLLIN, until); ok; _, ok = pollReady(ctx, ps.fd, unix.POLLIN, until) {
 		for _, q := range drainErrQueue(ps.fd) {
-			// This echo's: not a late one for an earlier size, nor another socket's.
-			mine := len(q.Quote) >= echoHeaderLen && binary.BigEndian.Uint16(q.Quote[4:6]) == ps.id && binary.BigEndian.Uint16(q.Quote[6:8]) == seq
-			if mine && q.IsICMP() && (!ps.v6 && q.Type == icmp4DestUnreach && q.Code == 4 || ps.v6 && q.Type == icmp6PacketTooBig) {
+			if ps.quotes(q, seq) && (!ps.v6 && q.Type == icmp4DestUnreach && q.Code == 4 || ps.v6 && q.Type == icmp6PacketTooBig) {
 				return false, &q, nil
 			}
 		}
-		for p, _, ok := ps.read(buf); ok; p, _, ok = ps.read(buf) {
-			if p.Type == reply && p.ID == ps.id && p.Seq == seq {
-				return true, nil, nil
-			}
+		if ps.replied(buf, seq) {
+			return true, nil, nil
 		}
 	}
 	return false, nil, nil

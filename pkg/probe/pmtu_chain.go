@@ -51,10 +51,7 @@ func pmtuExplains(last Result, r pmtuResult) bool {
 
 // probeSize is the size of an attempt's datagram or echo request, IP header included.
 func probeSize(last Result) int {
-	hdr := 20
-	if last.proto == unix.IPPROTO_ICMPV6 || last.Local.Addr().Is6() && !last.Local.Addr().Is4In6() {
-		hdr = 40
-	}
+	hdr := ipHeader(last.proto == unix.IPPROTO_ICMPV6 || last.Local.Addr().Is6() && !last.Local.Addr().Is4In6())
 	switch last.proto {
 	case unix.IPPROTO_UDP:
 		return hdr + 8 + len(last.payload)

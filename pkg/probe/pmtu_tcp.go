@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"reachd/pkg/netctx"
 	"reachd/pkg/wire"
 )
 
@@ -39,10 +37,7 @@ const tcpiOptTimestamps = 1
 
 // tcpHeaders are the IP and TCP headers of a segment of a connection, options included.
 func tcpHeaders(v6 bool, info *unix.TCPInfo) int {
-	n := 20 + 20
-	if v6 {
-		n = 40 + 20
-	}
+	n := ipHeader(v6) + 20
 	if info.Options&tcpiOptTimestamps != 0 {
 		n += 12
 	}
@@ -60,12 +55,7 @@ func newTCPPMTU(ctx context.Context, a Attempt, wait time.Duration) (*tcpPMTU, i
 	}
 	defer c.close()
 	high := int(c.info.Snd_mss) + tcpHeaders(a.Addr.Addr().Is6(), c.info)
-	link := 0
-	if rt, err := netctx.RouteTo(routeQuery(a)); err == nil {
-		if ifc, err := net.InterfaceByIndex(rt.LinkIndex); err == nil {
-			link = ifc.MTU
-		}
-	}
+	link, _ := egressMTU(a) // 0 when unknown: nothing is taken for learned
 	pmtu := int(c.info.Pmtu)
 	t.learned = pmtu > 0 && pmtu < link && pmtu == high
 	switch {
@@ -148,11 +138,7 @@ func (t *tcpPMTU) try(ctx context.Context, size int, _ uint16, _ time.Duration) 
 	// after 200 ms at the least (TCP_RTO_MIN), and the handshake's after a second.
 	wait := t.wait
 	v6 := t.a.Addr.Addr().Is6()
-	hdr := 40
-	if v6 {
-		hdr = 60
-	}
-	c, err := t.connect(ctx, size-hdr, wait)
+	c, err := t.connect(ctx, size-ipHeader(v6)-20, wait) // the MSS: the IP and TCP headers off
 	if err != nil {
 		return false, nil, err
 	}

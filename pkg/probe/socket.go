@@ -1,11 +1,13 @@
 package probe
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"reachd/pkg/verdict"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -139,4 +141,37 @@ func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16(s.Addr), uint16(s.Port))
 	}
 	return netip.AddrPort{}
+}
+
+// pollReady waits until fd has one of events (or an error queued), until, or ctx's end,
+// in short polls, so that a daemon stopping ends the wait within 100 ms. ok=false: the
+// time is up or ctx ended.
+func pollReady(ctx context.Context, fd int, events int16, until time.Time) (revents int16, ok bool) {
+	for ctx.Err() == nil && time.Now().Before(until) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: events | unix.POLLERR}}
+		if n, _ := unix.Poll(pfd, int(min(max(time.Until(until).Milliseconds(), 1), 100))); n > 0 {
+			return pfd[0].Revents, true
+		}
+	}
+	return 0, false
+}
+
+// setHopLimit sets the TTL (IPv4) or unicast hop limit (IPv6) of fd's packets.
+func setHopLimit(fd int, v6 bool, ttl int) error {
+	level, opt := unix.SOL_IP, unix.IP_TTL
+	if v6 {
+		level, opt = unix.SOL_IPV6, unix.IPV6_UNICAST_HOPS
+	}
+	if err := unix.SetsockoptInt(fd, level, opt, ttl); err != nil {
+		return fmt.Errorf("set the hop limit: %w", err)
+	}
+	return nil
+}
+
+// ipHeader is the size of an IP header without options: 20 bytes, or IPv6's 40.
+func ipHeader(v6 bool) int {
+	if v6 {
+		return 40
+	}
+	return 20
 }

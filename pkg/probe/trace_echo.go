@@ -100,12 +100,8 @@ func onesAdd(a, b uint16) uint16 {
 
 func (h *echoHopper) hop(ctx context.Context, ttl int, wait time.Duration) (hopAnswer, error) {
 	ans := hopAnswer{Hop: verdict.Hop{N: ttl}}
-	level, opt := unix.SOL_IP, unix.IP_TTL
-	if h.e.v6 {
-		level, opt = unix.SOL_IPV6, unix.IPV6_UNICAST_HOPS
-	}
-	if err := unix.SetsockoptInt(h.e.fd, level, opt, ttl); err != nil {
-		return ans, fmt.Errorf("set the hop limit: %w", err)
+	if err := setHopLimit(h.e.fd, h.e.v6, ttl); err != nil {
+		return ans, err
 	}
 	// The sequence says which hop an answer is for: a late answer to an earlier hop is not
 	// this hop's.
@@ -117,33 +113,20 @@ func (h *echoHopper) hop(ctx context.Context, ttl int, wait time.Duration) (hopA
 	if _, err := unix.Write(h.e.fd, traceEcho(h.e.v6, h.probe, h.e.id, seq)); err != nil {
 		return ans, fmt.Errorf("send the echo request: %w", err)
 	}
-	reply := icmp4EchoReply
-	if h.e.v6 {
-		reply = icmp6EchoReply
-	}
 	target := h.a.Addr.Addr().WithZone("")
 	buf := make([]byte, 1500)
 	until := sent.Add(wait)
-	for ctx.Err() == nil && time.Now().Before(until) && ans.Addr == "" {
-		pfd := []unix.PollFd{{Fd: int32(h.e.fd), Events: unix.POLLIN | unix.POLLERR}}
-		if n, _ := unix.Poll(pfd, int(min(max(time.Until(until).Milliseconds(), 1), 100))); n == 0 {
-			continue
-		}
+	for _, ok := pollReady(ctx, h.e.fd, unix.POLLIN, until); ok && ans.Addr == ""; _, ok = pollReady(ctx, h.e.fd, unix.POLLIN, until) {
 		// A connected raw socket is handed the target's packets; routers' errors reach
 		// it through the error queue, with the echo they quote.
 		for _, q := range drainErrQueue(h.e.fd) {
-			if q.IsICMP() && len(q.Quote) >= echoHeaderLen && binary.BigEndian.Uint16(q.Quote[4:6]) == h.e.id && binary.BigEndian.Uint16(q.Quote[6:8]) == seq {
-				reason, name := ClassifyICMP(h.e.v6, q.Type, q.Code)
-				ans.Addr, ans.ICMP, ans.RTTMs = q.Offender.WithZone("").String(), name, verdict.MsPtr(time.Since(sent))
-				ans.reached = q.Offender.WithZone("") == target
-				ans.final = reason != verdict.TTLExceeded
+			if h.e.quotes(q, seq) {
+				ans = icmpHop(ans, q, target, time.Since(sent))
 			}
 		}
-		for p, _, ok := h.e.read(buf); ok && ans.Addr == ""; p, _, ok = h.e.read(buf) {
-			if p.Type == reply && p.ID == h.e.id && p.Seq == seq {
-				ans.Addr, ans.RTTMs = target.String(), verdict.MsPtr(time.Since(sent))
-				ans.reached, ans.final = true, true
-			}
+		if ans.Addr == "" && h.e.replied(buf, seq) {
+			ans.Addr, ans.RTTMs = target.String(), verdict.MsPtr(time.Since(sent))
+			ans.reached, ans.final = true, true
 		}
 	}
 	if ans.Addr != "" && h.wf != nil {

@@ -116,35 +116,37 @@ func isAnswer(k wire.EventKind) bool {
 	return false
 }
 
-// awaitHop polls a hop's socket until its answer or wait: an ICMP error in the error queue
-// (time exceeded from a router, or an error that ends the trace), else what answered says
-// whether the target did (its SYN-ACK or RST, its datagram) once the socket polls events.
-// Short polls: a daemon stopping, or the trace's budget, ends the wait.
+// awaitHop waits on a hop's socket for its answer, at most wait: an ICMP error in the error
+// queue (time exceeded from a router, or an error that ends the trace), else what answered
+// says whether the target did (its SYN-ACK or RST, its datagram) once the socket polls
+// events.
 func awaitHop(ctx context.Context, fd int, a Attempt, ans hopAnswer, sent time.Time, wait time.Duration, events int16, answered func(revents int16) bool) hopAnswer {
 	until := sent.Add(wait)
 	target := a.Addr.Addr().WithZone("")
-	for ctx.Err() == nil && time.Now().Before(until) {
-		pfd := []unix.PollFd{{Fd: int32(fd), Events: events | unix.POLLERR}}
-		if n, _ := unix.Poll(pfd, int(min(max(time.Until(until).Milliseconds(), 1), 100))); n == 0 {
-			continue
-		}
+	for rev, ok := pollReady(ctx, fd, events, until); ok; rev, ok = pollReady(ctx, fd, events, until) {
 		if q, ok := lastICMP(drainErrQueue(fd)); ok {
 			at := q.At
 			if at.IsZero() {
 				at = time.Now()
 			}
-			reason, name := ClassifyICMP(target.Is6(), q.Type, q.Code)
-			ans.Addr, ans.ICMP, ans.RTTMs = q.Offender.WithZone("").String(), name, verdict.MsPtr(at.Sub(sent))
-			ans.reached = q.Offender.WithZone("") == target
-			ans.final = reason != verdict.TTLExceeded
-			return ans
+			return icmpHop(ans, q, target, at.Sub(sent))
 		}
-		if pfd[0].Revents&events != 0 && answered(pfd[0].Revents) {
+		if rev&events != 0 && answered(rev) {
 			ans.Addr, ans.RTTMs = target.String(), verdict.MsPtr(time.Since(sent))
 			ans.reached, ans.final = true, true
 			return ans
 		}
 	}
+	return ans
+}
+
+// icmpHop is a hop answered by an ICMP error after rtt: a router's time exceeded, or an
+// error that ends the trace (the target's own, or a router's reject).
+func icmpHop(ans hopAnswer, q QueuedError, target netip.Addr, rtt time.Duration) hopAnswer {
+	reason, name := ClassifyICMP(target.Is6(), q.Type, q.Code)
+	ans.Addr, ans.ICMP, ans.RTTMs = q.Offender.WithZone("").String(), name, verdict.MsPtr(rtt)
+	ans.reached = q.Offender.WithZone("") == target
+	ans.final = reason != verdict.TTLExceeded
 	return ans
 }
 
@@ -190,11 +192,7 @@ func hopSocket(fd int, local netip.AddrPort, ttl int) error {
 	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1}); err != nil {
 		return err
 	}
-	level, opt := unix.SOL_IP, unix.IP_TTL
-	if local.Addr().Is6() {
-		level, opt = unix.SOL_IPV6, unix.IPV6_UNICAST_HOPS
-	}
-	if err := unix.SetsockoptInt(fd, level, opt, ttl); err != nil {
+	if err := setHopLimit(fd, local.Addr().Is6(), ttl); err != nil {
 		return err
 	}
 	sa, err := sockaddrOf(local)
